@@ -118,9 +118,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
-def from_response_body(
-    status: int, body: Any, *, retry_after: float | None = None
-) -> ApiError:
+def from_response_body(status: int, body: Any, *, retry_after: float | None = None) -> ApiError:
     """Rebuild the controller's error from an HTTP answer (any JSON shape)."""
     cls = _BY_STATUS.get(status, ApiError)
     code, message = None, f"HTTP {status}"

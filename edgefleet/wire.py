@@ -90,9 +90,9 @@ class TokenRequest(Strict):
     """RFC 7523 client authentication, sent as JSON."""
 
     grant_type: Literal["client_credentials"] = "client_credentials"
-    client_assertion_type: Literal[
-        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-    ] = ASSERTION_TYPE
+    client_assertion_type: Literal["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"] = (
+        ASSERTION_TYPE
+    )
     client_assertion: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 

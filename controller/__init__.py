@@ -1,0 +1,1 @@
+"""The Edgefleet controller: identity, enrolment, the device API and the operator API."""

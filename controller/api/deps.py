@@ -1,0 +1,80 @@
+"""Request dependencies as ``Annotated`` aliases: the runtime, the calling device, the
+calling operator with the roles an endpoint allows."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from edgefleet.controller import roles
+from edgefleet.controller.lifecycle import ACTIVE
+from edgefleet.controller.roles import Operator, Role
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import users
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
+from edgefleet.errors import Forbidden, Unauthorized
+from edgefleet.wire import DeviceState
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.rt  # type: ignore[no-any-return]
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def bearer_token(request: Request) -> str:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized(
+            "this call needs an Authorization: Bearer token", code="missing_credentials"
+        )
+    return token.strip()
+
+
+async def current_device(request: Request, device_id: str) -> str:
+    """The device named in the path, proven by its access token; refuses any other."""
+    rt: Runtime = request.app.state.rt
+    rt.epoch.check()
+    claims = rt.access.verify(bearer_token(request))
+    if claims.device_id != device_id:
+        raise Forbidden("a device may only reach its own resources", code="other_device")
+    auth = rt.cached_auth(device_id) or await run_in_threadpool(rt.device_auth, device_id)
+    if auth is None:
+        raise Unauthorized(f"no device {device_id}", code="unknown_device")
+    if auth.state == DeviceState.decommissioned:
+        raise Forbidden(f"device {device_id} was decommissioned", code="device_decommissioned")
+    if auth.generation != claims.generation or auth.state not in ACTIVE:
+        raise Unauthorized(
+            "this access token was issued for credentials that are no longer valid",
+            code="token_revoked",
+        )
+    return device_id
+
+
+CurrentDevice = Annotated[str, Depends(current_device)]
+
+
+def _operator_with(allowed: frozenset[Role]):  # type: ignore[no-untyped-def]
+    async def dep(request: Request) -> Operator:
+        rt: Runtime = request.app.state.rt
+        token = bearer_token(request)
+        addr = request.client.host if request.client else ""
+        who = await run_in_threadpool(users.authenticate, rt.engine, token, addr)
+        if who.role not in allowed:
+            raise Forbidden(
+                f"role {who.role.value} may not do this; it needs one of "
+                f"{', '.join(sorted(r.value for r in allowed))}",
+                code="role",
+            )
+        return who
+
+    return Depends(dep)
+
+
+Reader = Annotated[Operator, _operator_with(roles.READ)]
+Writer = Annotated[Operator, _operator_with(roles.WRITE)]
+Admin = Annotated[Operator, _operator_with(roles.ADMIN)]
+Approver = Annotated[Operator, _operator_with(roles.APPROVE)]

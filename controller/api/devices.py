@@ -1,0 +1,54 @@
+"""Operator API: devices."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from edgefleet.controller.api.deps import Approver, Reader, RuntimeDep, Writer
+from edgefleet.controller.services import devices
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+@router.get("")
+async def list_devices(
+    who: Reader,
+    rt: RuntimeDep,
+    site: str | None = None,
+    state: str | None = None,
+    label: Annotated[list[str] | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[dict[str, Any]]:
+    return await run_in_threadpool(
+        devices.list_devices,
+        rt,
+        who,
+        site=site,
+        state=state,
+        labels=label,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/{device_id}")
+def show_device(device_id: str, who: Reader, rt: RuntimeDep) -> dict[str, Any]:
+    return devices.get_device(rt, who, device_id)
+
+
+@router.post("/{device_id}/approve")
+def approve(device_id: str, who: Approver, rt: RuntimeDep) -> dict[str, Any]:
+    return devices.approve(rt, who, device_id)
+
+
+@router.post("/{device_id}/reject")
+def reject(device_id: str, who: Approver, rt: RuntimeDep) -> dict[str, Any]:
+    return devices.reject(rt, who, device_id)
+
+
+@router.post("/{device_id}/decommission")
+def decommission(device_id: str, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    return devices.decommission(rt, who, device_id)

@@ -1,0 +1,46 @@
+"""Operator API: sites and profiles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
+from edgefleet.controller.services import profiles, sites
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+router = APIRouter(tags=["sites", "profiles"])
+
+
+class SiteCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    timezone: str = "UTC"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ProfileApply(BaseModel):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    spec: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post("/sites", status_code=201)
+def create_site(req: SiteCreate, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    return sites.create_site(rt.engine, who, req.name, req.timezone, req.labels)
+
+
+@router.get("/sites")
+def list_sites(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
+    return sites.list_sites(rt.engine)
+
+
+@router.post("/profiles")
+def apply_profile(req: ProfileApply, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec)
+    if created:
+        rt.changed()
+    return {**profile, "created_revision": created}
+
+
+@router.get("/profiles")
+def list_profiles(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
+    return profiles.list_profiles(rt.engine)

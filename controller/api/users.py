@@ -1,0 +1,64 @@
+"""Operator API: users, the audit log, and the controller's own identity."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from edgefleet.controller.api.deps import Admin, Reader, RuntimeDep
+from edgefleet.controller.models import AuditRecord
+from edgefleet.controller.services import users
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlmodel import Session
+
+router = APIRouter(tags=["users"])
+
+
+class UserCreate(BaseModel):
+    username: str
+    role: str
+    site: str | None = None
+
+
+@router.post("/users", status_code=201)
+def create_user(req: UserCreate, who: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    return users.create_user(rt.engine, who, req.username, req.role, req.site)
+
+
+@router.get("/users")
+def list_users(who: Admin, rt: RuntimeDep) -> list[dict[str, Any]]:
+    return users.list_users(rt.engine)
+
+
+@router.post("/users/{username}/disable")
+def disable_user(username: str, who: Admin, rt: RuntimeDep) -> dict[str, Any]:
+    return users.disable_user(rt.engine, who, username)
+
+
+@router.get("/audit")
+def audit_log(
+    who: Admin, rt: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
+) -> list[dict[str, Any]]:
+    with Session(rt.engine) as s:
+        rows = s.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit))  # type: ignore[union-attr]
+        return [
+            {
+                "at": r.at.isoformat(),
+                "actor": r.actor,
+                "action": r.action,
+                "target": r.target,
+                "detail": r.detail,
+                "remote_addr": r.remote_addr,
+            }
+            for r in rows
+        ]
+
+
+@router.get("/controller")
+def controller_info(who: Reader, rt: RuntimeDep) -> dict[str, Any]:
+    return {
+        "controller_id": rt.controller_id,
+        "url": rt.settings.effective_public_url,
+        "root_pins": [rt.authority.root_pin],
+    }

@@ -1,0 +1,107 @@
+"""The FastAPI app factory. Nothing is built at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from edgefleet.controller.api import device_api, devices, sites, tokens, users
+from edgefleet.controller.guard import Guard
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.settings import Settings, load_settings
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
+
+from edgefleet.errors import ApiError
+from edgefleet.wire import API_PREFIX
+
+log = logging.getLogger("edgefleet.controller")
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
+    """Build the app over a prepared data directory (see ``bootstrap.prepare``)."""
+    rt = runtime or Runtime(settings or load_settings())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_flush_last_seen(rt))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await run_in_threadpool(rt.last_seen.flush)
+
+    app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
+    app.state.rt = rt
+    for module in (device_api, devices, tokens, sites, users):
+        app.include_router(module.router, prefix=API_PREFIX)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        try:
+            with rt.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse(
+                {"status": "unavailable", "reason": f"database: {exc.__class__.__name__}"},
+                status_code=503,
+            )
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
+
+    app.add_middleware(
+        Guard,
+        metrics=rt.metrics,
+        max_body=rt.settings.max_body_bytes,
+        max_inflight=rt.settings.max_inflight_requests,
+    )
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Entry for uvicorn worker processes (``factory=True``): settings from env and file."""
+    return create_app(load_settings())
+
+
+async def _flush_last_seen(rt: Runtime) -> None:
+    while True:
+        await asyncio.sleep(rt.settings.last_seen_flush_seconds)
+        try:
+            await run_in_threadpool(rt.last_seen.flush)
+        except Exception:
+            log.exception("writing last-seen times failed; will retry")
+
+
+async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after))
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
+        problems.append(f"{where}: {err['msg']}")
+    return JSONResponse(
+        {"error": {"code": "invalid_request", "message": "; ".join(problems)}},
+        status_code=422,
+    )

@@ -1,0 +1,85 @@
+"""One ASGI middleware in front of everything: body size cap, overload shedding, and
+request metrics (by route template, so device ids do not explode label sets)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from edgefleet.controller.metrics import Metrics
+
+from edgefleet.errors import PayloadTooLarge
+
+Scope = dict[str, Any]
+
+
+class Guard:
+    def __init__(self, app: Any, metrics: Metrics, max_body: int, max_inflight: int) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+        self.max_inflight = max_inflight
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
+                await _reject(send, 413, "payload_too_large", self._too_large_msg())
+                self._observe(scope, 413, started)
+                return
+        if self.inflight >= self.max_inflight:
+            await _reject(
+                send, 503, "overloaded", "the controller is busy; retry later", retry_after=1
+            )
+            self._observe(scope, 503, started)
+            return
+
+        received = 0
+
+        async def capped_receive() -> Any:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise PayloadTooLarge(self._too_large_msg())
+            return message
+
+        async def watching_send(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        self.inflight += 1
+        try:
+            await self.app(scope, capped_receive, watching_send)
+        finally:
+            self.inflight -= 1
+            self._observe(scope, status[0], started)
+
+    def _too_large_msg(self) -> str:
+        return f"request bodies are limited to {self.max_body} bytes"
+
+    def _observe(self, scope: Scope, status: int, started: float) -> None:
+        route = scope.get("route")
+        path = getattr(route, "path", None) or "unmatched"
+        method = scope["method"]
+        self.metrics.requests.labels(method, path, str(status)).inc()
+        self.metrics.latency.labels(method, path).observe(time.perf_counter() - started)
+
+
+async def _reject(
+    send: Any, status: int, code: str, message: str, retry_after: int | None = None
+) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,83 @@
+"""Prometheus metrics: enrolments by outcome, requests by endpoint and status, latency
+histograms, devices by state.
+
+With several worker processes, prometheus-client's multiprocess mode is used
+(``PROMETHEUS_MULTIPROC_DIR``, set by ``edgefleet controller serve``), so a scrape
+answered by any worker covers all of them. Devices by state are counted from the
+database at scrape time, so they are right whichever worker answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _DevicesByState(Collector):
+    def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
+        self._count = count_by_state
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = GaugeMetricFamily(
+            "edgefleet_devices", "Devices by lifecycle state", labels=["state"]
+        )
+        for state, n in sorted(self._count().items()):
+            family.add_metric([state], n)
+        yield family
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
+        self._registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.enrolments = Counter(
+            "edgefleet_enrolments",
+            "Enrolment requests by outcome",
+            ["outcome"],
+            registry=self._registry,
+        )
+        self.requests = Counter(
+            "edgefleet_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self._registry,
+        )
+        self.latency = Histogram(
+            "edgefleet_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self._registry,
+        )
+        self._devices = _DevicesByState(count_by_state)
+
+    def render(self) -> bytes:
+        if self._multiprocess:
+            scrape = CollectorRegistry()
+            multiprocess.MultiProcessCollector(scrape)
+        else:
+            scrape = CollectorRegistry()
+            scrape.register(_Forward(self._registry))
+        scrape.register(self._devices)
+        return generate_latest(scrape)
+
+
+class _Forward(Collector):
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield from self._registry.collect()

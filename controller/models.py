@@ -1,0 +1,136 @@
+"""Database tables. The database holds intent and records; caches never outrank it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every stored time is UTC."""
+    if dt is not None and dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt
+
+
+def _ts(*, nullable: bool, index: bool = False) -> Any:
+    col = Column(DateTime(timezone=True), nullable=nullable, index=index)
+    if nullable:
+        return Field(default=None, sa_column=col)
+    return Field(default_factory=utcnow, sa_column=col)
+
+
+def _json(default: Any) -> Any:
+    return Field(default_factory=default, sa_column=Column(JSON, nullable=False))
+
+
+class Site(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    timezone: str = Field(default="UTC", max_length=64)
+    labels: dict[str, str] = _json(dict)
+    created_at: datetime = _ts(nullable=False)
+
+
+class Profile(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(unique=True, index=True, max_length=128)
+    latest_revision: int = 0
+    created_at: datetime = _ts(nullable=False)
+
+
+class ProfileRevision(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("profile_id", "number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    number: int
+    digest: str = Field(max_length=80)
+    spec: dict[str, Any] = _json(dict)
+    created_at: datetime = _ts(nullable=False)
+    created_by: str = Field(default="", max_length=128)
+
+
+class RegistrationToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kid: str = Field(unique=True, index=True, max_length=32)
+    secret_hash: str = Field(max_length=64)
+    site_id: int = Field(foreign_key="site.id")
+    profile_id: int | None = Field(default=None, foreign_key="profile.id")
+    labels: dict[str, str] = _json(dict)
+    description: str = Field(default="", max_length=256)
+    expires_at: datetime | None = _ts(nullable=True)
+    max_uses: int | None = None
+    uses: int = 0
+    require_approval: bool = False
+    allowed_serials: list[str] = _json(list)
+    allowed_hardware_ids: list[str] = _json(list)
+    revoked_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(nullable=False)
+    created_by: str = Field(default="", max_length=128)
+
+
+class Device(SQLModel, table=True):
+    id: str = Field(primary_key=True, max_length=40)
+    state: str = Field(index=True, max_length=32)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    profile_id: int | None = Field(default=None, foreign_key="profile.id")
+    token_id: int | None = Field(default=None, foreign_key="registrationtoken.id")
+    labels: dict[str, str] = _json(dict)
+    key_pin: str = Field(unique=True, index=True, max_length=80)
+    """sha256 of the device key's SubjectPublicKeyInfo: the idempotency key of enrolment."""
+    public_key_pem: str
+    certificate_pem: str | None = None
+    certificate_not_after: datetime | None = _ts(nullable=True)
+    credential_generation: int = 1
+    serial: str | None = Field(default=None, max_length=256)
+    hardware_id: str | None = Field(default=None, max_length=256)
+    inventory: dict[str, Any] = _json(dict)
+    status: dict[str, Any] = _json(dict)
+    status_digest: str | None = Field(default=None, max_length=64)
+    applied_revision: int | None = None
+    created_at: datetime = _ts(nullable=False)
+    enrolled_at: datetime | None = _ts(nullable=True)
+    state_changed_at: datetime = _ts(nullable=False)
+    last_seen_at: datetime | None = _ts(nullable=True)
+    decided_by: str | None = Field(default=None, max_length=128)
+
+
+class UsedAssertion(SQLModel, table=True):
+    """A device assertion's ``jti``, kept until the assertion expires, to refuse replays."""
+
+    jti: str = Field(primary_key=True, max_length=200)
+    expires_at: datetime = _ts(nullable=False, index=True)
+
+
+class User(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(unique=True, index=True, max_length=64)
+    role: str = Field(max_length=16)
+    site_id: int | None = Field(default=None, foreign_key="site.id")
+    disabled: bool = False
+    created_at: datetime = _ts(nullable=False)
+
+
+class ApiToken(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    kid: str = Field(unique=True, index=True, max_length=32)
+    secret_hash: str = Field(max_length=64)
+    user_id: int = Field(foreign_key="user.id", index=True)
+    created_at: datetime = _ts(nullable=False)
+
+
+class AuditRecord(SQLModel, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = _ts(nullable=False, index=True)
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=64, index=True)
+    target: str = Field(default="", max_length=256)
+    detail: dict[str, Any] = _json(dict)
+    remote_addr: str = Field(default="", max_length=64)

@@ -1,0 +1,155 @@
+"""Small builders for keys and certificates (P-256 throughout: fast and everywhere)."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from ipaddress import ip_address
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgefleet.errors import ConfigError
+
+BACKDATE = timedelta(hours=2)
+"""Devices' clocks may be this far behind; TLS libraries check against the local clock."""
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Edgefleet"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: object, lifetime: timedelta
+) -> x509.CertificateBuilder:
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(now + lifetime)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(public_key),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+
+
+def self_signed_root(key: ec.EllipticCurvePrivateKey, cn: str, days: int) -> x509.Certificate:
+    subject = name(cn)
+    return (
+        _builder(subject, subject, key.public_key(), timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
+def intermediate(
+    key: ec.EllipticCurvePrivateKey,
+    cn: str,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate,
+    days: int,
+) -> x509.Certificate:
+    return (
+        _builder(name(cn), issuer.subject, key.public_key(), timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(_aki(issuer), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def leaf(
+    subject: x509.Name,
+    public_key: object,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate,
+    lifetime: timedelta,
+    *,
+    server_names: list[str] | None = None,
+) -> x509.Certificate:
+    """A server (with SANs) or client certificate signed by an intermediate."""
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        _builder(subject, issuer.subject, public_key, lifetime)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(_aki(issuer), critical=False)
+    )
+    if server_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([_san(n) for n in server_names]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _san(value: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ip_address(value))
+    except ValueError:
+        return x509.DNSName(value)
+
+
+def pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    """Write a private key readable by its owner only, atomically."""
+    data = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{path} does not hold an EC private key; restore it from backup")
+    return key
+
+
+def write_cert(path: Path, *certs: x509.Certificate) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(pem(c) for c in certs))
+    os.replace(tmp, path)

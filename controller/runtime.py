@@ -1,0 +1,155 @@
+"""Everything one worker process holds: settings, engine, PKI, token keys, caches.
+
+Built by the app factory and kept on ``app.state.rt``. The caches here answer
+the hot device calls without a database round trip; ``FileEpoch`` drops them in
+every worker when another worker commits a change they depend on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from edgefleet.controller.access import AccessTokens, load_or_create_key
+from edgefleet.controller.cachebus import FileEpoch
+from edgefleet.controller.db import make_engine
+from edgefleet.controller.lastseen import LastSeen
+from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.models import Device, Profile, ProfileRevision
+from edgefleet.controller.pki.authority import Authority, load_authority
+from edgefleet.controller.settings import Settings
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from edgefleet.errors import ConfigError
+from edgefleet.wire import DesiredState, DeviceState
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceAuth:
+    state: DeviceState
+    generation: int
+    public_key: ec.EllipticCurvePublicKey
+    site_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredEntry:
+    etag: str
+    body: bytes
+
+
+def controller_id_file(settings: Settings) -> str:
+    path = settings.data_dir / "controller-id"
+    if not path.exists():
+        raise ConfigError(
+            f"{path} is missing: run `edgefleet controller migrate` (or `serve`) to set up "
+            f"the data directory {settings.data_dir}"
+        )
+    return path.read_text().strip()
+
+
+class Runtime:
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or make_engine(settings.effective_database_url)
+        self.controller_id = settings.controller_id or controller_id_file(settings)
+        self.authority: Authority = load_authority(settings.data_dir / "pki")
+        kid, key = load_or_create_key(settings.data_dir)
+        self.access = AccessTokens(
+            kid,
+            key,
+            self.controller_id,
+            settings.access_token_ttl_seconds,
+            settings.clock_tolerance_seconds,
+        )
+        self.last_seen = LastSeen(self.engine)
+        self.metrics = Metrics(self.count_devices_by_state)
+        self._auth: dict[str, DeviceAuth] = {}
+        self._desired: dict[str, DesiredEntry] = {}
+        self.status_digests: dict[str, tuple[str, DeviceState]] = {}
+        self.epoch = FileEpoch(settings.data_dir / "cache-epoch")
+        self.epoch.subscribe(self._drop_caches)
+
+    def _drop_caches(self) -> None:
+        self._auth = {}
+        self._desired = {}
+        self.status_digests = {}
+
+    def changed(self) -> None:
+        """Call after committing a change to credentials, state or desired state."""
+        self.epoch.bump()
+
+    # -- device credentials -------------------------------------------------------
+
+    def device_auth(self, device_id: str) -> DeviceAuth | None:
+        """The device's state, credential generation and key; loaded once per epoch."""
+        hit = self._auth.get(device_id)
+        if hit is not None:
+            return hit
+        with Session(self.engine) as s:
+            row = s.get(Device, device_id)
+            if row is None:
+                return None
+            key = serialization.load_pem_public_key(row.public_key_pem.encode())
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            found = DeviceAuth(DeviceState(row.state), row.credential_generation, key, row.site_id)
+        self._auth[device_id] = found
+        return found
+
+    def cached_auth(self, device_id: str) -> DeviceAuth | None:
+        return self._auth.get(device_id)
+
+    # -- desired state ------------------------------------------------------------
+
+    def cached_desired(self, device_id: str) -> DesiredEntry | None:
+        return self._desired.get(device_id)
+
+    def desired(self, device_id: str) -> DesiredEntry:
+        hit = self._desired.get(device_id)
+        if hit is not None:
+            return hit
+        entry = self._build_desired(device_id)
+        self._desired[device_id] = entry
+        return entry
+
+    def _build_desired(self, device_id: str) -> DesiredEntry:
+        with Session(self.engine) as s:
+            device = s.get(Device, device_id)
+            assert device is not None, "desired state asked for an unknown device"
+            profile_name, number, spec = None, 0, {}
+            if device.profile_id is not None:
+                profile = s.get(Profile, device.profile_id)
+                assert profile is not None
+                rev = s.scalars(
+                    select(ProfileRevision).where(
+                        ProfileRevision.profile_id == profile.id,
+                        ProfileRevision.number == profile.latest_revision,
+                    )
+                ).first()
+                profile_name = profile.name
+                if rev is not None:
+                    number, spec = rev.number, rev.spec
+        state = DesiredState(
+            device_id=device_id,
+            profile=profile_name,
+            revision=number,
+            config=spec.get("config", {}),
+            interval_seconds=int(
+                spec.get("interval_seconds", self.settings.device_interval_seconds)
+            ),
+            trust_bundle=self.authority.trust_bundle,
+        )
+        body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()
+        return DesiredEntry('"' + hashlib.sha256(body).hexdigest()[:32] + '"', body)
+
+    # -- metrics ------------------------------------------------------------------
+
+    def count_devices_by_state(self) -> dict[str, int]:
+        with Session(self.engine) as s:
+            rows = s.execute(select(Device.state, func.count()).group_by(Device.state)).all()
+        return {state: n for state, n in rows}

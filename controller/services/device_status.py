@@ -1,0 +1,63 @@
+"""``POST /devices/{id}/status``: store what changed, move the lifecycle, note last seen.
+
+A report equal to the last one (a heartbeat) touches only the in-memory last-seen
+map, written behind in batches; a changed report is one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from edgefleet.controller import lifecycle
+from edgefleet.controller.db import session_scope
+from edgefleet.controller.models import Device
+from edgefleet.controller.runtime import Runtime
+
+from edgefleet.errors import NotFound
+from edgefleet.wire import DeviceState, StatusAck, StatusReport
+
+
+def digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | None:
+    """If the report is unchanged, note the device seen and return its state; else None."""
+    known = rt.status_digests.get(device_id)
+    if known is None or known[0] != report_digest:
+        return None
+    rt.last_seen.touch(device_id)
+    return known[1]
+
+
+def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
+    now = datetime.now(UTC)
+    with session_scope(rt.engine) as s:
+        device = s.get(Device, device_id, with_for_update=True)
+        if device is None:
+            raise NotFound(f"no device {device_id}")
+        current = DeviceState(device.state)
+        target = current
+        if device.status_digest != report_digest:
+            target = lifecycle.state_after_status(current, report)
+            device.status = report.model_dump(mode="json", exclude={"inventory"})
+            device.status_digest = report_digest
+            device.applied_revision = report.applied_revision
+            if report.inventory is not None:
+                device.inventory = report.inventory.model_dump(mode="json")
+            if target != current:
+                device.state = target
+                device.state_changed_at = now
+        device.last_seen_at = now
+    rt.status_digests[device_id] = (report_digest, target)
+    return target
+
+
+def ack(rt: Runtime, device_id: str, state: DeviceState) -> StatusAck:
+    desired = rt.desired(device_id)
+    return StatusAck(
+        state=state,
+        desired_etag=desired.etag,
+        interval_seconds=rt.settings.device_interval_seconds,
+    )

@@ -1,0 +1,153 @@
+"""Operator actions on devices: list, show, approve, reject, decommission."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from edgefleet.controller import lifecycle
+from edgefleet.controller.db import session_scope
+from edgefleet.controller.models import Device, Profile, Site, aware
+from edgefleet.controller.roles import Operator
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import audit
+from edgefleet.controller.services.enrolment import issue_certificate
+from sqlalchemy import select
+from sqlmodel import Session
+
+from edgefleet.errors import BadRequest, Forbidden, NotFound
+from edgefleet.wire import DeviceState
+
+
+def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
+    seen = aware(device.last_seen_at)
+    return {
+        "id": device.id,
+        "state": device.state,
+        "site": site,
+        "profile": profile,
+        "labels": device.labels,
+        "serial": device.serial,
+        "hardware_id": device.hardware_id,
+        "applied_revision": device.applied_revision,
+        "last_seen_at": seen.isoformat() if seen else None,
+        "enrolled_at": aware(device.enrolled_at).isoformat() if device.enrolled_at else None,
+        "certificate_not_after": (
+            aware(device.certificate_not_after).isoformat()
+            if device.certificate_not_after
+            else None
+        ),
+        "inventory": device.inventory,
+        "status": device.status,
+    }
+
+
+def parse_label_filter(labels: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"label filter {item!r} must read key=value", code="bad_label")
+        out[key] = value
+    return out
+
+
+def list_devices(
+    rt: Runtime,
+    who: Operator,
+    *,
+    site: str | None = None,
+    state: str | None = None,
+    labels: list[str] | None = None,
+    limit: int = 1000,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    wanted = parse_label_filter(labels or [])
+    if state is not None and state not in DeviceState.__members__:
+        raise BadRequest(
+            f"unknown state {state!r}; one of {', '.join(DeviceState)}", code="bad_state"
+        )
+    with Session(rt.engine) as s:
+        q = (
+            select(Device, Site.name, Profile.name)
+            .join(Site, Site.id == Device.site_id)
+            .outerjoin(Profile, Profile.id == Device.profile_id)
+            .order_by(Device.created_at, Device.id)
+        )
+        if site is not None:
+            q = q.where(Site.name == site)
+        if state is not None:
+            q = q.where(Device.state == state)
+        rows = s.execute(q).all()
+    out = []
+    for device, site_name, profile_name in rows:
+        if any(device.labels.get(k) != v for k, v in wanted.items()):
+            continue
+        out.append(public(device, site_name, profile_name))
+    return out[offset : offset + limit]
+
+
+def get_device(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
+    with Session(rt.engine) as s:
+        device = _load(s, who, device_id)
+        return _public_of(s, device)
+
+
+def _load(s: Session, who: Operator, device_id: str, lock: bool = False) -> Device:
+    device = s.get(Device, device_id, with_for_update=lock)
+    if device is None or not who.may_act_at(device.site_id):
+        raise NotFound(f"no device {device_id}", code="unknown_device")
+    return device
+
+
+def _public_of(s: Session, device: Device) -> dict[str, Any]:
+    site = s.get(Site, device.site_id)
+    profile = s.get(Profile, device.profile_id) if device.profile_id else None
+    return public(device, site.name if site else "", profile.name if profile else None)
+
+
+def _move(device: Device, target: DeviceState) -> None:
+    lifecycle.check(DeviceState(device.state), target)
+    device.state = target
+    device.state_changed_at = datetime.now(UTC)
+
+
+def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
+    with session_scope(rt.engine) as s:
+        device = _load(s, who, device_id, lock=True)
+        if device.state != DeviceState.awaiting_approval:
+            lifecycle.check(DeviceState(device.state), DeviceState.enrolled)
+        _move(device, DeviceState.enrolled)
+        key = serialization.load_pem_public_key(device.public_key_pem.encode())
+        issue_certificate(rt, device, key)
+        device.decided_by = who.username
+        audit.record(s, who, "device.approve", device.id)
+        out = _public_of(s, device)
+    rt.changed()
+    return out
+
+
+def reject(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
+    with session_scope(rt.engine) as s:
+        device = _load(s, who, device_id, lock=True)
+        _move(device, DeviceState.rejected)
+        device.decided_by = who.username
+        audit.record(s, who, "device.reject", device.id)
+        out = _public_of(s, device)
+    rt.changed()
+    return out
+
+
+def decommission(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
+    """Credentials stop working at once: the generation moves and every cache drops."""
+    if who.role == "installer":
+        raise Forbidden("installers may only approve or reject devices", code="role")
+    with session_scope(rt.engine) as s:
+        device = _load(s, who, device_id, lock=True)
+        _move(device, DeviceState.decommissioned)
+        device.credential_generation += 1
+        audit.record(s, who, "device.decommission", device.id)
+        out = _public_of(s, device)
+    rt.changed()
+    return out

@@ -1,0 +1,122 @@
+"""Registration tokens: created (secret shown once), listed, revoked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from edgefleet.controller import bearer
+from edgefleet.controller.db import session_scope
+from edgefleet.controller.models import Profile, RegistrationToken, Site, aware
+from edgefleet.controller.roles import Operator
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import audit
+from edgefleet.controller.services.profiles import profile_by_name
+from edgefleet.controller.services.sites import site_by_name
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlmodel import Session
+
+from edgefleet.errors import NotFound
+from edgefleet.wire import Registration
+
+
+class TokenCreate(BaseModel):
+    site: str
+    profile: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    description: str = Field(default="", max_length=256)
+    expires_in_seconds: int | None = Field(default=7 * 86400, ge=60)
+    """None: never expires (discouraged)."""
+    max_uses: int | None = Field(default=None, ge=1)
+    require_approval: bool = False
+    allowed_serials: list[str] = Field(default_factory=list, max_length=10000)
+    allowed_hardware_ids: list[str] = Field(default_factory=list, max_length=10000)
+
+
+def public(t: RegistrationToken, site: str, profile: str | None) -> dict[str, Any]:
+    def iso(d: datetime | None) -> str | None:
+        d = aware(d)
+        return d.isoformat() if d else None
+
+    return {
+        "kid": t.kid,
+        "site": site,
+        "profile": profile,
+        "labels": t.labels,
+        "description": t.description,
+        "expires_at": iso(t.expires_at),
+        "max_uses": t.max_uses,
+        "uses": t.uses,
+        "require_approval": t.require_approval,
+        "allowed_serials": t.allowed_serials,
+        "allowed_hardware_ids": t.allowed_hardware_ids,
+        "revoked_at": iso(t.revoked_at),
+        "created_at": iso(t.created_at),
+        "created_by": t.created_by,
+    }
+
+
+def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]:
+    """Make a token; the answer is the only place its secret ever appears."""
+    secret = bearer.new_secret(bearer.REGISTRATION)
+    with session_scope(rt.engine) as s:
+        site = site_by_name(s, req.site)
+        profile = profile_by_name(s, req.profile) if req.profile else None
+        expires = (
+            datetime.now(UTC) + timedelta(seconds=req.expires_in_seconds)
+            if req.expires_in_seconds
+            else None
+        )
+        token = RegistrationToken(
+            kid=secret.kid,
+            secret_hash=secret.hash,
+            site_id=site.id,  # type: ignore[arg-type]
+            profile_id=profile.id if profile else None,
+            labels=req.labels,
+            description=req.description,
+            expires_at=expires,
+            max_uses=req.max_uses,
+            require_approval=req.require_approval,
+            allowed_serials=req.allowed_serials,
+            allowed_hardware_ids=req.allowed_hardware_ids,
+            created_by=who.username,
+        )
+        s.add(token)
+        s.flush()
+        audit.record(s, who, "token.create", token.kid, site=site.name)
+        out = public(token, site.name, profile.name if profile else None)
+    out["token"] = str(secret)
+    out["registration"] = Registration(
+        controller_url=rt.settings.effective_public_url,
+        controller_id=rt.controller_id,
+        root_pins=[rt.authority.root_pin],
+        token=str(secret),
+    ).model_dump()
+    return out
+
+
+def list_tokens(rt: Runtime) -> list[dict[str, Any]]:
+    with Session(rt.engine) as s:
+        rows = s.execute(
+            select(RegistrationToken, Site.name, Profile.name)
+            .join(Site, Site.id == RegistrationToken.site_id)
+            .outerjoin(Profile, Profile.id == RegistrationToken.profile_id)
+            .order_by(RegistrationToken.created_at)
+        ).all()
+    return [public(t, site, profile) for t, site, profile in rows]
+
+
+def revoke_token(rt: Runtime, who: Operator, kid: str) -> dict[str, Any]:
+    with session_scope(rt.engine) as s:
+        token = s.scalars(
+            select(RegistrationToken).where(RegistrationToken.kid == kid).with_for_update()
+        ).first()
+        if token is None:
+            raise NotFound(f"no registration token {kid}", code="no_token")
+        if token.revoked_at is None:
+            token.revoked_at = datetime.now(UTC)
+            audit.record(s, who, "token.revoke", kid)
+        site = s.get(Site, token.site_id)
+        profile = s.get(Profile, token.profile_id) if token.profile_id else None
+        return public(token, site.name if site else "", profile.name if profile else None)
