@@ -1,0 +1,67 @@
+"""``edgefleet controller serve``: prepare the data directory once, then run uvicorn
+workers over HTTPS with the server certificate from the controller's own PKI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import uvicorn
+from edgefleet.controller.bootstrap import Prepared, prepare
+from edgefleet.controller.settings import Settings
+
+
+def hand_settings_to_workers(settings: Settings) -> Path:
+    """Workers are separate processes built by a factory: give them the resolved settings
+    as their one config file (JSON is YAML), with no environment left to disagree."""
+    run = settings.data_dir / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "settings.json"
+    data = settings.model_dump(mode="json", exclude={"config"})
+    data["data_dir"] = str(settings.data_dir.resolve())
+    path.write_text(json.dumps(data, indent=2))
+    for key in [k for k in os.environ if k.startswith("EDGEFLEET_")]:
+        del os.environ[key]
+    os.environ["EDGEFLEET_CONFIG"] = str(path)
+    if settings.workers > 1:
+        metrics_dir = run / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return path
+
+
+def announce(settings: Settings, prepared: Prepared) -> None:
+    out = sys.stderr
+    print(f"edgefleet controller {prepared.controller_id}", file=out)
+    print(f"  url:       {settings.effective_public_url}", file=out)
+    print(f"  root pin:  {prepared.root_pin}", file=out)
+    print(f"  root cert: {(settings.data_dir / 'pki' / 'root.pem').resolve()}", file=out)
+    if prepared.new_admin_token:
+        print(
+            f"  first admin API token (shown once, keep it safe): {prepared.new_admin_token}",
+            file=out,
+        )
+    out.flush()
+
+
+def serve(settings: Settings) -> None:
+    prepared = prepare(settings)
+    announce(settings, prepared)
+    pki = settings.data_dir / "pki"
+    hand_settings_to_workers(settings)
+    uvicorn.run(
+        "edgefleet.controller.app:app_from_environment",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        ssl_certfile=str(pki / "server.pem"),
+        ssl_keyfile=str(pki / "server.key"),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

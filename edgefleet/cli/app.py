@@ -1,0 +1,48 @@
+"""The ``edgefleet`` Typer app: one sub-app per noun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgefleet.cli import controller, devices, login, sites, tokens, users
+from edgefleet.cli.common import Globals
+
+app = typer.Typer(
+    name="edgefleet",
+    help="Edgefleet: enrol, configure and update fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    url: str | None = typer.Option(None, help="Controller URL [env EDGEFLEET_URL]"),
+    token: str | None = typer.Option(None, help="Operator API token [env EDGEFLEET_TOKEN]"),
+    ca_file: Path | None = typer.Option(
+        None, help="Root certificate to trust [env EDGEFLEET_CA_FILE]"
+    ),
+) -> None:
+    ctx.obj = Globals(url, token, ca_file)
+
+
+app.add_typer(controller.app, name="controller")
+app.add_typer(tokens.app, name="tokens")
+app.add_typer(devices.app, name="devices")
+app.add_typer(users.app, name="users")
+app.add_typer(sites.app, name="sites")
+app.add_typer(sites.profiles, name="profiles")
+app.command("login")(login.login)
+
+agent = typer.Typer(help="The device agent.", no_args_is_help=True)
+
+
+@agent.command("run", context_settings={"ignore_unknown_options": True})
+def agent_run() -> None:
+    """Run the device agent (handled before this app loads; see `edgefleet agent run --help`)."""
+
+
+app.add_typer(agent, name="agent")

@@ -1,0 +1,45 @@
+"""``edgefleet devices list | show | approve | reject | decommission``."""
+
+from __future__ import annotations
+
+import typer
+
+from edgefleet.cli.common import controller, handled
+from edgefleet.cli.output import Format, OutputOpt, show
+
+app = typer.Typer(help="Devices in the fleet.", no_args_is_help=True)
+COLUMNS = ["id", "state", "site", "profile", "serial", "applied_revision", "last_seen_at"]
+
+
+@app.command("list")
+@handled
+def list_(
+    ctx: typer.Context,
+    site: str | None = typer.Option(None),
+    state: str | None = typer.Option(None),
+    label: list[str] = typer.Option([], help="key=value (repeat; all must match)"),
+    output: Format = OutputOpt,
+) -> None:
+    """List devices, optionally filtered by site, state and labels."""
+    rows = controller(ctx).get("/devices", site=site, state=state, label=label or None)
+    show(rows, output, COLUMNS)
+
+
+@app.command("show")
+@handled
+def show_(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
+    show(controller(ctx).get(f"/devices/{device_id}"), output, [*COLUMNS, "inventory"])
+
+
+def _action(verb: str, doc: str) -> None:
+    @handled
+    def command(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
+        show(controller(ctx).post(f"/devices/{device_id}/{verb}"), output, COLUMNS)
+
+    command.__doc__ = doc
+    app.command(verb)(command)
+
+
+_action("approve", "Approve a device waiting for approval: it is enrolled at once.")
+_action("reject", "Reject a waiting device: it can never enrol with that key.")
+_action("decommission", "Decommission a device: its credentials stop working at once.")
