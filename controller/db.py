@@ -2,20 +2,54 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
 from edgefleet.errors import ConfigError
 
 ALEMBIC_DIR = Path(__file__).with_name("alembic")
+
+
+class WriteLock:
+    """Serialises SQLite writers across threads and worker processes.
+
+    SQLite allows one writer; left to itself, a waiting writer polls with growing
+    sleeps (its busy handler), which turns contention into second-long tails. A
+    thread lock plus an ``flock`` on a file beside the database queues writers
+    instead and wakes the next one the moment the lock is free.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._thread_lock = threading.Lock()
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread_lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+_NO_LOCK = nullcontext()
+
+
+def write_lock(engine: Engine) -> Any:
+    lock = getattr(engine, "_edgefleet_write_lock", None)
+    return lock.held() if lock is not None else _NO_LOCK
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -32,12 +66,11 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        # Let SQLAlchemy's own BEGIN take the write lock up front (BEGIN IMMEDIATE) so two
-        # writers queue on busy_timeout instead of one failing on lock upgrade.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
-        _disable_pysqlite_autobegin(engine)
+        path = engine.url.database
+        if path and path != ":memory:":
+            engine._edgefleet_write_lock = WriteLock(Path(path + ".writelock"))  # type: ignore[attr-defined]
         return engine
     if url.startswith("postgresql+"):
         return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
@@ -47,22 +80,23 @@ def make_engine(url: str) -> Engine:
     )
 
 
-def _disable_pysqlite_autobegin(engine: Engine) -> None:
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-
-
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """One transaction: committed on success, rolled back on any error."""
-    with Session(engine, expire_on_commit=False) as session:
+    """One write transaction: committed on success, rolled back on any error."""
+    with write_lock(engine), Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """A Core write transaction, for hot paths where the ORM's bookkeeping costs too much."""
+    with write_lock(engine), engine.begin() as conn:
+        yield conn
 
 
 def alembic_config(url: str) -> Config:
@@ -75,6 +109,6 @@ def alembic_config(url: str) -> Config:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent; safe on every start)."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
+    with writing(engine) as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+from edgefleet.controller.db import writing
 from edgefleet.controller.models import Device
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
@@ -31,6 +32,6 @@ class LastSeen:
                 .values(last_seen_at=bindparam("seen"))
             )
             rows = [{"did": k, "seen": v} for k, v in pending.items()]
-            with self._engine.begin() as conn:
+            with writing(self._engine) as conn:
                 conn.execute(stmt, rows)
             return len(rows)

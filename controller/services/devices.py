@@ -12,7 +12,7 @@ from edgefleet.controller.models import Device, Profile, Site, aware
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
-from edgefleet.controller.services.enrolment import issue_certificate
+from edgefleet.controller.services.enrolment import certificate_fields
 from sqlalchemy import select
 from sqlmodel import Session
 
@@ -120,7 +120,8 @@ def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
             lifecycle.check(DeviceState(device.state), DeviceState.enrolled)
         _move(device, DeviceState.enrolled)
         key = serialization.load_pem_public_key(device.public_key_pem.encode())
-        issue_certificate(rt, device, key)
+        for column, value in certificate_fields(rt, device.id, key).items():
+            setattr(device, column, value)
         device.decided_by = who.username
         audit.record(s, who, "device.approve", device.id)
         out = _public_of(s, device)

@@ -3,22 +3,23 @@
 Idempotent per key: the device's key pin is unique, so a retried enrolment with
 the same key (a lost response, a controller killed mid-request) finds the same
 device and spends no further token use. The token's use is counted with one
-conditional UPDATE in the same transaction as the device insert, so two agents
-racing for the last use cannot both win.
+conditional UPDATE in the same transaction as the device insert.
 """
 
 from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from edgefleet.controller import bearer
-from edgefleet.controller.db import session_scope
+from edgefleet.controller.db import writing
 from edgefleet.controller.models import Device, Profile, RegistrationToken, aware
 from edgefleet.controller.pki.authority import parse_device_csr
 from edgefleet.controller.runtime import Runtime
-from sqlalchemy import or_, select, update
+from sqlalchemy import bindparam, insert, or_, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
@@ -30,6 +31,29 @@ def new_device_id() -> str:
     return "dev-" + secrets.token_hex(8)
 
 
+_DEVICES = Device.__table__  # type: ignore[attr-defined]
+_TOKENS = RegistrationToken.__table__  # type: ignore[attr-defined]
+
+_SPEND_USE = (
+    update(_TOKENS)
+    .where(
+        _TOKENS.c.id == bindparam("tid"),
+        _TOKENS.c.revoked_at.is_(None),
+        or_(_TOKENS.c.max_uses.is_(None), _TOKENS.c.uses < _TOKENS.c.max_uses),
+        or_(_TOKENS.c.expires_at.is_(None), _TOKENS.c.expires_at > bindparam("now")),
+    )
+    .values(uses=_TOKENS.c.uses + 1)
+)
+"""Spends one use, atomically: two agents racing for the last use cannot both win."""
+
+_DEVICE_BY_PIN = select(_DEVICES.c.id).where(_DEVICES.c.key_pin == bindparam("pin"))
+_TOKEN_BY_KID = (
+    select(_TOKENS, Profile.__table__.c.name.label("profile_name"))  # type: ignore[attr-defined]
+    .outerjoin(Profile.__table__, Profile.__table__.c.id == _TOKENS.c.profile_id)  # type: ignore[attr-defined]
+    .where(_TOKENS.c.kid == bindparam("kid"))
+)
+
+
 def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
     secret = bearer.parse_secret(req.token, bearer.REGISTRATION)
     if secret is None:
@@ -38,28 +62,33 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
             code="token_invalid",
         )
     csr, key_pin = parse_device_csr(req.csr)
+    with rt.engine.connect() as conn:
+        known = conn.execute(_DEVICE_BY_PIN, {"pin": key_pin}).first()
+        token = None if known else conn.execute(_TOKEN_BY_KID, {"kid": secret.kid}).first()
+    if known is not None:
+        return _again_by_pin(rt, key_pin, secret)
+    _check_token(token, secret, req.inventory)
+    assert token is not None
+    # The certificate is signed outside the write transaction, so the database holds its
+    # (single, on SQLite) writer lock only for the two statements below.
+    row = _new_device(rt, token, csr.public_key(), key_pin, req.inventory)
     try:
-        with session_scope(rt.engine) as s:
-            existing = s.scalars(select(Device).where(Device.key_pin == key_pin)).first()
-            if existing is not None:
-                return _again(rt, s, existing, secret)
-            token = _usable_token(s, secret, req.inventory)
-            device = _create(rt, s, token, csr.public_key(), key_pin, req.inventory)
-            s.flush()
-            return _answer(rt, s, device)
+        with writing(rt.engine) as conn:
+            spent = conn.execute(_SPEND_USE, {"tid": token.id, "now": datetime.now(UTC)})
+            if spent.rowcount != 1:
+                raise Gone(
+                    f"registration token {token.kid} was used up, revoked or expired just now",
+                    code="token_exhausted",
+                )
+            conn.execute(insert(_DEVICES), row)
     except IntegrityError:
         # The same key raced itself (two retries in flight): the winner's row is there now.
-        with session_scope(rt.engine) as s:
-            existing = s.scalars(select(Device).where(Device.key_pin == key_pin)).first()
-            if existing is None:
-                raise
-            return _again(rt, s, existing, secret)
+        return _again_by_pin(rt, key_pin, secret)
+    return _answer(rt, row["id"], row["state"], row["certificate_pem"], token.profile_name)
 
 
-def _usable_token(
-    s: Session, secret: bearer.BearerSecret, inventory: Inventory
-) -> RegistrationToken:
-    token = s.scalars(select(RegistrationToken).where(RegistrationToken.kid == secret.kid)).first()
+def _check_token(token: Row[Any] | None, secret: bearer.BearerSecret, inventory: Inventory) -> None:
+    """Refuse a token that cannot enrol this device, saying why; the use is spent later."""
     if token is None or not bearer.matches(secret, token.secret_hash):
         raise Unauthorized(
             "the registration token is not known to this controller (tampered, or for another "
@@ -95,37 +124,20 @@ def _usable_token(
             "allow-list",
             code="not_allowed",
         )
-    claimed = s.execute(
-        update(RegistrationToken)
-        .where(
-            RegistrationToken.id == token.id,
-            RegistrationToken.revoked_at.is_(None),  # type: ignore[union-attr]
-            or_(
-                RegistrationToken.max_uses.is_(None),  # type: ignore[union-attr]
-                RegistrationToken.uses < RegistrationToken.max_uses,
-            ),
-        )
-        .values(uses=RegistrationToken.uses + 1)
-    ).rowcount
-    if claimed != 1:
-        raise Gone(
-            f"registration token {token.kid} was used up by another device just now",
-            code="token_exhausted",
-        )
-    return token
 
 
-def _create(
+def _new_device(
     rt: Runtime,
-    s: Session,
-    token: RegistrationToken,
+    token: Row[Any],
     public_key: object,
     key_pin: str,
     inventory: Inventory,
-) -> Device:
+) -> dict[str, Any]:
+    """The new device's row (a plain dict: building an ORM object costs more than the insert)."""
     now = datetime.now(UTC)
-    device = Device(
-        id=new_device_id(),
+    device_id = new_device_id()
+    row: dict[str, Any] = dict(
+        id=device_id,
         state=DeviceState.awaiting_approval if token.require_approval else DeviceState.enrolled,
         site_id=token.site_id,
         profile_id=token.profile_id,
@@ -138,23 +150,41 @@ def _create(
         serial=inventory.serial,
         hardware_id=inventory.hardware_id,
         inventory=inventory.model_dump(mode="json"),
+        status={},
+        status_digest=None,
+        applied_revision=None,
+        credential_generation=1,
+        created_at=now,
+        enrolled_at=None,
         state_changed_at=now,
+        last_seen_at=None,
+        decided_by=None,
+        certificate_pem=None,
+        certificate_not_after=None,
     )
     if not token.require_approval:
-        issue_certificate(rt, device, public_key)
-    s.add(device)
-    return device
+        row.update(certificate_fields(rt, device_id, public_key))
+    return row
 
 
-def issue_certificate(rt: Runtime, device: Device, public_key: object) -> None:
+def certificate_fields(rt: Runtime, device_id: str, public_key: object) -> dict[str, Any]:
+    """Sign a device certificate; the columns that record it."""
     chain, not_after = rt.authority.sign_device(
         public_key,  # type: ignore[arg-type]
-        device.id,
+        device_id,
         rt.settings.device_cert_days,
     )
-    device.certificate_pem = chain
-    device.certificate_not_after = not_after
-    device.enrolled_at = datetime.now(UTC)
+    return {
+        "certificate_pem": chain,
+        "certificate_not_after": not_after,
+        "enrolled_at": datetime.now(UTC),
+    }
+
+
+def _again_by_pin(rt: Runtime, key_pin: str, secret: bearer.BearerSecret) -> EnrolResponse:
+    with Session(rt.engine) as s:
+        existing = s.scalars(select(Device).where(Device.key_pin == key_pin)).one()
+        return _again(rt, s, existing, secret)
 
 
 def _again(rt: Runtime, s: Session, device: Device, secret: bearer.BearerSecret) -> EnrolResponse:
@@ -175,18 +205,21 @@ def _again(rt: Runtime, s: Session, device: Device, secret: bearer.BearerSecret)
             f"device {device.id} was decommissioned; re-provision it with a new key",
             code="device_decommissioned",
         )
-    return _answer(rt, s, device)
-
-
-def _answer(rt: Runtime, s: Session, device: Device) -> EnrolResponse:
     profile = s.get(Profile, device.profile_id) if device.profile_id else None
-    waiting = device.state == DeviceState.awaiting_approval
+    name = profile.name if profile else None
+    return _answer(rt, device.id, device.state, device.certificate_pem, name)
+
+
+def _answer(
+    rt: Runtime, device_id: str, state: str, chain: str | None, profile: str | None
+) -> EnrolResponse:
+    waiting = state == DeviceState.awaiting_approval
     return EnrolResponse(
-        device_id=device.id,
-        state=DeviceState(device.state),
-        certificate_chain=None if waiting else device.certificate_pem,
+        device_id=device_id,
+        state=DeviceState(state),
+        certificate_chain=None if waiting else chain,
         trust_bundle=rt.authority.trust_bundle,
-        profile=profile.name if profile else None,
+        profile=profile,
         interval_seconds=rt.settings.device_interval_seconds,
         retry_after_seconds=rt.settings.approval_retry_seconds if waiting else None,
         message="waiting for an operator to approve this device" if waiting else "enrolled",

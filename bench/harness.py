@@ -1,0 +1,150 @@
+"""Shared pieces of the benchmarks: a controller process on a temp data dir, device
+identities, and wrk runs whose figures are parsed from its own report."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningController:
+    url: str
+    data_dir: Path
+    admin_token: str
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def ca(self) -> str:
+        return str(self.data_dir / "pki" / "root.pem")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url + "/api/v1",
+            verify=self.ca,
+            headers={"authorization": f"Bearer {self.admin_token}"},
+            timeout=60,
+        )
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_controller(
+    database_url: str | None = None, workers: int | None = None
+) -> RunningController:
+    data = Path(tempfile.mkdtemp(prefix="ef-bench-"))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env["EDGEFLEET_DATA_DIR"] = str(data)
+    env["EDGEFLEET_PORT"] = str(port)
+    env["EDGEFLEET_LOG_LEVEL"] = "warning"
+    if database_url:
+        env["EDGEFLEET_DATABASE_URL"] = database_url
+    if workers:
+        env["EDGEFLEET_WORKERS"] = str(workers)
+    log = open(data / "controller.log", "wb")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(
+        [*EDGEFLEET, "controller", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = (data / "controller.log").read_text(errors="replace")
+        token = re.search(r"(efo\.\S+)", text)
+        if token and (data / "pki" / "root.pem").exists():
+            try:
+                httpx.get(url + "/readyz", verify=str(data / "pki" / "root.pem"), timeout=2)
+                return RunningController(url, data, token.group(1), proc)
+            except httpx.HTTPError:
+                pass
+        if proc.poll() is not None:
+            raise RuntimeError(f"controller exited:\n{text}")
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("controller did not become ready in 60 s")
+
+
+def make_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")]))
+        .sign(key, hashes.SHA256())
+    )
+    return key, csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    requests: int
+    cpu_seconds: float
+    duration_s: float
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, threads: int, connections: int, seconds: int) -> WrkResult:
+    """Run wrk and parse its report; the CPU it used is read from the kernel's accounting."""
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    before = os.times()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (
+        after.children_system - before.children_system
+    )
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, total, cpu, seconds)
+
+
+def median(values: list[float]) -> float:
+    s = sorted(values)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
