@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import make_csr, median, run_wrk, start_controller  # noqa: E402
+from harness import make_csr, median, run_wrk, start_controller
 
 
 def main() -> None:

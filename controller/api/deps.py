@@ -17,7 +17,8 @@ from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import DeviceState
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    """Async on purpose: FastAPI would run a plain function in its thread pool."""
     return request.app.state.rt  # type: ignore[no-any-return]
 
 
