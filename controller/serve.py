@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 from edgefleet.controller.bootstrap import Prepared, prepare
 from edgefleet.controller.settings import Settings
 
@@ -53,7 +55,7 @@ def serve(settings: Settings) -> None:
     announce(settings, prepared)
     pki = settings.data_dir / "pki"
     hand_settings_to_workers(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         "edgefleet.controller.app:app_from_environment",
         factory=True,
         host=settings.host,
@@ -65,3 +67,15 @@ def serve(settings: Settings) -> None:
         access_log=False,
         timeout_graceful_shutdown=5,
     )
+    server = uvicorn.Server(config)
+    # A listening socket handed over by a supervisor (or a test) is used as it is, so
+    # whoever started us owns the port and nothing races for it.
+    sock = (
+        socket.socket(fileno=settings.listen_fd)
+        if settings.listen_fd is not None
+        else config.bind_socket()
+    )
+    if settings.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        server.run(sockets=[sock])

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     """SQLite file in the data dir when unset; PostgreSQL for production and replicas."""
     host: str = "127.0.0.1"
     port: int = 8443
+    listen_fd: int | None = None
+    """An inherited, already listening socket to serve on instead of binding host:port."""
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
     public_url: str | None = None
     """The URL devices use; goes into registration files. Defaults to https://host:port."""

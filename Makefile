@@ -1,0 +1,53 @@
+# Two commands: `make run` and `make test`. Everything else here serves them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+PYTEST_WORKERS ?= 4
+
+.PHONY: run test lint format system-deps bench bench-postgres clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+## run: a controller on SQLite at https://127.0.0.1:8443 and three local agents
+run: $(STAMP)
+	$(BIN)/edgefleet dev up --agents 3
+
+## system-deps: Debian packages for tests and benchmarks (apt-get, when root)
+system-deps:
+	@missing=$$(grep -v '^#' deps/apt-test.txt | while read -r p; do \
+		[ -n "$$p" ] && ! dpkg -s "$$p" >/dev/null 2>&1 && echo "$$p"; done; true); \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else \
+		echo "missing Debian packages (tests that need them will skip): $$missing"; \
+	fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+## test: install everything the tests need, then run them in parallel
+test: system-deps $(STAMP) lint
+	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -p no:cacheprovider
+
+## bench: the figures in the README (minutes; not part of `make test`)
+bench: system-deps $(STAMP)
+	$(BIN)/python bench/enrol.py
+	$(BIN)/python bench/enrol.py --database-url postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/desired.py
+	$(BIN)/python bench/agent.py
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .ruff_cache
