@@ -41,7 +41,9 @@ def main() -> None:
             controller_id = c.get("/controller").json()["controller_id"]
             for i in range(args.devices):
                 key, csr = make_csr()
-                r = c.post("/enrol", json={"token": token, "csr": csr, "inventory": {"serial": str(i)}})
+                r = c.post(
+                    "/enrol", json={"token": token, "csr": csr, "inventory": {"serial": str(i)}}
+                )
                 r.raise_for_status()
                 did = r.json()["device_id"]
                 assertion = make_assertion(key, did, controller_id)
@@ -57,8 +59,11 @@ def main() -> None:
         results = []
         for run in range(args.runs):
             r = run_wrk(
-                ctl.url, Path(__file__).with_name("desired.lua"), args.threads,
-                args.connections, args.seconds,
+                ctl.url,
+                Path(__file__).with_name("desired.lua"),
+                args.threads,
+                args.connections,
+                args.seconds,
             )
             results.append(r)
             print(

@@ -8,16 +8,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from edgefleet.controller.api import device_api, devices, sites, tokens, users
-from edgefleet.controller.guard import Guard
-from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.settings import Settings, load_settings
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.controller.api import device_api, devices, sites, tokens, users
+from edgefleet.controller.guard import Guard
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.settings import Settings, load_settings
 from edgefleet.errors import ApiError
 from edgefleet.wire import API_PREFIX
 

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from edgefleet.controller.metrics import Metrics
-
 from edgefleet.errors import PayloadTooLarge
 
 Scope = dict[str, Any]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
-from edgefleet.controller.db import writing
-from edgefleet.controller.models import Device
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
+
+from edgefleet.controller.db import writing
+from edgefleet.controller.models import Device
 
 
 class LastSeen:

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import func, select
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
 from edgefleet.controller.access import AccessTokens, load_or_create_key
 from edgefleet.controller.cachebus import FileEpoch
 from edgefleet.controller.db import make_engine
@@ -21,10 +25,6 @@ from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.models import Device, Profile, ProfileRevision
 from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.settings import Settings
-from sqlalchemy import func, select
-from sqlalchemy.engine import Engine
-from sqlmodel import Session
-
 from edgefleet.errors import ConfigError
 from edgefleet.wire import DesiredState, DeviceState
 

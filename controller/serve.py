@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
 from edgefleet.controller.bootstrap import Prepared, prepare
 from edgefleet.controller.settings import Settings
 

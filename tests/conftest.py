@@ -26,7 +26,7 @@ def _postgres_reachable() -> str | None:
             conn.execute(text("SELECT 1"))
         engine.dispose()
         return None
-    except Exception as exc:  # noqa: BLE001 - any failure means: not here
+    except Exception as exc:
         return str(exc).splitlines()[0]
 
 

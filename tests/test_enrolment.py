@@ -128,7 +128,11 @@ def test_revoked_expired_and_exhausted_tokens_are_gone_with_reason(api: Api) -> 
             {"t": "2000-01-01 00:00:00+00:00", "k": expired["kid"]},
         )
     before = _count(api, "device")
-    for tok, code in [(revoked, "token_revoked"), (exhausted, "token_exhausted"), (expired, "token_expired")]:
+    for tok, code in [
+        (revoked, "token_revoked"),
+        (exhausted, "token_exhausted"),
+        (expired, "token_expired"),
+    ]:
         r = api.enrol(tok["token"])
         assert r.status_code == 410, r.text
         assert r.json()["error"]["code"] == code

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
-from edgefleet.controller import models  # noqa: F401  (registers the tables)
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
+
+from edgefleet.controller import models  # noqa: F401  (registers the tables)
 
 target_metadata = SQLModel.metadata
 

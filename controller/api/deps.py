@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
+from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
+
 from edgefleet.controller import roles
 from edgefleet.controller.lifecycle import ACTIVE
 from edgefleet.controller.roles import Operator, Role
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import users
-from fastapi import Depends, Request
-from starlette.concurrency import run_in_threadpool
-
 from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import DeviceState
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
-from edgefleet.controller.api.deps import CurrentDevice, RuntimeDep
-from edgefleet.controller.services import device_status, device_tokens, enrolment
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from edgefleet.controller.api.deps import CurrentDevice, RuntimeDep
+from edgefleet.controller.services import device_status, device_tokens, enrolment
 from edgefleet.errors import ApiError, BadRequest
 from edgefleet.wire import (
     AccessToken,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from edgefleet.controller.api.deps import Approver, Reader, RuntimeDep, Writer
-from edgefleet.controller.services import devices
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
+
+from edgefleet.controller.api.deps import Approver, Reader, RuntimeDep, Writer
+from edgefleet.controller.services import devices
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 

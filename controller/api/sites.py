@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
-from edgefleet.controller.services import profiles, sites
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
+
+from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
+from edgefleet.controller.services import profiles, sites
 
 router = APIRouter(tags=["sites", "profiles"])
 

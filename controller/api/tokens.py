@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from fastapi import APIRouter
+
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
 from edgefleet.controller.services import tokens
 from edgefleet.controller.services.tokens import TokenCreate
-from fastapi import APIRouter
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

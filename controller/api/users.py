@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from edgefleet.controller.api.deps import Admin, Reader, RuntimeDep
-from edgefleet.controller.models import AuditRecord
-from edgefleet.controller.services import users
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import Session
+
+from edgefleet.controller.api.deps import Admin, Reader, RuntimeDep
+from edgefleet.controller.models import AuditRecord
+from edgefleet.controller.services import users
 
 router = APIRouter(tags=["users"])
 

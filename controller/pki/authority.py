@@ -17,8 +17,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from edgefleet.controller.pki import certs
 
+from edgefleet.controller.pki import certs
 from edgefleet.errors import BadRequest
 from edgefleet.signing import cert_pin, spki_pin
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlmodel import Session
+
 from edgefleet.controller.models import AuditRecord
 from edgefleet.controller.roles import Operator
-from sqlmodel import Session
 
 
 def record(s: Session, who: Operator, action: str, target: str = "", **detail: Any) -> None:

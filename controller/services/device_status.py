@@ -13,7 +13,6 @@ from edgefleet.controller import lifecycle
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Device
 from edgefleet.controller.runtime import Runtime
-
 from edgefleet.errors import NotFound
 from edgefleet.wire import DeviceState, StatusAck, StatusReport
 

@@ -11,13 +11,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import jwt
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.lifecycle import ACTIVE
 from edgefleet.controller.models import UsedAssertion
 from edgefleet.controller.runtime import Runtime
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
-
 from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import MAX_ASSERTION_LIFETIME_S, AccessToken, DeviceState
 

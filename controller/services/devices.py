@@ -6,6 +6,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+from sqlmodel import Session
+
 from edgefleet.controller import lifecycle
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Device, Profile, Site, aware
@@ -13,9 +16,6 @@ from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.enrolment import certificate_fields
-from sqlalchemy import select
-from sqlmodel import Session
-
 from edgefleet.errors import BadRequest, Forbidden, NotFound
 from edgefleet.wire import DeviceState
 

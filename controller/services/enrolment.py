@@ -13,16 +13,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from edgefleet.controller import bearer
-from edgefleet.controller.db import writing
-from edgefleet.controller.models import Device, Profile, RegistrationToken, aware
-from edgefleet.controller.pki.authority import parse_device_csr
-from edgefleet.controller.runtime import Runtime
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from edgefleet.controller import bearer
+from edgefleet.controller.db import writing
+from edgefleet.controller.models import Device, Profile, RegistrationToken, aware
+from edgefleet.controller.pki.authority import parse_device_csr
+from edgefleet.controller.runtime import Runtime
 from edgefleet.errors import Conflict, Forbidden, Gone, Unauthorized
 from edgefleet.wire import DeviceState, EnrolRequest, EnrolResponse, Inventory
 

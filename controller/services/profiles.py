@@ -7,13 +7,13 @@ import hashlib
 import json
 from typing import Any
 
+from sqlalchemy import select
+from sqlmodel import Session
+
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Profile, ProfileRevision
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.services import audit
-from sqlalchemy import select
-from sqlmodel import Session
-
 from edgefleet.errors import NotFound
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from edgefleet.controller.db import session_scope
-from edgefleet.controller.models import Site
-from edgefleet.controller.roles import Operator
-from edgefleet.controller.services import audit
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
+from edgefleet.controller.db import session_scope
+from edgefleet.controller.models import Site
+from edgefleet.controller.roles import Operator
+from edgefleet.controller.services import audit
 from edgefleet.errors import BadRequest, Conflict, NotFound
 
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from sqlmodel import Session
+
 from edgefleet.controller import bearer
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Profile, RegistrationToken, Site, aware
@@ -13,10 +17,6 @@ from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.profiles import profile_by_name
 from edgefleet.controller.services.sites import site_by_name
-from pydantic import BaseModel, Field
-from sqlalchemy import select
-from sqlmodel import Session
-
 from edgefleet.errors import NotFound
 from edgefleet.wire import Registration
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
 from edgefleet.controller import bearer
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import ApiToken, Site, User
 from edgefleet.controller.roles import Operator, Role
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.sites import site_by_name
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
-
 from edgefleet.errors import BadRequest, Conflict, NotFound, Unauthorized
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")

@@ -96,7 +96,12 @@ class Api:
         return dev
 
     def assertion(self, dev: TestDevice, **kw: Any) -> str:
-        return make_assertion(kw.pop("key", dev.key), kw.pop("device_id", dev.id), kw.pop("aud", self.controller_id), **kw)
+        return make_assertion(
+            kw.pop("key", dev.key),
+            kw.pop("device_id", dev.id),
+            kw.pop("aud", self.controller_id),
+            **kw,
+        )
 
     def login(self, dev: TestDevice) -> None:
         r = self.call("POST", "/auth/token", json={"client_assertion": self.assertion(dev)})

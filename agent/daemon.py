@@ -1,0 +1,370 @@
+"""The agent's loop: trust the controller, enrol, then follow the desired state.
+
+Every step is idempotent and the loop starts again from the first step that
+is not done yet, so any failure is handled the same way: log it, wait (backoff
+with jitter, or the server's Retry-After), try again. Only two answers end the
+process, because nothing the device can do would change them: an operator
+rejected the enrolment, or decommissioned the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from edgefleet.agent import identity, trust
+from edgefleet.agent.apply import Applier, RecordOnlyApplier
+from edgefleet.agent.backoff import Backoff, jittered
+from edgefleet.agent.client import ControllerClient
+from edgefleet.agent.clock import Clock
+from edgefleet.agent.files import ensure_dir, write_json
+from edgefleet.agent.inventory import collect
+from edgefleet.agent.settings import Settings
+from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
+from edgefleet.errors import (
+    ApiError,
+    ConfigError,
+    EdgefleetError,
+    Forbidden,
+    TrustError,
+    Unauthorized,
+)
+from edgefleet.signing import make_assertion
+from edgefleet.wire import (
+    DesiredState,
+    DeviceState,
+    EnrolRequest,
+    Health,
+    Registration,
+    StatusAck,
+    StatusReport,
+)
+
+log = logging.getLogger("edgefleet.agent")
+T = TypeVar("T")
+
+DEFAULT_INTERVAL_S = 60
+TOKEN_REFRESH_FRACTION = 0.8
+FINAL_FOR_TOKEN = (400, 401, 403, 404, 409, 410)
+"""Enrolment answers that will not change by asking again with the same token.
+The device has no other way in, so it keeps asking, slowly (token_backoff_cap),
+in case an operator fixes the token's allow-list, use limit or approval."""
+
+
+class Stopped(Exception):
+    """SIGTERM/SIGINT asked the agent to stop; not an error."""
+
+
+class Rejected(EdgefleetError):
+    """An operator rejected this device's enrolment. Exit code 3."""
+
+    default_code = "rejected"
+
+
+class Decommissioned(EdgefleetError):
+    """The controller decommissioned this device; its credentials are dead. Exit code 4."""
+
+    default_code = "device_decommissioned"
+
+
+class Agent:
+    """One device agent; :meth:`run` returns when stopped or (with ``once``) after one cycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registration: Registration,
+        stop: threading.Event | None = None,
+        applier: Applier | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not registration.token:
+            raise ConfigError(
+                "the registration file has no token; QR-claim enrolment is not in this "
+                "version of the agent, so add a token to the registration file"
+            )
+        self.settings = settings
+        self.registration = registration
+        self.stop = stop or threading.Event()
+        self.applier = applier or RecordOnlyApplier()
+        self.rng = rng or random.Random()
+        self.state_dir = ensure_dir(settings.state_dir)
+        self.store = StateStore(self.state_dir)
+        self.clock = Clock()
+        self.backoff = Backoff(settings.backoff_base, settings.backoff_cap, rng=self.rng)
+        self.token_backoff = Backoff(
+            settings.backoff_base, settings.token_backoff_cap, rng=self.rng
+        )
+        # Before any request: a retried enrolment must present the same key.
+        self.key = identity.load_or_create_key(self.state_dir)
+        self.enrolment = identity.load_enrolment(self.state_dir)
+        self.inventory = collect(settings.serial, settings.hardware_id)
+        self.client: ControllerClient | None = None
+        self.interval = float(self.store.current.interval_seconds or DEFAULT_INTERVAL_S)
+        self._access_token: str | None = None
+        self._token_refresh_at = 0.0
+        self._desired_checked = False
+        self._inventory_reported = False
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> int:
+        """Loop until stopped; with ``settings.once``, return 0 after one full cycle."""
+        try:
+            while True:
+                try:
+                    if self.client is None:
+                        self._establish_trust()
+                    if self.enrolment is None:
+                        self._enrol()
+                        continue
+                    self._cycle()
+                except (Rejected, Decommissioned):
+                    raise
+                except EdgefleetError as exc:
+                    self._wait(self._after_failure(exc))
+                    continue
+                self.backoff.reset()
+                self.token_backoff.reset()
+                if self.settings.once:
+                    return 0
+                self._wait(jittered(self.interval, self.rng))
+        except Stopped:
+            log.info("stopping")
+            return 0
+        finally:
+            if self.client is not None:
+                self.client.close()
+
+    def _wait(self, seconds: float) -> None:
+        if self.stop.wait(seconds):
+            raise Stopped
+
+    def _after_failure(self, exc: EdgefleetError) -> float:
+        """Log a failure once, in the controller's words, and say how long to wait."""
+        if isinstance(exc, Forbidden) and exc.code == Decommissioned.default_code:
+            self._decommissioned(exc.message)
+        if isinstance(exc, TrustError):
+            self._drop_trust()
+        retry_after = exc.retry_after if isinstance(exc, ApiError) else None
+        delay = self.backoff.next_delay(retry_after)
+        what = f"{type(exc).__name__}({exc.code})"
+        log.warning("%s: %s; retrying in %.1fs", what, exc.message, delay)
+        self.store.update(last_error=f"{what}: {exc.message}")
+        return delay
+
+    # -- trust ------------------------------------------------------------------
+
+    def _establish_trust(self) -> None:
+        reg = self.registration
+        roots = trust.load_trust(self.state_dir, reg.root_pins)
+        if roots is None:
+            if self.enrolment is None:
+                self.store.update(phase=Phase.trusting)
+            try:
+                roots = trust.fetch_pinned_roots(
+                    reg.controller_url, reg.root_pins, self.settings.http_timeout
+                )
+            except TrustError as exc:
+                log.error(
+                    "REFUSING controller %s: %s. Check that the registration file's "
+                    "root_pins match the controller's root CA (edgefleet pki pin).",
+                    reg.controller_url,
+                    exc.message,
+                )
+                raise
+            trust.save_trust(self.state_dir, roots)
+            log.info("pinned controller %s (root matches a registration pin)", reg.controller_url)
+        self.client = ControllerClient(
+            reg.controller_url, trust.ssl_context(roots), self.clock, self.settings.http_timeout
+        )
+
+    def _drop_trust(self) -> None:
+        """After a verification failure, fetch (and pin-check) the chain again: the
+        controller may have moved to a backup root listed in the pins."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        path = self.state_dir / trust.TRUST_FILE
+        if path.exists():
+            path.replace(path.with_name(trust.TRUST_FILE + ".rejected"))
+
+    # -- enrolment --------------------------------------------------------------
+
+    def _enrol(self) -> None:
+        assert self.client is not None and self.registration.token
+        started = time.monotonic()
+        common_name = self.inventory.serial or self.inventory.hostname or "edgefleet-device"
+        req = EnrolRequest(
+            token=self.registration.token,
+            csr=identity.make_csr(self.key, common_name, self.inventory.serial),
+            inventory=self.inventory,
+        )
+        if self.store.current.phase not in (Phase.enrolling, Phase.awaiting_approval):
+            self.store.update(phase=Phase.enrolling)
+        while True:
+            try:
+                resp = self.client.enrol(req)
+            except ApiError as exc:
+                if exc.status == 403 and exc.code == "rejected":
+                    self._rejected(exc.message)
+                if exc.status in FINAL_FOR_TOKEN:
+                    delay = self.token_backoff.next_delay()
+                    log.error(
+                        "enrolment refused: %s (%s); the registration token must be fixed "
+                        "on the controller; asking again in %.0fs",
+                        exc.message,
+                        exc.code,
+                        delay,
+                    )
+                    self.store.update(last_error=f"enrolment refused ({exc.code}): {exc.message}")
+                    self._wait(delay)
+                    continue
+                raise
+            if resp.state == DeviceState.rejected:
+                self._rejected(resp.message or "enrolment rejected")
+            if resp.state == DeviceState.awaiting_approval:
+                delay = jittered(float(resp.retry_after_seconds or self.interval), self.rng)
+                if self.store.current.phase != Phase.awaiting_approval:
+                    log.info(
+                        "awaiting operator approval device_id=%s; asking again every ~%.0fs",
+                        resp.device_id,
+                        delay,
+                    )
+                self.store.update(
+                    phase=Phase.awaiting_approval, device_id=resp.device_id, last_error=None
+                )
+                self.backoff.reset()
+                self._wait(delay)
+                continue
+            break
+        if not resp.certificate_chain:
+            raise ApiError(
+                f"the controller answered state {resp.state} without a certificate chain",
+                code="bad_response",
+            )
+        enrolment = identity.Enrolment(
+            device_id=resp.device_id,
+            enrolled_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            profile=resp.profile,
+        )
+        identity.save_enrolment(self.state_dir, self.key, enrolment, resp.certificate_chain)
+        self.enrolment = enrolment
+        self.interval = float(resp.interval_seconds)
+        self.store.update(
+            phase=Phase.enrolled,
+            device_id=enrolment.device_id,
+            enrolled_at=enrolment.enrolled_at,
+            interval_seconds=resp.interval_seconds,
+            last_error=None,
+        )
+        log.info(
+            "enrolled device_id=%s profile=%s in %.2fs",
+            enrolment.device_id,
+            enrolment.profile,
+            time.monotonic() - started,
+        )
+
+    def _rejected(self, message: str) -> None:
+        self.store.update(phase=Phase.rejected, last_error=message)
+        raise Rejected(
+            f"an operator rejected this device's enrolment ({message}); the agent stops. "
+            "To try again, approve the device on the controller or flash a new token, "
+            "then restart the agent."
+        )
+
+    def _decommissioned(self, message: str) -> None:
+        self.store.update(phase=Phase.decommissioned, last_error=message)
+        raise Decommissioned(
+            f"the controller decommissioned this device ({message}); its credentials no "
+            "longer work and the agent stops. To bring it back, delete the state folder "
+            f"{self.state_dir} and enrol it again with a new registration token."
+        )
+
+    # -- access token -----------------------------------------------------------
+
+    def _bearer(self) -> str:
+        """A valid access token, refreshed at 80% of its lifetime."""
+        assert self.client is not None and self.enrolment is not None
+        if self._access_token is None or time.monotonic() >= self._token_refresh_at:
+            assertion = make_assertion(
+                self.key,
+                self.enrolment.device_id,
+                self.registration.controller_id,
+                now=self.clock.now(),
+            )
+            token = self.client.token(assertion)
+            self._access_token = token.access_token
+            self._token_refresh_at = time.monotonic() + TOKEN_REFRESH_FRACTION * token.expires_in
+            log.debug("access token refreshed, valid %ss", token.expires_in)
+        return self._access_token
+
+    def _authorized(self, call: Callable[[str], T]) -> T:
+        """Run ``call(token)``; after a 401, refresh the token once and retry once."""
+        try:
+            return call(self._bearer())
+        except Unauthorized:
+            log.info("access token refused; getting a new one")
+            self._access_token = None
+            return call(self._bearer())
+
+    # -- desired state and status -----------------------------------------------
+
+    def _cycle(self) -> None:
+        """One reconcile step: desired state (if due), status, and a re-check the ack asks for."""
+        if not self._desired_checked:
+            self._sync_desired()
+        ack = self._report()
+        if ack.desired_etag != self.store.current.desired_etag:
+            log.info("controller has a new desired state (etag %s)", ack.desired_etag)
+            if self._sync_desired():
+                self._report()
+
+    def _sync_desired(self) -> bool:
+        """Fetch the desired state unless unchanged (304); apply it if new. True if applied."""
+        assert self.client is not None and self.enrolment is not None
+        device_id = self.enrolment.device_id
+        etag = self.store.current.desired_etag
+        desired, new_etag = self._authorized(lambda t: self.client.desired(device_id, t, etag))
+        self._desired_checked = True
+        if desired is None:
+            return False
+        self._apply(desired, new_etag)
+        return True
+
+    def _apply(self, desired: DesiredState, etag: str | None) -> None:
+        write_json(self.state_dir / DESIRED_FILE, desired.model_dump(mode="json"))
+        revision = self.applier.apply(desired)
+        self.interval = float(desired.interval_seconds)
+        self.store.update(
+            applied_revision=revision,
+            desired_etag=etag,
+            interval_seconds=desired.interval_seconds,
+        )
+        log.info("applied desired state revision=%s profile=%s", revision, desired.profile)
+
+    def _report(self) -> StatusAck:
+        assert self.client is not None and self.enrolment is not None
+        device_id = self.enrolment.device_id
+        report = StatusReport(
+            applied_revision=self.store.current.applied_revision,
+            inventory=None if self._inventory_reported else self.inventory,
+            health=Health(ok=True),
+        )
+        ack = self._authorized(lambda t: self.client.status(device_id, t, report))
+        self._inventory_reported = True
+        if ack.state == DeviceState.decommissioned:
+            self._decommissioned("status acknowledged with state decommissioned")
+        self.interval = float(ack.interval_seconds)
+        phase = (
+            Phase.ready if ack.state != DeviceState.awaiting_approval else self.store.current.phase
+        )
+        if self.store.current.phase != phase:
+            log.info("ready device_id=%s interval=%ss", device_id, ack.interval_seconds)
+        self.store.update(phase=phase, interval_seconds=ack.interval_seconds, last_error=None)
+        return ack

@@ -1,0 +1,131 @@
+"""``edgefleet agent run``: the device daemon's own entry point.
+
+Kept apart from the Typer CLI (argparse, stdlib only) so the daemon's memory
+and start-up never carry the operator tooling.
+
+Exit codes: 0 stopped cleanly (SIGTERM/SIGINT) or ``--once`` done; 1 an
+unexpected internal error; 2 a configuration problem (flag, env var,
+config or registration file); 3 an operator rejected the enrolment;
+4 the device was decommissioned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_CONFIG = 2
+EXIT_REJECTED = 3
+EXIT_DECOMMISSIONED = 4
+
+log = logging.getLogger("edgefleet.agent")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edgefleet agent run",
+        description="Run the Edgefleet device agent: enrol, then follow the desired state. "
+        "Every flag has an EDGEFLEET_AGENT_<NAME> environment variable and a config file key.",
+    )
+    p.add_argument("--config", type=Path, help="YAML config file (EDGEFLEET_AGENT_CONFIG)")
+    p.add_argument(
+        "--registration",
+        type=Path,
+        help="registration file (EDGEFLEET_AGENT_REGISTRATION; default: "
+        "/etc/edgefleet/registration.yaml, then /boot/edgefleet/registration.yaml)",
+    )
+    p.add_argument(
+        "--state-dir",
+        dest="state_dir",
+        type=Path,
+        help="where keys and state live "
+        "(EDGEFLEET_AGENT_STATE_DIR; default /var/lib/edgefleet/agent)",
+    )
+    p.add_argument("--serial", help="device serial (default: /sys/class/dmi/id/product_serial)")
+    p.add_argument(
+        "--hardware-id", dest="hardware_id", help="hardware id (default: /etc/machine-id)"
+    )
+    p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--once",
+        action="store_const",
+        const=True,
+        help="enrol if needed, fetch the desired state, report status once, then exit 0",
+    )
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    """First SIGTERM/SIGINT asks the loop to stop; a second one exits at once."""
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise SystemExit(128 + signum)
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the agent; return the process exit code."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from edgefleet.agent.settings import load_settings, registration_candidates
+    from edgefleet.errors import ConfigError
+
+    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        settings = load_settings(flags, config=args.config)
+    except ConfigError as exc:
+        _setup_logging("info")
+        log.error("configuration: %s", exc.message)
+        return EXIT_CONFIG
+    _setup_logging(settings.log_level)
+
+    from edgefleet.agent.daemon import Agent, Decommissioned, Rejected
+    from edgefleet.agent.registration import load_registration
+
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    try:
+        path, registration = load_registration(registration_candidates(settings))
+        log.info(
+            "starting agent state_dir=%s registration=%s controller=%s",
+            settings.state_dir,
+            path,
+            registration.controller_url,
+        )
+        return Agent(settings, registration, stop=stop).run()
+    except ConfigError as exc:
+        log.error("configuration: %s", exc.message)
+        return EXIT_CONFIG
+    except Rejected as exc:
+        log.error("%s", exc.message)
+        return EXIT_REJECTED
+    except Decommissioned as exc:
+        log.error("%s", exc.message)
+        return EXIT_DECOMMISSIONED
+    except Exception:
+        log.exception("internal error; please report it with this log")
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""Every setting of the agent, in one place.
+
+Sources, strongest first: command-line flags, ``EDGEFLEET_AGENT_*`` environment
+variables, the YAML config file (``--config`` or ``EDGEFLEET_AGENT_CONFIG``),
+then the defaults below. Each setting has the same name everywhere:
+``--state-dir`` / ``EDGEFLEET_AGENT_STATE_DIR`` / ``state_dir:``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import ConfigError
+
+ENV_PREFIX = "EDGEFLEET_AGENT_"
+DEFAULT_STATE_DIR = Path("/var/lib/edgefleet/agent")
+REGISTRATION_SEARCH_PATH = (
+    Path("/etc/edgefleet/registration.yaml"),
+    Path("/boot/edgefleet/registration.yaml"),
+)
+"""Where the registration file is looked for when no flag or env var names it:
+``/etc`` for images built with it, ``/boot`` for the FAT partition a person can
+write from any laptop."""
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Settings:
+    registration: Path | None = None
+    """The registration file; None means "search REGISTRATION_SEARCH_PATH"."""
+    state_dir: Path = DEFAULT_STATE_DIR
+    serial: str | None = None
+    hardware_id: str | None = None
+    log_level: str = "info"
+    once: bool = False
+    backoff_base: float = 1.0
+    """First retry waits up to this long (seconds); doubles per failure."""
+    backoff_cap: float = 60.0
+    """Longest wait between retries of a transient failure."""
+    token_backoff_cap: float = 300.0
+    """Longest wait between enrolment retries the controller refused for good
+    (bad, expired, revoked or exhausted token): slow, but never giving up."""
+    http_timeout: float = 15.0
+
+
+_CONVERT: dict[str, Any] = {
+    "registration": Path,
+    "state_dir": Path,
+    "serial": str,
+    "hardware_id": str,
+    "log_level": str,
+    "once": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes"),
+    "backoff_base": float,
+    "backoff_cap": float,
+    "token_backoff_cap": float,
+    "http_timeout": float,
+}
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    unknown = sorted(set(data) - set(_CONVERT))
+    if unknown:
+        raise ConfigError(
+            f"config file {path} has unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_CONVERT))}"
+        )
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config: Path | None = None,
+) -> Settings:
+    """Merge flags (None = not given), environment and config file into Settings."""
+    env = os.environ if env is None else env
+    if config is None and env.get(ENV_PREFIX + "CONFIG"):
+        config = Path(env[ENV_PREFIX + "CONFIG"])
+    merged: dict[str, Any] = _load_config_file(config) if config else {}
+    for name in _CONVERT:
+        if env.get(ENV_PREFIX + name.upper()):
+            merged[name] = env[ENV_PREFIX + name.upper()]
+        if flags.get(name) is not None:
+            merged[name] = flags[name]
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        if f.name in merged and merged[f.name] is not None:
+            try:
+                values[f.name] = _CONVERT[f.name](merged[f.name])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(
+                    f"setting {f.name} has an unusable value {merged[f.name]!r}: {exc}"
+                ) from exc
+    settings = Settings(**values)
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    return settings
+
+
+def registration_candidates(settings: Settings) -> list[Path]:
+    """The files tried, in order, for the registration: the setting, else the search path."""
+    if settings.registration is not None:
+        return [settings.registration]
+    return list(REGISTRATION_SEARCH_PATH)

@@ -1,0 +1,88 @@
+"""Which server the agent believes is its controller.
+
+The roots come from the network only once, and only if one of them matches a
+pin from the registration file (kubeadm's ``sha256:<SPKI hex>``). From then on
+every connection is verified against those roots alone, with hostname checks.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from edgefleet.agent.files import atomic_write
+from edgefleet.errors import TrustError
+from edgefleet.signing import pick_pinned_root
+from edgefleet.wire import API_PREFIX
+
+log = logging.getLogger("edgefleet.agent")
+
+TRUST_FILE = "trust.pem"
+CHAIN_PATH = f"{API_PREFIX}/pki/chain"
+
+
+def _pem(certs: list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def load_trust(state_dir: Path, pins: list[str]) -> str | None:
+    """The stored roots (PEM) if they still match a pin; None if there are none or they don't.
+
+    A trust file that matches no pin (pins changed in a new image, or the
+    file was tampered with) is set aside as ``trust.pem.rejected`` so the
+    agent fetches the chain again.
+    """
+    path = state_dir / TRUST_FILE
+    try:
+        pem = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        roots = pick_pinned_root(pem, pins)
+    except TrustError as exc:
+        log.warning(
+            "stored %s no longer matches the pins (%s); fetching the chain again", path, exc
+        )
+        path.replace(path.with_name(TRUST_FILE + ".rejected"))
+        return None
+    return _pem(roots)
+
+
+def fetch_pinned_roots(controller_url: str, pins: list[str], timeout: float) -> str:
+    """Fetch the controller's chain WITHOUT verification and keep only pinned roots.
+
+    Nothing else is sent to a server before this succeeds. Raises TrustError
+    if no pin matches, or Unreachable if the server cannot be reached.
+    """
+    from edgefleet.agent._httpx import httpx
+    from edgefleet.agent.client import Unreachable
+
+    try:
+        with httpx.Client(verify=False, timeout=timeout) as client:
+            resp = client.get(controller_url + CHAIN_PATH)
+    except httpx.HTTPError as exc:
+        raise Unreachable(
+            f"cannot fetch the certificate chain from {controller_url}: {exc}"
+        ) from exc
+    if resp.status_code != 200:
+        raise Unreachable(
+            f"fetching the certificate chain from {controller_url} answered HTTP {resp.status_code}"
+        )
+    return _pem(pick_pinned_root(resp.text, pins))
+
+
+def save_trust(state_dir: Path, roots_pem: str) -> None:
+    atomic_write(state_dir / TRUST_FILE, roots_pem)
+
+
+def ssl_context(roots_pem: str) -> ssl.SSLContext:
+    """A TLS client context trusting only ``roots_pem``, with hostname checks on."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=roots_pem)
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

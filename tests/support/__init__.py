@@ -1,0 +1,1 @@
+"""Test helpers shared across the test tiers (real components, no mocks)."""
