@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import socket
 import subprocess
 import sys
@@ -44,7 +45,7 @@ class RunningController:
     def client(self) -> httpx.Client:
         return httpx.Client(
             base_url=self.url + "/api/v1",
-            verify=self.ca,
+            verify=ssl.create_default_context(cafile=self.ca),
             headers={"authorization": f"Bearer {self.admin_token}"},
             timeout=60,
         )
@@ -81,7 +82,11 @@ def start_controller(
         token = re.search(r"(efo\.\S+)", text)
         if token and (data / "pki" / "root.pem").exists():
             try:
-                httpx.get(url + "/readyz", verify=str(data / "pki" / "root.pem"), timeout=2)
+                httpx.get(
+                    url + "/readyz",
+                    verify=ssl.create_default_context(cafile=data / "pki" / "root.pem"),
+                    timeout=2,
+                )
                 return RunningController(url, data, token.group(1), proc)
             except httpx.HTTPError:
                 pass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -54,7 +55,12 @@ def _wait_ready(url: str, ca: Path, proc: subprocess.Popen[bytes], log: Path) ->
         if proc.poll() is not None:
             raise typer.Exit(_fail(f"the controller exited; see {log}"))
         try:
-            if httpx.get(url + "/readyz", verify=str(ca), timeout=2).status_code == 200:
+            if (
+                httpx.get(
+                    url + "/readyz", verify=ssl.create_default_context(cafile=ca), timeout=2
+                ).status_code
+                == 200
+            ):
                 return
         except httpx.HTTPError:
             pass
@@ -68,7 +74,9 @@ def _ensure_fleet_objects(url: str, token: str, ca: Path, agents_dir: Path) -> P
     if reg.exists():
         return reg
     with httpx.Client(
-        base_url=url + "/api/v1", verify=str(ca), headers={"authorization": f"Bearer {token}"}
+        base_url=url + "/api/v1",
+        verify=ssl.create_default_context(cafile=ca),
+        headers={"authorization": f"Bearer {token}"},
     ) as c:
         c.post("/sites", json={"name": "demo-shop", "timezone": "Europe/Berlin"})
         c.post("/profiles", json={"name": "demo", "spec": {"config": {"camera": "entrance"}}})
