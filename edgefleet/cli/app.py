@@ -26,7 +26,12 @@ def root(
         None, help="Root certificate to trust [env EDGEFLEET_CA_FILE]"
     ),
 ) -> None:
-    ctx.obj = Globals(url, token, ca_file)
+    if isinstance(ctx.obj, Globals):  # handed in by an embedding program or a test
+        ctx.obj.url = url or ctx.obj.url
+        ctx.obj.token = token or ctx.obj.token
+        ctx.obj.ca_file = ca_file or ctx.obj.ca_file
+    else:
+        ctx.obj = Globals(url, token, ca_file)
 
 
 app.add_typer(controller.app, name="controller")
