@@ -1,0 +1,128 @@
+"""The agent daemon's budgets: start to enrolled on loopback, idle RSS and idle CPU.
+
+    python bench/agent.py [--starts 10] [--idle-seconds 60]
+
+Start to enrolled is measured from spawning ``edgefleet agent run`` (a fresh state
+directory: key generation, pinning, CSR, enrolment) to its state file naming a device.
+Idle figures are read from /proc for an enrolled agent at the default 10 s interval.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import EDGEFLEET, median, start_controller
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _spawn(reg: Path, state: Path, serial: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    return subprocess.Popen(
+        [
+            *EDGEFLEET,
+            "agent",
+            "run",
+            "--registration",
+            str(reg),
+            "--state-dir",
+            str(state),
+            "--serial",
+            serial,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _device_id(state: Path) -> str | None:
+    try:
+        return json.loads((state / "state.json").read_text()).get("device_id")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _status(pid: int) -> dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--starts", type=int, default=10)
+    p.add_argument("--idle-seconds", type=int, default=60)
+    args = p.parse_args()
+    ctl = start_controller(workers=1)
+    work = Path(tempfile.mkdtemp(prefix="ef-agent-bench-"))
+    try:
+        with ctl.client() as c:
+            c.post("/sites", json={"name": "bench"}).raise_for_status()
+            r = c.post("/tokens", json={"site": "bench"})
+            r.raise_for_status()
+        reg = work / "registration.yaml"
+        reg.write_text(yaml.safe_dump(r.json()["registration"]))
+
+        times = []
+        for i in range(args.starts):
+            state = work / f"start-{i}"
+            t0 = time.perf_counter()
+            proc = _spawn(reg, state, f"start-{i}")
+            while _device_id(state) is None:
+                if proc.poll() is not None or time.perf_counter() - t0 > 30:
+                    raise SystemExit(f"agent {i} did not enrol")
+                time.sleep(0.005)
+            times.append(time.perf_counter() - t0)
+            proc.terminate()
+            proc.wait(10)
+        print(
+            f"start to enrolled: median {median(times) * 1000:.0f} ms, "
+            f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over {len(times)}"
+        )
+
+        state = work / "idle"
+        proc = _spawn(reg, state, "idle")
+        while _device_id(state) is None:
+            time.sleep(0.05)
+        time.sleep(5)
+        rss = _status(proc.pid)
+        ticks0, t0 = _cpu_ticks(proc.pid), time.monotonic()
+        time.sleep(args.idle_seconds)
+        ticks1, t1 = _cpu_ticks(proc.pid), time.monotonic()
+        rss_end = _status(proc.pid)
+        cpu = (ticks1 - ticks0) / CLK_TCK / (t1 - t0) * 100
+        proc.terminate()
+        proc.wait(10)
+        print(
+            f"idle (10 s interval): VmRSS {rss['VmRSS'] / 1024:.1f} MB "
+            f"(anon {rss['RssAnon'] / 1024:.1f} MB, file {rss['RssFile'] / 1024:.1f} MB), "
+            f"after {args.idle_seconds} s {rss_end['VmRSS'] / 1024:.1f} MB; "
+            f"CPU {cpu:.2f}% of a core over {args.idle_seconds} s"
+        )
+    finally:
+        ctl.stop()
+
+
+if __name__ == "__main__":
+    main()
