@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import socket
 import ssl
@@ -58,17 +59,29 @@ class RunningController:
             self.proc.kill()
 
 
+def fresh_schema(database_url: str) -> str:
+    """A schema of the benchmark's own, so runs never see each other's data."""
+    import psycopg
+
+    schema = "bench_" + secrets.token_hex(4)
+    plain = database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in database_url else "?"
+    return f"{database_url}{sep}options=-csearch_path%3D{schema}"
+
+
 def start_controller(
     database_url: str | None = None, workers: int | None = None
 ) -> RunningController:
     data = Path(tempfile.mkdtemp(prefix="ef-bench-"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env = dict(os.environ)  # EDGEFLEET_* settings pass through; the ones below are ours
     env["EDGEFLEET_DATA_DIR"] = str(data)
     env["EDGEFLEET_PORT"] = str(port)
     env["EDGEFLEET_LOG_LEVEL"] = "warning"
     if database_url:
-        env["EDGEFLEET_DATABASE_URL"] = database_url
+        env["EDGEFLEET_DATABASE_URL"] = fresh_schema(database_url)
     if workers:
         env["EDGEFLEET_WORKERS"] = str(workers)
     log = open(data / "controller.log", "wb")  # noqa: SIM115 - lives as long as the process

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,6 +31,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Database work runs in threads; a few are enough to keep the database busy,
+        # and more only trade throughput for lock and GIL contention.
+        to_thread.current_default_thread_limiter().total_tokens = rt.settings.db_threads
         task = asyncio.create_task(_flush_last_seen(rt))
         try:
             yield

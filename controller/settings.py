@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     listen_fd: int | None = None
     """An inherited, already listening socket to serve on instead of binding host:port."""
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
+    db_threads: int = Field(default=8, ge=1, le=200)
+    """Threads per worker for blocking (database) work."""
     public_url: str | None = None
     """The URL devices use; goes into registration files. Defaults to https://host:port."""
     server_names: list[str] = ["localhost", "127.0.0.1"]
