@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from edgefleet.controller.metrics import Metrics
-from edgefleet.errors import PayloadTooLarge
 
 Scope = dict[str, Any]
 
@@ -39,16 +38,27 @@ class Guard:
             self._observe(scope, 503, started)
             return
 
+        # Read the whole (capped) body before the app sees it, so an oversized body sent
+        # without Content-Length is answered 413 here, whatever endpoint it was for.
+        messages = []
         received = 0
-
-        async def capped_receive() -> Any:
-            nonlocal received
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise PayloadTooLarge(self._too_large_msg())
-            return message
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                await _reject(send, 413, "payload_too_large", self._too_large_msg())
+                self._observe(scope, 413, started)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> Any:
+            if messages:
+                return messages.pop(0)
+            return await receive()
 
         async def watching_send(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -57,7 +67,7 @@ class Guard:
 
         self.inflight += 1
         try:
-            await self.app(scope, capped_receive, watching_send)
+            await self.app(scope, replay, watching_send)
         finally:
             self.inflight -= 1
             self._observe(scope, status[0], started)

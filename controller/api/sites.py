@@ -5,21 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
 from edgefleet.controller.services import profiles, sites
+from edgefleet.wire import Strict
 
 router = APIRouter(tags=["sites", "profiles"])
 
 
-class SiteCreate(BaseModel):
+class SiteCreate(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     timezone: str = "UTC"
     labels: dict[str, str] = Field(default_factory=dict)
 
 
-class ProfileApply(BaseModel):
+class ProfileApply(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9.-]*$")
     spec: dict[str, Any] = Field(default_factory=dict)
 

@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from sqlalchemy import select
 from sqlmodel import Session
 
 from edgefleet.controller.api.deps import Admin, Reader, RuntimeDep
 from edgefleet.controller.models import AuditRecord
 from edgefleet.controller.services import users
+from edgefleet.wire import Strict
 
 router = APIRouter(tags=["users"])
 
 
-class UserCreate(BaseModel):
+class UserCreate(Strict):
     username: str
     role: str
     site: str | None = None

@@ -41,6 +41,7 @@ def exchange(rt: Runtime, assertion: str) -> AccessToken:
         raise Unauthorized(
             "the assertion must name the device as both iss and sub", code="invalid_assertion"
         )
+    rt.epoch.check()
     auth = rt.device_auth(device_id)
     if auth is None:
         raise Unauthorized(f"no device {device_id} is enrolled here", code="unknown_device")

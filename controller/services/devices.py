@@ -16,7 +16,7 @@ from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.enrolment import certificate_fields
-from edgefleet.errors import BadRequest, Forbidden, NotFound
+from edgefleet.errors import BadRequest, Conflict, Forbidden, NotFound
 from edgefleet.wire import DeviceState
 
 
@@ -117,7 +117,11 @@ def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     with session_scope(rt.engine) as s:
         device = _load(s, who, device_id, lock=True)
         if device.state != DeviceState.awaiting_approval:
-            lifecycle.check(DeviceState(device.state), DeviceState.enrolled)
+            raise Conflict(
+                f"device {device_id} is {device.state}; only a device awaiting approval can be "
+                "approved",
+                code="invalid_transition",
+            )
         _move(device, DeviceState.enrolled)
         key = serialization.load_pem_public_key(device.public_key_pem.encode())
         for column, value in certificate_fields(rt, device.id, key).items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlmodel import Session
 
@@ -18,10 +18,10 @@ from edgefleet.controller.services import audit
 from edgefleet.controller.services.profiles import profile_by_name
 from edgefleet.controller.services.sites import site_by_name
 from edgefleet.errors import NotFound
-from edgefleet.wire import Registration
+from edgefleet.wire import Registration, Strict
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(Strict):
     site: str
     profile: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,361 @@
+"""Who may call what: one table with a row per endpoint, checked for every kind of caller.
+
+When you add an endpoint, add its row to ``ROWS``:
+``test_table_has_a_row_for_every_route`` fails until you do. A row names the callers
+that succeed; everybody else is refused, and how is derived from who they are:
+
+- anonymous, a disabled user, or a credential of the wrong kind (an operator API token
+  on a device endpoint, a device access token on an operator endpoint): 401;
+- an operator whose role does not allow the call, another device, a decommissioned
+  device: 403;
+- an installer bound to another site, on a call about one device: 404, as if the device
+  did not exist (installers must not learn which devices other sites have).
+
+Every cell runs against fresh objects where the call changes something (a device
+awaiting approval to approve, a token to revoke), so cells do not depend on each
+other; a refused call must leave that object as it was, an allowed one must change it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgefleet.controller.app import create_app
+from edgefleet.controller.bootstrap import prepare
+from edgefleet.controller.settings import load_settings
+from tests.support.apiclient import Api, csr_for, new_key
+
+ANON = "anonymous"
+SELF = "the device itself"
+OTHER_DEVICE = "another device"
+DECOMMISSIONED = "a decommissioned device"
+ADMIN = "admin"
+OPERATOR = "operator"
+VIEWER = "viewer"
+INSTALLER = "installer of the device's site"
+INSTALLER_ELSEWHERE = "installer of another site"
+DISABLED = "disabled user"
+
+PRINCIPALS = (
+    ANON,
+    SELF,
+    OTHER_DEVICE,
+    DECOMMISSIONED,
+    ADMIN,
+    OPERATOR,
+    VIEWER,
+    INSTALLER,
+    INSTALLER_ELSEWHERE,
+    DISABLED,
+)
+DEVICES = frozenset({SELF, OTHER_DEVICE, DECOMMISSIONED})
+
+EVERYONE = frozenset(PRINCIPALS)
+ONLY_SELF = frozenset({SELF})
+READERS = frozenset({ADMIN, OPERATOR, VIEWER})
+WRITERS = frozenset({ADMIN, OPERATOR})
+ADMINS = frozenset({ADMIN})
+APPROVERS = frozenset({ADMIN, OPERATOR, INSTALLER})
+
+
+class World:
+    """One controller with two sites, operators of every role and three devices."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self._n = itertools.count()
+        api.site("shop-a")
+        api.site("shop-b")
+        self.reg_token = api.token(site="shop-a")["token"]
+        self.approval_token = api.token(site="shop-a", require_approval=True)["token"]
+        self.device = api.device(self.reg_token)
+        self.other_device = api.device(self.reg_token)
+        self.decommissioned = api.device(self.reg_token)
+        api.ok("POST", f"/devices/{self.decommissioned.id}/decommission", api.admin)
+        disabled = api.user("gone", "viewer")
+        api.ok("POST", "/users/gone/disable", api.admin)
+        self.operator_tokens = {
+            ADMIN: api.admin,
+            OPERATOR: api.user("op", "operator"),
+            VIEWER: api.user("view", "viewer"),
+            INSTALLER: api.user("inst-a", "installer", site="shop-a"),
+            INSTALLER_ELSEWHERE: api.user("inst-b", "installer", site="shop-b"),
+            DISABLED: disabled,
+        }
+        self.device_of = {
+            SELF: self.device,
+            OTHER_DEVICE: self.other_device,
+            DECOMMISSIONED: self.decommissioned,
+        }
+
+    def unique(self, stem: str) -> str:
+        return f"{stem}-{next(self._n)}"
+
+    def bearer(self, who: str) -> str | None:
+        if who in self.device_of:
+            return self.device_of[who].access_token
+        return self.operator_tokens.get(who)
+
+    # -- fresh objects for calls that change something ---------------------------------
+
+    def awaiting_device(self) -> dict[str, str]:
+        r = self.api.enrol(self.approval_token)
+        assert r.status_code == 202, r.text
+        return {"device_id": r.json()["device_id"]}
+
+    def enrolled_device(self) -> dict[str, str]:
+        r = self.api.enrol(self.reg_token)
+        assert r.status_code == 200, r.text
+        return {"device_id": r.json()["device_id"]}
+
+    def fresh_token(self) -> dict[str, str]:
+        return {"kid": self.api.token(site="shop-a")["kid"]}
+
+    def fresh_user(self) -> dict[str, str]:
+        username = self.unique("user")
+        self.api.user(username, "viewer")
+        return {"username": username}
+
+    # -- what a call changes, read back by the admin ----------------------------------
+
+    def device_state(self, params: dict[str, str]) -> str:
+        return self.api.ok("GET", f"/devices/{params['device_id']}", self.api.admin)["state"]
+
+    def token_revoked(self, params: dict[str, str]) -> bool:
+        tokens = self.api.ok("GET", "/tokens", self.api.admin)
+        return next(t for t in tokens if t["kid"] == params["kid"])["revoked_at"] is not None
+
+    def user_disabled(self, params: dict[str, str]) -> bool:
+        users = self.api.ok("GET", "/users", self.api.admin)
+        return next(u for u in users if u["username"] == params["username"])["disabled"]
+
+
+def _count(path: str) -> Callable[[World, dict[str, str]], int]:
+    return lambda w, _params: len(w.api.ok("GET", path, w.api.admin))
+
+
+@dataclass(frozen=True)
+class Row:
+    method: str
+    path: str
+    """The route template, exactly as the app declares it."""
+    allow: frozenset[str]
+    ok: int = 200
+    site_scoped: bool = False
+    """About one device: an installer of another site is told 404."""
+    body: Callable[[World], Any] | None = None
+    fresh: Callable[[World], dict[str, str]] | None = None
+    """Makes the path parameters anew for every cell (calls that change something)."""
+    observe: Callable[[World, dict[str, str]], Any] | None = None
+    """What the call changes: unchanged after a refusal, changed after success."""
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _enrol_body(w: World) -> dict[str, Any]:
+    return {"token": w.reg_token, "csr": csr_for(new_key())}
+
+
+def _assertion_body(w: World) -> dict[str, Any]:
+    return {"client_assertion": w.api.assertion(w.device)}
+
+
+ROWS: list[Row] = [
+    # Public: probes, metrics, the chain devices check against their pins, API docs.
+    Row("GET", "/healthz", EVERYONE),
+    Row("GET", "/readyz", EVERYONE),
+    Row("GET", "/metrics", EVERYONE),
+    Row("GET", "/openapi.json", EVERYONE),
+    Row("GET", "/docs", EVERYONE),
+    Row("GET", "/docs/oauth2-redirect", EVERYONE),
+    Row("GET", "/redoc", EVERYONE),
+    Row("GET", "/api/v1/pki/chain", EVERYONE),
+    # The credential is in the body (a registration token, a signed assertion): any
+    # Authorization header, or none, neither helps nor hurts.
+    Row(
+        "POST",
+        "/api/v1/enrol",
+        EVERYONE,
+        body=_enrol_body,
+        observe=_count("/devices"),
+    ),
+    Row("POST", "/api/v1/auth/token", EVERYONE, body=_assertion_body),
+    # The device API: a device reaches only its own resources, with its access token.
+    Row("GET", "/api/v1/devices/{device_id}/desired", ONLY_SELF),
+    Row(
+        "POST",
+        "/api/v1/devices/{device_id}/status",
+        ONLY_SELF,
+        body=lambda w: {"health": {"ok": True}},
+    ),
+    # Operators.
+    Row("GET", "/api/v1/devices", READERS),
+    Row("GET", "/api/v1/devices/{device_id}", READERS, site_scoped=True),
+    Row(
+        "POST",
+        "/api/v1/devices/{device_id}/approve",
+        APPROVERS,
+        site_scoped=True,
+        fresh=World.awaiting_device,
+        observe=World.device_state,
+    ),
+    Row(
+        "POST",
+        "/api/v1/devices/{device_id}/reject",
+        APPROVERS,
+        site_scoped=True,
+        fresh=World.awaiting_device,
+        observe=World.device_state,
+    ),
+    Row(
+        "POST",
+        "/api/v1/devices/{device_id}/decommission",
+        WRITERS,
+        site_scoped=True,
+        fresh=World.enrolled_device,
+        observe=World.device_state,
+    ),
+    Row(
+        "POST",
+        "/api/v1/tokens",
+        WRITERS,
+        ok=201,
+        body=lambda w: {"site": "shop-a"},
+        observe=_count("/tokens"),
+    ),
+    Row("GET", "/api/v1/tokens", READERS),
+    Row(
+        "POST",
+        "/api/v1/tokens/{kid}/revoke",
+        WRITERS,
+        fresh=World.fresh_token,
+        observe=World.token_revoked,
+    ),
+    Row(
+        "POST",
+        "/api/v1/sites",
+        WRITERS,
+        ok=201,
+        body=lambda w: {"name": w.unique("site")},
+        observe=_count("/sites"),
+    ),
+    Row("GET", "/api/v1/sites", READERS),
+    Row(
+        "POST",
+        "/api/v1/profiles",
+        WRITERS,
+        body=lambda w: {"name": w.unique("profile"), "spec": {}},
+        observe=_count("/profiles"),
+    ),
+    Row("GET", "/api/v1/profiles", READERS),
+    Row(
+        "POST",
+        "/api/v1/users",
+        ADMINS,
+        ok=201,
+        body=lambda w: {"username": w.unique("user"), "role": "viewer"},
+        observe=_count("/users"),
+    ),
+    Row("GET", "/api/v1/users", ADMINS),
+    Row(
+        "POST",
+        "/api/v1/users/{username}/disable",
+        ADMINS,
+        fresh=World.fresh_user,
+        observe=World.user_disabled,
+    ),
+    Row("GET", "/api/v1/audit", ADMINS),
+    Row("GET", "/api/v1/controller", READERS),
+]
+
+
+def expected_status(row: Row, who: str) -> int:
+    if who in row.allow:
+        return row.ok
+    if who in (ANON, DISABLED):
+        return 401
+    if row.allow == ONLY_SELF:
+        # Another device's (or a decommissioned device's) token is a device credential
+        # that may not do this; an operator API token is no device credential at all.
+        return 403 if who in DEVICES else 401
+    if who in DEVICES:
+        return 401  # a device access token is no operator credential
+    if who == INSTALLER_ELSEWHERE and row.site_scoped and INSTALLER in row.allow:
+        return 404
+    return 403
+
+
+def _path_params(row: Row, world: World, who: str) -> dict[str, str]:
+    if row.fresh is not None:
+        return row.fresh(world)
+    if row.allow == ONLY_SELF and who == DECOMMISSIONED:
+        # On its own path: on another's, it would be refused as "another device" anyway.
+        return {"device_id": world.decommissioned.id}
+    return {"device_id": world.device.id}
+
+
+def _check_cell(world: World, row: Row, who: str) -> None:
+    params = _path_params(row, world, who)
+    before = row.observe(world, params) if row.observe else None
+    token = world.bearer(who)
+    r = world.api.client.request(
+        row.method,
+        row.path.format(**params),
+        headers=world.api.auth(token) if token else {},
+        json=row.body(world) if row.body else None,
+    )
+    want = expected_status(row, who)
+    assert r.status_code == want, f"want {want}, got {r.status_code} {r.text[:200]}"
+    if want >= 400:
+        error = r.json()["error"]
+        assert error["code"] and error["message"], r.text
+    if row.observe is not None:
+        after = row.observe(world, params)
+        if want < 300:
+            assert after != before, f"answered {want} but changed nothing ({before})"
+        else:
+            assert after == before, f"refused, yet changed {before} -> {after}"
+
+
+def test_every_endpoint_admits_exactly_its_principals(api: Api) -> None:
+    world = World(api)
+    wrong = []
+    for row, who in itertools.product(ROWS, PRINCIPALS):
+        try:
+            _check_cell(world, row, who)
+        except (AssertionError, ValueError, KeyError) as exc:
+            wrong.append(f"{row} as {who}: {type(exc).__name__}: {exc}")
+    assert not wrong, f"{len(wrong)} cells of the matrix are wrong:\n" + "\n".join(wrong)
+
+
+def _served_routes(routes: Any) -> Iterator[tuple[str, str]]:
+    for route in routes:
+        if hasattr(route, "effective_route_contexts"):  # FastAPI's included routers
+            yield from _served_routes(route.effective_route_contexts())
+            continue
+        for method in route.methods or ():
+            if method != "HEAD":
+                yield method, route.path
+
+
+def test_table_has_a_row_for_every_route(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "controller")
+    prepare(settings)
+    app = create_app(settings)
+    served = set(_served_routes(app.routes))
+    documented = {
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
+    }
+    assert documented <= served, f"routes the walk missed: {documented - served}"
+    table = {(row.method, row.path) for row in ROWS}
+    assert len(table) == len(ROWS), "a route has two rows"
+    assert served - table == set(), f"routes without a row in ROWS: {sorted(served - table)}"
+    assert table - served == set(), f"rows for routes the app does not serve: {table - served}"
+    app.state.rt.engine.dispose()
