@@ -99,6 +99,14 @@ def writing(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A Core connection for reads outside any transaction (no BEGIN/ROLLBACK round trips:
+    each statement sees the latest committed data on its own)."""
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
+
+
 def alembic_config(url: str) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(ALEMBIC_DIR))

@@ -19,6 +19,8 @@ from typer.testing import CliRunner
 from edgefleet.cli import common
 from edgefleet.cli.app import app as cli_app
 from edgefleet.cli.client import Controller
+from edgefleet.controller.bootstrap import Prepared
+from edgefleet.controller.settings import Settings
 from edgefleet.signing import cert_pin
 from tests.support.apiclient import Api
 
@@ -294,3 +296,19 @@ def test_health_and_readiness_probes_answer_200(api: Api) -> None:
     healthz, readyz = api.client.get("/healthz"), api.client.get("/readyz")
     assert (healthz.status_code, healthz.json()) == (200, {"status": "ok"})
     assert (readyz.status_code, readyz.json()) == (200, {"status": "ready"})
+
+
+def test_overloaded_worker_answers_503_with_retry_after(
+    settings: Settings, prepared: Prepared
+) -> None:
+    """A worker past its in-flight limit sheds load instead of queueing without bound."""
+    from fastapi.testclient import TestClient
+
+    from edgefleet.controller.app import create_app
+
+    app = create_app(settings.model_copy(update={"max_inflight_requests": 0}))
+    with TestClient(app) as client:
+        r = client.get("/api/v1/pki/chain")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "1"
+    assert r.json()["error"]["code"] == "overloaded"

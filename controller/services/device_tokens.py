@@ -7,6 +7,7 @@ second use is refused.
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -22,10 +23,8 @@ from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import MAX_ASSERTION_LIFETIME_S, AccessToken, DeviceState
 
 _PURGE_EVERY = 1000
-
-
-class _Purger:
-    count = 0
+_spent = itertools.count(1)
+"""Every thousandth spent assertion also deletes the expired ones (no extra timer)."""
 
 
 def exchange(rt: Runtime, assertion: str) -> AccessToken:
@@ -96,8 +95,7 @@ def _spend_jti(rt: Runtime, jti: str, until: float) -> None:
     try:
         with session_scope(rt.engine) as s:
             s.add(UsedAssertion(jti=jti[:200], expires_at=datetime.fromtimestamp(until, UTC)))
-            _Purger.count += 1
-            if _Purger.count % _PURGE_EVERY == 0:
+            if next(_spent) % _PURGE_EVERY == 0:
                 cutoff = datetime.now(UTC) - timedelta(seconds=60)
                 s.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < cutoff))
     except IntegrityError as exc:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from edgefleet.controller import bearer
-from edgefleet.controller.db import writing
+from edgefleet.controller.db import reading, writing
 from edgefleet.controller.models import Device, Profile, RegistrationToken, aware
 from edgefleet.controller.pki.authority import parse_device_csr
 from edgefleet.controller.runtime import Runtime
@@ -62,7 +62,7 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
             code="token_invalid",
         )
     csr, key_pin = parse_device_csr(req.csr)
-    with rt.engine.connect() as conn:
+    with reading(rt.engine) as conn:
         known = conn.execute(_DEVICE_BY_PIN, {"pin": key_pin}).first()
         token = None if known else conn.execute(_TOKEN_BY_KID, {"kid": secret.kid}).first()
     if known is not None:
