@@ -1,7 +1,12 @@
-"""The agent's only door to the controller: one keep-alive HTTPS client.
+"""The agent's only door to the controller: one keep-alive HTTPS connection.
 
-httpx's errors and every non-2xx answer become :mod:`edgefleet.errors` here
-and nowhere else, so the rest of the agent sees one family: ``ApiError``
+Built on the standard library's ``http.client`` rather than httpx: httpx and
+what it brings (httpcore, h11, anyio, certifi, idna) cost the daemon ~8 MB of
+its 50 MB budget, for one connection to one server that ``http.client`` does
+as well.
+
+Transport failures and every non-2xx answer become :mod:`edgefleet.errors`
+here and nowhere else, so the rest of the agent sees one family: ``ApiError``
 subclasses carrying the controller's own code and message (and Retry-After),
 ``TrustError`` when the server fails verification against the pinned roots,
 and :class:`Unreachable` when no answer came at all. Every answer's ``Date``
@@ -10,18 +15,24 @@ header feeds the clock.
 
 from __future__ import annotations
 
+import http.client
 import logging
+import select
 import ssl
 import time
-from typing import Any, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from json import loads as json_loads
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
 from edgefleet import __version__
-from edgefleet.agent._httpx import httpx
 from edgefleet.agent.backoff import parse_retry_after
 from edgefleet.agent.clock import Clock
-from edgefleet.errors import ApiError, EdgefleetError, TrustError, from_response_body
+from edgefleet.errors import ApiError, ConfigError, EdgefleetError, TrustError, from_response_body
 from edgefleet.wire import (
     API_PREFIX,
     AccessToken,
@@ -37,6 +48,20 @@ log = logging.getLogger("edgefleet.agent")
 
 M = TypeVar("M", bound=BaseModel)
 
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest answer the agent reads. Desired states and chains are kilobytes; a
+server (or a man in the middle of the unverified chain fetch) must not be able
+to make a small device allocate without bound."""
+
+MAX_CONNECT_TIMEOUT_S = 10.0
+
+_READ_CHUNK = 64 * 1024
+
+_STALE = (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+"""What a kept-alive connection the server has closed looks like on the next
+request: ``RemoteDisconnected`` (a ConnectionResetError), a reset, a broken
+pipe, or a TLS EOF. Only these, and only on a reused connection, are resent."""
+
 
 class Unreachable(EdgefleetError):
     """No HTTP answer at all: connection refused or reset, timeout, DNS. Always retried."""
@@ -44,77 +69,231 @@ class Unreachable(EdgefleetError):
     default_code = "unreachable"
 
 
-def _is_verify_failure(exc: BaseException) -> bool:
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+class ControllerURL(NamedTuple):
+    host: str
+    port: int
+    prefix: str
+    """Path the controller is mounted under (``""`` at the root), without a trailing slash."""
+
+
+def parse_controller_url(url: str) -> ControllerURL:
+    """Split ``https://host[:port][/prefix]``; anything else is a ConfigError."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError as exc:
+        raise ConfigError(f"controller URL {url!r} is not a valid URL: {exc}") from exc
+    if parts.scheme != "https":
+        raise ConfigError(f"controller URL {url!r} must start with https://")
+    if not parts.hostname:
+        raise ConfigError(f"controller URL {url!r} has no host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(
+            f"controller URL {url!r} may have a host, port and path only "
+            "(no user, query or fragment)"
+        )
+    return ControllerURL(parts.hostname, port, parts.path.rstrip("/"))
+
+
+@dataclass(frozen=True)
+class Response:
+    """A whole answer, body read (and capped) before the connection is used again."""
+
+    method: str
+    path: str
+    status: int
+    headers: Message
+    body: bytes
+
+
+class ResponseTooLarge(ApiError):
+    """An answer over ``MAX_BODY_BYTES``: refused, its connection dropped, retried later."""
+
+    default_code = "response_too_large"
+
+
+class Channel:
+    """One persistent HTTPS connection to one server, reopened when the server closed it.
+
+    Not thread-safe: the daemon makes one call at a time. ``timeout`` bounds
+    every socket read (as httpx's read timeout did); connecting (TCP and the
+    TLS handshake) gets at most ``MAX_CONNECT_TIMEOUT_S``.
+    """
+
+    def __init__(self, url: ControllerURL, context: ssl.SSLContext, timeout: float) -> None:
+        self.url = url
+        self.context = context
+        self.timeout = timeout
+        self.connect_timeout = min(timeout, MAX_CONNECT_TIMEOUT_S)
+        self.connections = 0
+        """Connections opened so far (a fresh one after every close)."""
+        self._conn: http.client.HTTPSConnection | None = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _open(self) -> http.client.HTTPSConnection:
+        conn = http.client.HTTPSConnection(
+            self.url.host, self.url.port, timeout=self.connect_timeout, context=self.context
+        )
+        self._conn = conn
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(self.timeout)
+        self.connections += 1
+        return conn
+
+    def _reusable(self) -> http.client.HTTPSConnection | None:
+        """The kept-alive connection, unless the server has visibly closed it while idle.
+
+        An idle connection with something to read has had a FIN, a reset or a
+        TLS close_notify: dropping it here avoids a resend in the common case;
+        the retry in :meth:`exchange` covers a close that races the request.
+        """
+        conn = self._conn
+        if conn is None or conn.sock is None:  # http.client drops sock after Connection: close
+            self.close()
+            return None
+        try:
+            readable, _, _ = select.select([conn.sock], [], [], 0)
+        except (OSError, ValueError):
+            readable = [conn.sock]
+        if readable:
+            log.debug("keep-alive connection to %s was closed by the server", self.url.host)
+            self.close()
+            return None
+        return conn
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: Callable[[], bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """Send one request and read its whole answer, whatever its status.
+
+        ``body`` is called for each attempt, so a resent request can differ (a
+        token request needs a new assertion, with a new ``jti``). A request is
+        resent at most once, and only when a reused connection turns out to
+        have been closed by the server; every device call is safe to resend.
+        """
+        target = self.url.prefix + path
+        for attempt in (1, 2):
+            conn = self._reusable()
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = self._open()
+                payload = body() if body is not None else None
+                conn.request(method, target, body=payload, headers=headers or {})
+                resp = conn.getresponse()
+                data = self._read_body(resp, method, target)
+            except ssl.SSLCertVerificationError as exc:
+                self.close()
+                raise TrustError(
+                    f"{self.url.host}:{self.url.port} failed verification against the "
+                    f"pinned roots: {exc.verify_message or exc}"
+                ) from exc
+            except _STALE as exc:
+                self.close()
+                if reused and attempt == 1:
+                    log.debug("%s %s: %r on a kept-alive connection; resending", method, path, exc)
+                    continue
+                raise Unreachable(f"{method} {target}: {type(exc).__name__}: {exc}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise Unreachable(f"{method} {target}: {type(exc).__name__}: {exc}") from exc
+            if resp.will_close:
+                self.close()
+            return Response(method, target, resp.status, resp.headers, data)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _read_body(self, resp: http.client.HTTPResponse, method: str, target: str) -> bytes:
+        """The body, refusing (and dropping the connection) past ``MAX_BODY_BYTES``."""
+        if resp.length is not None:  # Content-Length: refuse before reading a byte
+            if resp.length > MAX_BODY_BYTES:
+                self._too_large(method, target, resp.length)
+            return resp.read()
+        chunks, size = [], 0  # chunked, or until close: read in bounded steps
+        while chunk := resp.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                self._too_large(method, target, size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self, method: str, target: str, size: int) -> None:
+        self.close()
+        raise ResponseTooLarge(
+            f"the answer to {method} {target} is larger than {MAX_BODY_BYTES} bytes "
+            f"({size}); refusing it"
+        )
 
 
 class ControllerClient:
-    """Typed calls of the device API over one ``httpx.Client`` (keep-alive, pinned TLS)."""
+    """Typed calls of the device API over one :class:`Channel` (keep-alive, pinned TLS)."""
 
     def __init__(
-        self,
-        base_url: str,
-        verify: ssl.SSLContext,
-        clock: Clock,
-        timeout: float = 15.0,
-        transport: httpx.BaseTransport | None = None,
+        self, base_url: str, verify: ssl.SSLContext, clock: Clock, timeout: float = 15.0
     ) -> None:
         self.base_url = base_url
         self.clock = clock
-        self._http = httpx.Client(
-            base_url=base_url + API_PREFIX,
-            verify=verify,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-            headers={"User-Agent": f"edgefleet-agent/{__version__}"},
-            transport=transport,
-        )
+        self.channel = Channel(parse_controller_url(base_url), verify, timeout)
+        self._headers = {
+            "User-Agent": f"edgefleet-agent/{__version__}",
+            "Accept": "application/json",
+        }
 
     def close(self) -> None:
-        self._http.close()
+        self.channel.close()
 
     def request(
         self,
         method: str,
         path: str,
         *,
-        json: BaseModel | None = None,
+        json: BaseModel | Callable[[], BaseModel] | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        """Send one request; return a 2xx/304 answer or raise an Edgefleet error."""
-        body = json.model_dump(mode="json", exclude_none=False) if json is not None else None
-        try:
-            resp = self._http.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            if _is_verify_failure(exc):
-                raise TrustError(
-                    f"{self.base_url} failed verification against the pinned roots: {exc}"
-                ) from exc
-            raise Unreachable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        self.clock.observe(resp.headers.get("date"), time.time())
-        if resp.is_success or resp.status_code == 304:
+    ) -> Response:
+        """Send one request; return a 2xx/304 answer or raise an Edgefleet error.
+
+        ``json`` may be a callable that builds the model, called again if the
+        request has to be resent.
+        """
+        all_headers = {**self._headers, **(headers or {})}
+        body: Callable[[], bytes] | None = None
+        if json is not None:
+            all_headers["Content-Type"] = "application/json"
+            model = json
+
+            def encode() -> bytes:
+                return (model() if callable(model) else model).model_dump_json().encode()
+
+            body = encode
+        resp = self.channel.exchange(method, API_PREFIX + path, body, all_headers)
+        self.clock.observe(resp.headers.get("Date"), time.time())
+        if 200 <= resp.status < 300 or resp.status == 304:
             return resp
         try:
-            payload: Any = resp.json()
+            payload: Any = json_loads(resp.body)
         except ValueError:
             payload = None
         raise from_response_body(
-            resp.status_code,
+            resp.status,
             payload,
-            retry_after=parse_retry_after(resp.headers.get("retry-after")),
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
         )
 
     @staticmethod
-    def _parse(resp: httpx.Response, model: type[M]) -> M:
+    def _parse(resp: Response, model: type[M]) -> M:
         try:
-            return model.model_validate_json(resp.content)
+            return model.model_validate_json(resp.body)
         except ValidationError as exc:
             raise ApiError(
-                f"the controller's answer to {resp.request.method} {resp.request.url.path} "
+                f"the controller's answer to {resp.method} {resp.path} "
                 f"is not a valid {model.__name__}: {exc.error_count()} error(s), first: "
                 f"{exc.errors()[0]['msg']}",
                 code="bad_response",
@@ -128,8 +307,16 @@ class ControllerClient:
         """200 (enrolled) and 202 (awaiting approval) both come back as an EnrolResponse."""
         return self._parse(self.request("POST", "/enrol", json=req), EnrolResponse)
 
-    def token(self, assertion: str) -> AccessToken:
-        req = TokenRequest(client_assertion=assertion)
+    def token(self, assertion: Callable[[], str]) -> AccessToken:
+        """Trade an assertion for an access token.
+
+        ``assertion`` builds a fresh one per attempt: the controller refuses a
+        replayed ``jti``, so a resent request must not carry the same assertion.
+        """
+
+        def req() -> TokenRequest:
+            return TokenRequest(client_assertion=assertion())
+
         return self._parse(self.request("POST", "/auth/token", json=req), AccessToken)
 
     def desired(
@@ -140,9 +327,9 @@ class ControllerClient:
         if etag:
             headers["If-None-Match"] = etag
         resp = self.request("GET", f"/devices/{device_id}/desired", headers=headers)
-        if resp.status_code == 304:
+        if resp.status == 304:
             return None, etag
-        return self._parse(resp, DesiredState), resp.headers.get("etag")
+        return self._parse(resp, DesiredState), resp.headers.get("ETag")
 
     def status(self, device_id: str, token: str, report: StatusReport) -> StatusAck:
         resp = self.request(

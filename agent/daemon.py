@@ -292,13 +292,15 @@ class Agent:
         """A valid access token, refreshed at 80% of its lifetime."""
         assert self.client is not None and self.enrolment is not None
         if self._access_token is None or time.monotonic() >= self._token_refresh_at:
-            assertion = make_assertion(
-                self.key,
-                self.enrolment.device_id,
-                self.registration.controller_id,
-                now=self.clock.now(),
+            enrolment = self.enrolment
+            token = self.client.token(
+                lambda: make_assertion(
+                    self.key,
+                    enrolment.device_id,
+                    self.registration.controller_id,
+                    now=self.clock.now(),
+                )
             )
-            token = self.client.token(assertion)
             self._access_token = token.access_token
             self._token_refresh_at = time.monotonic() + TOKEN_REFRESH_FRACTION * token.expires_in
             log.debug("access token refreshed, valid %ss", token.expires_in)

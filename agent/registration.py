@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edgefleet.agent.client import parse_controller_url
 from edgefleet.errors import ConfigError, TrustError
 from edgefleet.signing import check_pin_format
 from edgefleet.wire import Registration
@@ -43,6 +44,10 @@ def parse_registration(text: str, source: str) -> Registration:
             f"registration file {source}: field controller_url must be an https:// URL, "
             f"got {reg.controller_url!r}"
         )
+    try:
+        parse_controller_url(reg.controller_url)
+    except ConfigError as exc:
+        raise ConfigError(f"registration file {source}: field controller_url: {exc}") from exc
     try:
         pins = [check_pin_format(p) for p in reg.root_pins]
     except TrustError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from edgefleet.agent.client import Channel, Unreachable, parse_controller_url
 from edgefleet.agent.files import atomic_write
 from edgefleet.errors import TrustError
 from edgefleet.signing import pick_pinned_root
@@ -56,23 +57,37 @@ def fetch_pinned_roots(controller_url: str, pins: list[str], timeout: float) -> 
     """Fetch the controller's chain WITHOUT verification and keep only pinned roots.
 
     Nothing else is sent to a server before this succeeds. Raises TrustError
-    if no pin matches, or Unreachable if the server cannot be reached.
+    if no pin matches, or Unreachable if the server cannot be reached. The
+    unverified context serves this one request on its own connection, and the
+    answer's ``Date`` is not believed (nothing vouches for it yet).
     """
-    from edgefleet.agent._httpx import httpx
-    from edgefleet.agent.client import Unreachable
-
+    channel = Channel(parse_controller_url(controller_url), _unverified_context(), timeout)
     try:
-        with httpx.Client(verify=False, timeout=timeout) as client:
-            resp = client.get(controller_url + CHAIN_PATH)
-    except httpx.HTTPError as exc:
+        resp = channel.exchange("GET", CHAIN_PATH, headers={"Accept": "application/x-pem-file"})
+    except Unreachable as exc:
         raise Unreachable(
-            f"cannot fetch the certificate chain from {controller_url}: {exc}"
+            f"cannot fetch the certificate chain from {controller_url}: {exc.message}"
         ) from exc
-    if resp.status_code != 200:
+    finally:
+        channel.close()
+    if resp.status != 200:
         raise Unreachable(
-            f"fetching the certificate chain from {controller_url} answered HTTP {resp.status_code}"
+            f"fetching the certificate chain from {controller_url} answered HTTP {resp.status}"
         )
-    return _pem(pick_pinned_root(resp.text, pins))
+    try:
+        text = resp.body.decode()
+    except UnicodeDecodeError as exc:
+        raise TrustError(f"the chain from {controller_url} is not PEM text: {exc}") from exc
+    return _pem(pick_pinned_root(text, pins))
+
+
+def _unverified_context() -> ssl.SSLContext:
+    """TLS without verification, for the chain fetch only: the pins judge what comes back."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
 
 
 def save_trust(state_dir: Path, roots_pem: str) -> None:
@@ -80,9 +95,14 @@ def save_trust(state_dir: Path, roots_pem: str) -> None:
 
 
 def ssl_context(roots_pem: str) -> ssl.SSLContext:
-    """A TLS client context trusting only ``roots_pem``, with hostname checks on."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=roots_pem)
+    """A TLS 1.2+ client context trusting only ``roots_pem``, with hostname checks on.
+
+    Built from a bare ``PROTOCOL_TLS_CLIENT`` context, never the system store:
+    a certificate from any public CA must not pass for the controller's.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cadata=roots_pem)
     return ctx

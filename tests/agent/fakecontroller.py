@@ -16,9 +16,11 @@ The socket is bound to port 0 at construction and only listens on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
+import socket
 import ssl
 import threading
 import time
@@ -89,7 +91,15 @@ class _Server(ThreadingHTTPServer):
             tls = self.fake.ssl_context.wrap_socket(request, server_side=True)
         except (ssl.SSLError, OSError):
             return  # the agent refused our certificate, or the proxy cut the line
-        self.RequestHandlerClass(tls, client_address, self)
+        with self.fake.lock:
+            self.fake.connections += 1
+            self.fake._open.add(tls)
+        try:
+            self.RequestHandlerClass(tls, client_address, self)
+        finally:
+            with self.fake.lock:
+                self.fake._open.discard(tls)
+            tls.close()
 
     def handle_error(self, request, client_address) -> None:
         pass  # connections cut by tests are expected; keep test output clean
@@ -130,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
         with fake.lock:
             fake.requests.append(Seen(method, path, dict(self.headers), body, time.time()))
             fault = fake._take_fault(method, path)
+        if fault is not None and fault.status == DROP:
+            self.close_connection = True  # read, never answered: the line went dead
+            return
         if fault is not None:
             self._send(fault.status, fault.body, fault.headers)
             return
@@ -144,6 +157,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+
+DROP = 0
+"""A fault "status": close the connection after reading the request, answering nothing."""
 
 
 def _error(status: int, code: str, message: str) -> tuple[int, Any, dict[str, str]]:
@@ -162,6 +179,9 @@ class FakeController:
         self.ssl_context.load_cert_chain(cert, key)
         self.lock = threading.Lock()
         self.requests: list[Seen] = []
+        self.connections = 0
+        """TLS connections accepted so far (keep-alive reuses one)."""
+        self._open: set[ssl.SSLSocket] = set()
         self.assertions: list[dict[str, Any]] = []
         """Decoded assertion claims, with ``_server_now`` (the fake's own clock)."""
         self.devices: dict[str, Device] = {}
@@ -227,19 +247,36 @@ class FakeController:
         message: str = "injected by the test",
         headers: dict[str, str] | None = None,
         count: int = 1,
+        body: bytes | None = None,
     ) -> None:
-        """Answer the next ``count`` matching requests with this error instead."""
+        """Answer the next ``count`` matching requests with this error (or raw ``body``)."""
         with self.lock:
             self._faults.append(
                 Fault(
                     method,
                     API_PREFIX + path_prefix,
                     status,
-                    {"error": {"code": code, "message": message}},
+                    body if body is not None else {"error": {"code": code, "message": message}},
                     headers or {},
                     count,
                 )
             )
+
+    def drop_next(self, method: str, path_prefix: str, count: int = 1) -> None:
+        """Read the next ``count`` matching requests, then close their connection unanswered.
+
+        On a kept-alive connection this is the race a client must survive: the
+        server closed it just as the request went out.
+        """
+        self.fail_next(method, path_prefix, DROP, count=count)
+
+    def close_connections(self) -> None:
+        """Close every open connection, as a server's keep-alive idle timeout does."""
+        with self.lock:
+            conns = list(self._open)
+        for tls in conns:
+            with contextlib.suppress(OSError):  # TCP level; the TLS object is left alone
+                socket.socket.shutdown(tls, socket.SHUT_RDWR)
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for f in self._faults:
