@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Database work runs in threads; a few are enough to keep the database busy,
         # and more only trade throughput for lock and GIL contention.
-        to_thread.current_default_thread_limiter().total_tokens = rt.settings.db_threads
+        to_thread.current_default_thread_limiter().total_tokens = rt.settings.effective_db_threads
         task = asyncio.create_task(_flush_last_seen(rt))
         try:
             yield

@@ -73,7 +73,7 @@ def make_engine(url: str) -> Engine:
             engine._edgefleet_write_lock = WriteLock(Path(path + ".writelock"))  # type: ignore[attr-defined]
         return engine
     if url.startswith("postgresql+"):
-        return create_engine(url, pool_size=8, max_overflow=8, pool_recycle=1800)
+        return create_engine(url, pool_size=8, max_overflow=4, pool_recycle=1800)
     raise ConfigError(
         f"unsupported database URL {url.split(':', 1)[0]!r}: use sqlite:///PATH or "
         "postgresql://USER@HOST:PORT/DB"

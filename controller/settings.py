@@ -31,8 +31,10 @@ class Settings(BaseSettings):
     listen_fd: int | None = None
     """An inherited, already listening socket to serve on instead of binding host:port."""
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1)
-    db_threads: int = Field(default=8, ge=1, le=200)
-    """Threads per worker for blocking (database) work."""
+    db_threads: int | None = Field(default=None, ge=1, le=200)
+    """Threads per worker for blocking (database) work. Unset: 2 on SQLite (one writer at
+    a time anyway), 4 on PostgreSQL. More threads mostly buy GIL contention on a small
+    machine; raise it when the database is far away (each round trip then waits longer)."""
     public_url: str | None = None
     """The URL devices use; goes into registration files. Defaults to https://host:port."""
     server_names: list[str] = ["localhost", "127.0.0.1"]
@@ -71,6 +73,12 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'edgefleet.db').resolve()}"
+
+    @property
+    def effective_db_threads(self) -> int:
+        if self.db_threads is not None:
+            return self.db_threads
+        return 2 if self.effective_database_url.startswith("sqlite") else 4
 
     @property
     def effective_public_url(self) -> str:
