@@ -17,6 +17,7 @@ from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.enrolment import certificate_fields
 from edgefleet.errors import BadRequest, Conflict, Forbidden, NotFound
+from edgefleet.labels import parse_labels
 from edgefleet.wire import DeviceState
 
 
@@ -43,16 +44,6 @@ def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
     }
 
 
-def parse_label_filter(labels: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in labels:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadRequest(f"label filter {item!r} must read key=value", code="bad_label")
-        out[key] = value
-    return out
-
-
 def list_devices(
     rt: Runtime,
     who: Operator,
@@ -63,7 +54,7 @@ def list_devices(
     limit: int = 1000,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    wanted = parse_label_filter(labels or [])
+    wanted = parse_labels(labels or [])
     if state is not None and state not in DeviceState.__members__:
         raise BadRequest(
             f"unknown state {state!r}; one of {', '.join(DeviceState)}", code="bad_state"

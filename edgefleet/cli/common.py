@@ -48,13 +48,3 @@ def handled(fn: F) -> F:
             raise typer.Exit(1) from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def parse_labels(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise EdgefleetError(f"label {item!r} must read key=value", code="bad_label")
-        out[key] = value
-    return out

@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 import yaml
 
-from edgefleet.cli.common import controller, handled, parse_labels
+from edgefleet.cli.common import controller, handled
 from edgefleet.cli.output import Format, OutputOpt, show
 from edgefleet.errors import EdgefleetError
+from edgefleet.labels import parse_labels
 
 app = typer.Typer(help="Sites: where devices live.", no_args_is_help=True)
 profiles = typer.Typer(help="Cluster profiles (numbered revisions).", no_args_is_help=True)

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 import yaml
 
-from edgefleet.cli.common import controller, handled, parse_labels
+from edgefleet.cli.common import controller, handled
 from edgefleet.cli.output import Format, OutputOpt, show
+from edgefleet.labels import parse_labels
 
 app = typer.Typer(help="Registration tokens for zero-touch enrolment.", no_args_is_help=True)
 COLUMNS = [
