@@ -173,7 +173,7 @@ class Agent:
             except TrustError as exc:
                 log.error(
                     "REFUSING controller %s: %s. Check that the registration file's "
-                    "root_pins match the controller's root CA (edgefleet pki pin).",
+                    "root_pins match the controller's root CA (`edgefleet controller pin`).",
                     reg.controller_url,
                     exc.message,
                 )

@@ -41,6 +41,7 @@ class DeviceAuth:
 class DesiredEntry:
     etag: str
     body: bytes
+    interval_seconds: int
 
 
 def controller_id_file(settings: Settings) -> str:
@@ -145,7 +146,8 @@ class Runtime:
             trust_bundle=self.authority.trust_bundle,
         )
         body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()
-        return DesiredEntry('"' + hashlib.sha256(body).hexdigest()[:32] + '"', body)
+        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        return DesiredEntry(etag, body, state.interval_seconds)
 
     # -- metrics ------------------------------------------------------------------
 

@@ -58,5 +58,5 @@ def ack(rt: Runtime, device_id: str, state: DeviceState) -> StatusAck:
     return StatusAck(
         state=state,
         desired_etag=desired.etag,
-        interval_seconds=rt.settings.device_interval_seconds,
+        interval_seconds=desired.interval_seconds,
     )
