@@ -105,6 +105,7 @@ class Agent:
         self.enrolment = identity.load_enrolment(self.state_dir)
         self.inventory = collect(settings.serial, settings.hardware_id)
         self.client: ControllerClient | None = None
+        self._roots = ""
         self.interval = float(self.store.current.interval_seconds or DEFAULT_INTERVAL_S)
         self._access_token: str | None = None
         self._token_refresh_at = 0.0
@@ -180,9 +181,29 @@ class Agent:
                 raise
             trust.save_trust(self.state_dir, roots)
             log.info("pinned controller %s (root matches a registration pin)", reg.controller_url)
+        self._connect(roots)
+
+    def _connect(self, roots: str) -> None:
+        if self.client is not None:
+            self.client.close()
         self.client = ControllerClient(
-            reg.controller_url, trust.ssl_context(roots), self.clock, self.settings.http_timeout
+            self.registration.controller_url,
+            trust.ssl_context(roots),
+            self.clock,
+            self.settings.http_timeout,
         )
+        self._roots = roots
+
+    def _learn_trust(self, bundle: list[str]) -> None:
+        """Take up roots from the desired state's trust bundle that a root we trust vouches
+        for (CA rotation): the controller can then switch roots without losing us."""
+        if not bundle:
+            return
+        roots = trust.extend_trust(self._roots, bundle, self.registration.root_pins)
+        if roots != self._roots:
+            trust.save_trust(self.state_dir, roots)
+            log.info("trust bundle changed; now trusting %d certificate(s)", roots.count("BEGIN"))
+            self._connect(roots)
 
     def _drop_trust(self) -> None:
         """After a verification failure, fetch (and pin-check) the chain again: the
@@ -341,6 +362,7 @@ class Agent:
 
     def _apply(self, desired: DesiredState, etag: str | None) -> None:
         write_json(self.state_dir / DESIRED_FILE, desired.model_dump(mode="json"))
+        self._learn_trust(desired.trust_bundle)
         revision = self.applier.apply(desired)
         self.interval = float(desired.interval_seconds)
         self.store.update(

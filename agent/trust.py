@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from edgefleet.agent.client import Channel, Unreachable, parse_controller_url
 from edgefleet.agent.files import atomic_write
 from edgefleet.errors import TrustError
-from edgefleet.signing import pick_pinned_root
+from edgefleet.signing import pick_pinned_root, spki_pin
 from edgefleet.wire import API_PREFIX
 
 log = logging.getLogger("edgefleet.agent")
@@ -79,6 +79,18 @@ def fetch_pinned_roots(controller_url: str, pins: list[str], timeout: float) -> 
     except UnicodeDecodeError as exc:
         raise TrustError(f"the chain from {controller_url} is not PEM text: {exc}") from exc
     return _pem(pick_pinned_root(text, pins))
+
+
+def extend_trust(roots_pem: str, bundle: list[str], pins: list[str]) -> str:
+    """The roots we trust now plus those in ``bundle`` that they vouch for (cross-signed).
+
+    The bundle arrived over a connection verified against ``roots_pem``, but it still
+    only adds roots a trusted root has signed for: a compromised transport cannot
+    smuggle in an unrelated CA.
+    """
+    known = x509.load_pem_x509_certificates(roots_pem.encode()) if roots_pem else []
+    anchors = list(pins) + [spki_pin(c.public_key()) for c in known if c.subject == c.issuer]
+    return _pem(pick_pinned_root(roots_pem + "".join(bundle), anchors))
 
 
 def _unverified_context() -> ssl.SSLContext:

@@ -13,6 +13,7 @@ import time
 
 import jwt
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -48,22 +49,48 @@ def check_pin_format(pin: str) -> str:
 
 
 def pick_pinned_root(pem_bundle: str, pins: list[str]) -> list[x509.Certificate]:
-    """Return the self-signed roots in ``pem_bundle`` whose SPKI matches one of ``pins``.
+    """The certificates in ``pem_bundle`` a device may trust, given its pins.
 
-    Raises TrustError if none does: the caller must then refuse the server.
+    A self-signed root is trusted when its SPKI matches a pin, or when the bundle
+    holds a cross-certificate for it (same subject and key) signed by an already
+    trusted root: that is how a CA rotation reaches devices that only pin the old
+    root. Returns the trusted roots followed by the cross-certificates that vouched
+    for them, so the result can be stored and checked again later. Raises
+    TrustError if no root is trusted: the caller must then refuse the server.
     """
     wanted = {check_pin_format(p) for p in pins}
     try:
-        certs = x509.load_pem_x509_certificates(pem_bundle.encode())
+        certs = list(dict.fromkeys(x509.load_pem_x509_certificates(pem_bundle.encode())))
     except ValueError as exc:
         raise TrustError(f"the server's chain is not PEM certificates: {exc}") from exc
-    roots = [c for c in certs if c.subject == c.issuer and cert_pin(c) in wanted]
-    if not roots:
+    roots = [c for c in certs if c.subject == c.issuer]
+    trusted = [c for c in roots if cert_pin(c) in wanted]
+    if not trusted:
         raise TrustError(
             "the server's certificate chain matches none of the pinned roots "
             f"({', '.join(sorted(wanted))}); refusing to talk to it"
         )
-    return roots
+    vouching: list[x509.Certificate] = []
+    grew = True
+    while grew:
+        grew = False
+        for cross in certs:
+            if cross.subject == cross.issuer or cross in vouching:
+                continue
+            signer = next((t for t in trusted if t.subject == cross.issuer), None)
+            root = next(
+                (r for r in roots if r.subject == cross.subject and r not in trusted), None
+            )
+            if signer is None or root is None or spki_pin(root.public_key()) != cert_pin(cross):
+                continue
+            try:
+                cross.verify_directly_issued_by(signer)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            trusted.append(root)
+            vouching.append(cross)
+            grew = True
+    return trusted + vouching
 
 
 def make_assertion(

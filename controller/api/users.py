@@ -61,5 +61,5 @@ def controller_info(who: Reader, rt: RuntimeDep) -> dict[str, Any]:
     return {
         "controller_id": rt.controller_id,
         "url": rt.settings.effective_public_url,
-        "root_pins": [rt.authority.root_pin],
+        "root_pins": rt.authority.root_pins,
     }

@@ -1,14 +1,29 @@
-"""Load or create the controller's CA hierarchy and sign device CSRs.
+"""Load or create the controller's CA hierarchy, rotate it, and sign device CSRs.
 
 Layout in ``<data_dir>/pki`` (keys mode 0600): ``root``, ``server-ca`` and
 ``device-ca`` key/cert pairs, and the TLS ``server`` certificate whose chain is
 server + server-ca. Never one key for everything: the server intermediate can be
 replaced without touching device certificates, and the root key is only used to
-sign intermediates.
+sign intermediates and the cross-certificate of its successor.
+
+Rotation has two steps, each followed by a (rolling) restart of the controller:
+
+1. ``stage_rotation``: a next hierarchy in ``pki/next/`` and ``next/cross.pem``, the
+   next root signed by the current one. The trust bundle in every device's desired
+   state now carries both roots and the cross-certificate, so devices learn the next
+   root over a connection they already trust; registration files name both pins.
+2. ``promote_rotation``: the next hierarchy becomes current (server certificate and
+   device certificates from the new intermediates); the old root stays in
+   ``pki/previous/`` and the cross-certificate in ``pki/cross.pem``, so a device that
+   only pins the old root (an image flashed before the rotation, or one offline all
+   along) still accepts the new chain by the old root's signature.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,12 +34,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from edgefleet.controller.pki import certs
-from edgefleet.errors import BadRequest
+from edgefleet.errors import BadRequest, Conflict
 from edgefleet.signing import cert_pin, spki_pin
 
 ROOT_DAYS = 3650
 INTERMEDIATE_DAYS = 1825
 SERVER_DAYS = 397
+NEXT = "next"
+PREVIOUS = "previous"
+CROSS = "cross.pem"
 
 
 @dataclass
@@ -34,11 +52,19 @@ class Authority:
     server_ca: x509.Certificate
     device_ca: x509.Certificate
     device_ca_key: ec.EllipticCurvePrivateKey
+    next_root: x509.Certificate | None = None
+    previous_root: x509.Certificate | None = None
+    cross: list[x509.Certificate] = field(default_factory=list)
+    """Cross-certificates: the next root by the current one, the current by the previous."""
     _chain_pem: str = field(init=False, default="")
     _device_chain_tail: str = field(init=False, default="")
 
     def __post_init__(self) -> None:
-        self._chain_pem = "".join(certs.pem(c) for c in (self.root, self.server_ca, self.device_ca))
+        roots = [r for r in (self.root, self.next_root, self.previous_root) if r is not None]
+        self._trust = [certs.pem(c) for c in (*roots, *self.cross)]
+        self._chain_pem = (
+            "".join(self._trust) + certs.pem(self.server_ca) + certs.pem(self.device_ca)
+        )
         self._device_chain_tail = certs.pem(self.device_ca)
 
     @property
@@ -46,25 +72,20 @@ class Authority:
         return cert_pin(self.root)
 
     @property
+    def root_pins(self) -> list[str]:
+        """Pins for new registration files: the current root, and the next one if staged."""
+        return [cert_pin(r) for r in (self.root, self.next_root) if r is not None]
+
+    @property
     def chain_pem(self) -> str:
-        """Roots then intermediates: what an agent fetches before it trusts anything."""
+        """Roots, cross-certificates, then intermediates: what an agent fetches before it
+        trusts anything."""
         return self._chain_pem
 
     @property
     def trust_bundle(self) -> list[str]:
-        return [certs.pem(self.root)]
-
-    @property
-    def server_cert_file(self) -> Path:
-        return self.directory / "server.pem"
-
-    @property
-    def server_key_file(self) -> Path:
-        return self.directory / "server.key"
-
-    @property
-    def root_cert_file(self) -> Path:
-        return self.directory / "root.pem"
+        """Roots and cross-certificates, as they travel in every device's desired state."""
+        return self._trust
 
     def sign_device(
         self, public_key: ec.EllipticCurvePublicKey, device_id: str, days: int
@@ -110,28 +131,11 @@ def parse_device_csr(csr_pem: str) -> tuple[x509.CertificateSigningRequest, str]
 def load_or_create_authority(directory: Path, server_names: list[str]) -> Authority:
     """Create the hierarchy on first start; reissue the server certificate when its names
     change or it nears expiry. Call from one process before workers start."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root_key = _key(directory / "root.key")
-    root = _cert(
-        directory / "root.pem",
-        lambda: certs.self_signed_root(root_key, "Edgefleet root", ROOT_DAYS),
-    )
-    server_ca_key = _key(directory / "server-ca.key")
-    server_ca = _cert(
-        directory / "server-ca.pem",
-        lambda: certs.intermediate(
-            server_ca_key, "Edgefleet server CA", root_key, root, INTERMEDIATE_DAYS
-        ),
-    )
-    device_ca_key = _key(directory / "device-ca.key")
-    device_ca = _cert(
-        directory / "device-ca.pem",
-        lambda: certs.intermediate(
-            device_ca_key, "Edgefleet device CA", root_key, root, INTERMEDIATE_DAYS
-        ),
-    )
+    _hierarchy(directory)
+    server_ca_key = certs.read_key(directory / "server-ca.key")
+    server_ca = _read_cert(directory / "server-ca.pem")
     _ensure_server_cert(directory, server_ca_key, server_ca, server_names)
-    return Authority(directory, root, server_ca, device_ca, device_ca_key)
+    return load_authority(directory)
 
 
 def load_authority(directory: Path) -> Authority:
@@ -142,7 +146,84 @@ def load_authority(directory: Path) -> Authority:
         _read_cert(directory / "server-ca.pem"),
         _read_cert(directory / "device-ca.pem"),
         certs.read_key(directory / "device-ca.key"),
+        next_root=_maybe_cert(directory / NEXT / "root.pem"),
+        previous_root=_maybe_cert(directory / PREVIOUS / "root.pem"),
+        cross=[
+            c
+            for c in (_maybe_cert(directory / NEXT / CROSS), _maybe_cert(directory / CROSS))
+            if c is not None
+        ],
     )
+
+
+def _maybe_cert(path: Path) -> x509.Certificate | None:
+    return _read_cert(path) if path.exists() else None
+
+
+def _hierarchy(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """Root, server and device intermediates in ``directory`` (made where missing)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Each generation's names are its own, so an old and a new root never share a subject.
+    tag = datetime.now(UTC).strftime("%Y%m%d") + "-" + secrets.token_hex(3)
+    root_key = _key(directory / "root.key")
+    root = _cert(
+        directory / "root.pem",
+        lambda: certs.self_signed_root(root_key, f"Edgefleet root {tag}", ROOT_DAYS),
+    )
+    for name, cn in (
+        ("server-ca", f"Edgefleet server CA {tag}"),
+        ("device-ca", f"Edgefleet device CA {tag}"),
+    ):
+        key = _key(directory / f"{name}.key")
+        _cert(
+            directory / f"{name}.pem",
+            lambda key=key, cn=cn: certs.intermediate(key, cn, root_key, root, INTERMEDIATE_DAYS),
+        )
+    return root_key, root
+
+
+def stage_rotation(directory: Path) -> x509.Certificate:
+    """Make the next hierarchy and cross-sign its root with the current root's key."""
+    if (directory / NEXT).exists():
+        raise Conflict(
+            "a rotation is staged already; promote it (`edgefleet pki promote`) first",
+            code="rotation_staged",
+        )
+    current_key = certs.read_key(directory / "root.key")
+    current = _read_cert(directory / "root.pem")
+    staging = directory / "next.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    next_key, next_root = _hierarchy(staging)
+    cross = certs.cross_sign(next_root, next_key.public_key(), current_key, current, ROOT_DAYS)
+    certs.write_cert(staging / CROSS, cross)
+    staging.rename(directory / NEXT)
+    return next_root
+
+
+def promote_rotation(directory: Path, server_names: list[str]) -> x509.Certificate:
+    """Make the staged hierarchy current; keep the old root (and its cross-signature of
+    the new one) so devices that pin only the old root still follow."""
+    nxt = directory / NEXT
+    if not nxt.exists():
+        raise Conflict(
+            "no rotation is staged; run `edgefleet pki rotate` first", code="no_rotation"
+        )
+    previous = directory / PREVIOUS
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir(mode=0o700)
+    for name in ("root", "server-ca", "device-ca"):
+        for ext in (".key", ".pem"):
+            os.replace(directory / f"{name}{ext}", previous / f"{name}{ext}")
+            os.replace(nxt / f"{name}{ext}", directory / f"{name}{ext}")
+    os.replace(nxt / CROSS, directory / CROSS)
+    shutil.rmtree(nxt)
+    server_ca_key = certs.read_key(directory / "server-ca.key")
+    for stale in ("server.pem", "server.key"):
+        (directory / stale).unlink(missing_ok=True)
+    _ensure_server_cert(
+        directory, server_ca_key, _read_cert(directory / "server-ca.pem"), server_names
+    )
+    return _read_cert(directory / "root.pem")
 
 
 def _key(path: Path) -> ec.EllipticCurvePrivateKey:

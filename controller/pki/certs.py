@@ -82,6 +82,27 @@ def intermediate(
     )
 
 
+def cross_sign(
+    root: x509.Certificate,
+    public_key: object,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate,
+    days: int,
+) -> x509.Certificate:
+    """``root``'s subject and key, vouched for by another root: a device that trusts the
+    issuer can thereby trust ``root`` (CA rotation)."""
+    return (
+        _builder(root.subject, issuer.subject, public_key, timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(_aki(issuer), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

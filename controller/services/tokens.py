@@ -90,7 +90,7 @@ def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]
     out["registration"] = Registration(
         controller_url=rt.settings.effective_public_url,
         controller_id=rt.controller_id,
-        root_pins=[rt.authority.root_pin],
+        root_pins=rt.authority.root_pins,
         token=str(secret),
     ).model_dump()
     return out

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from edgefleet.cli import controller, devices, localfleet, login, sites, tokens, users
+from edgefleet.cli import controller, devices, localfleet, login, pki, sites, tokens, users
 from edgefleet.cli.common import Globals
 
 app = typer.Typer(
@@ -40,6 +40,7 @@ app.add_typer(devices.app, name="devices")
 app.add_typer(users.app, name="users")
 app.add_typer(sites.app, name="sites")
 app.add_typer(sites.profiles, name="profiles")
+app.add_typer(pki.app, name="pki")
 app.add_typer(localfleet.app, name="dev")
 app.command("login")(login.login)
 
