@@ -39,6 +39,7 @@ from edgefleet.wire import (
     DesiredState,
     EnrolRequest,
     EnrolResponse,
+    RenewRequest,
     StatusAck,
     StatusReport,
     TokenRequest,
@@ -318,6 +319,12 @@ class ControllerClient:
             return TokenRequest(client_assertion=assertion())
 
         return self._parse(self.request("POST", "/auth/token", json=req), AccessToken)
+
+    def renew(self, device_id: str, request: Callable[[], RenewRequest]) -> EnrolResponse:
+        """A new certificate for a new key; ``request`` builds a fresh proof per attempt."""
+        return self._parse(
+            self.request("POST", f"/devices/{device_id}/renew", json=request), EnrolResponse
+        )
 
     def desired(
         self, device_id: str, token: str, etag: str | None

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from edgefleet.agent import identity, trust
 from edgefleet.agent.apply import Applier, RecordOnlyApplier
 from edgefleet.agent.backoff import Backoff, jittered
@@ -24,6 +26,7 @@ from edgefleet.agent.client import ControllerClient
 from edgefleet.agent.clock import Clock
 from edgefleet.agent.files import ensure_dir, write_json
 from edgefleet.agent.inventory import collect
+from edgefleet.agent.qrpayload import learn_controller_id
 from edgefleet.agent.settings import Settings
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
 from edgefleet.errors import (
@@ -34,13 +37,15 @@ from edgefleet.errors import (
     TrustError,
     Unauthorized,
 )
-from edgefleet.signing import make_assertion
+from edgefleet.signing import make_assertion, renewal_proof
 from edgefleet.wire import (
+    AccessToken,
     DesiredState,
     DeviceState,
     EnrolRequest,
     Health,
     Registration,
+    RenewRequest,
     StatusAck,
     StatusReport,
 )
@@ -101,6 +106,7 @@ class Agent:
             settings.backoff_base, settings.token_backoff_cap, rng=self.rng
         )
         # Before any request: a retried enrolment must present the same key.
+        identity.settle_renewal(self.state_dir)
         self.key = identity.load_or_create_key(self.state_dir)
         self.enrolment = identity.load_enrolment(self.state_dir)
         self.inventory = collect(settings.serial, settings.hardware_id)
@@ -264,6 +270,10 @@ class Agent:
                 self._wait(delay)
                 continue
             break
+        # A QR payload names no controller id: the answer does (hook for agent/qrpayload.py).
+        self.registration = learn_controller_id(
+            self.state_dir, self.registration, resp.controller_id
+        )
         if not resp.certificate_chain:
             raise ApiError(
                 f"the controller answered state {resp.state} without a certificate chain",
@@ -314,18 +324,56 @@ class Agent:
         assert self.client is not None and self.enrolment is not None
         if self._access_token is None or time.monotonic() >= self._token_refresh_at:
             enrolment = self.enrolment
-            token = self.client.token(
-                lambda: make_assertion(
-                    self.key,
-                    enrolment.device_id,
-                    self.registration.controller_id,
-                    now=self.clock.now(),
-                )
-            )
+            try:
+                token = self._exchange(enrolment)
+            except Unauthorized as exc:
+                if exc.code != "certificate_expired":
+                    raise
+                log.warning("certificate expired while offline; re-enrolling with the device key")
+                self._renew()
+                token = self._exchange(enrolment)
             self._access_token = token.access_token
             self._token_refresh_at = time.monotonic() + TOKEN_REFRESH_FRACTION * token.expires_in
             log.debug("access token refreshed, valid %ss", token.expires_in)
         return self._access_token
+
+    def _exchange(self, enrolment: identity.Enrolment) -> AccessToken:
+        assert self.client is not None
+        return self.client.token(
+            lambda: make_assertion(
+                self.key,
+                enrolment.device_id,
+                self.registration.controller_id,
+                now=self.clock.now(),
+            )
+        )
+
+    def _renew(self) -> None:
+        """New key and certificate, proven by the current key (or, if the controller
+        already took the new key in a renewal whose answer was lost, by that one)."""
+        assert self.client is not None and self.enrolment is not None
+        device_id = self.enrolment.device_id
+        nxt = identity.load_or_create_key(self.state_dir, identity.NEXT_KEY_FILE)
+        common_name = self.inventory.serial or self.inventory.hostname or "edgefleet-device"
+        csr = identity.make_csr(nxt, common_name, self.inventory.serial)
+        for signer in (self.key, nxt):
+
+            def request(signer: ec.EllipticCurvePrivateKey = signer) -> RenewRequest:
+                proof = renewal_proof(
+                    signer, device_id, self.registration.controller_id, csr, self.clock.now()
+                )
+                return RenewRequest(csr=csr, proof=proof)
+
+            try:
+                resp = self.client.renew(device_id, request)
+                break
+            except Unauthorized as exc:
+                if exc.code != "bad_signature" or signer is nxt:
+                    raise
+        assert resp.certificate_chain
+        self.key = identity.adopt_next_key(self.state_dir, resp.certificate_chain, self.enrolment)
+        self._access_token = None
+        log.info("certificate renewed with a new key device_id=%s (%s)", device_id, resp.message)
 
     def _authorized(self, call: Callable[[str], T]) -> T:
         """Run ``call(token)``; after a 401, refresh the token once and retry once."""
@@ -340,6 +388,8 @@ class Agent:
 
     def _cycle(self) -> None:
         """One reconcile step: desired state (if due), status, and a re-check the ack asks for."""
+        if identity.renewal_due(self.state_dir, self.clock.now()):
+            self._renew()
         if not self._desired_checked:
             self._sync_desired()
         ack = self._report()

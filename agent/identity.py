@@ -21,17 +21,21 @@ from cryptography.x509.oid import NameOID
 from edgefleet.agent.files import atomic_write, read_json, write_json
 from edgefleet.errors import ConfigError, TrustError
 from edgefleet.signing import spki_pin
+from edgefleet.wire import CLOCK_TOLERANCE_S
 
 log = logging.getLogger("edgefleet.agent")
 
 KEY_FILE = "key.pem"
+NEXT_KEY_FILE = "key.next.pem"
+"""The key a renewal is introducing; it replaces key.pem once its certificate is stored."""
 CERT_FILE = "device.pem"
 DEVICE_FILE = "device.json"
 
 
-def load_or_create_key(state_dir: Path) -> ec.EllipticCurvePrivateKey:
-    """The device key from ``key.pem``, made (P-256) and stored first if there is none."""
-    path = state_dir / KEY_FILE
+def load_or_create_key(state_dir: Path, name: str = KEY_FILE) -> ec.EllipticCurvePrivateKey:
+    """The device key from ``key.pem`` (or a renewal's ``key.next.pem``), made (P-256)
+    and stored first if there is none."""
+    path = state_dir / name
     try:
         pem = path.read_bytes()
     except FileNotFoundError:
@@ -119,3 +123,48 @@ def load_enrolment(state_dir: Path) -> Enrolment | None:
         enrolled_at=data.get("enrolled_at", ""),
         profile=data.get("profile"),
     )
+
+
+def renewal_due(state_dir: Path, now: float) -> bool:
+    """True from two thirds of the certificate's lifetime on (``now``: corrected clock).
+
+    The controller back-dates certificates by the clock tolerance, so the lifetime
+    starts that much after ``notBefore``.
+    """
+    try:
+        cert = x509.load_pem_x509_certificates((state_dir / CERT_FILE).read_bytes())[0]
+    except (FileNotFoundError, ValueError):
+        return False
+    start = cert.not_valid_before_utc.timestamp() + CLOCK_TOLERANCE_S
+    end = cert.not_valid_after_utc.timestamp()
+    return now >= start + (end - start) * 2 / 3
+
+
+def adopt_next_key(
+    state_dir: Path, chain_pem: str, enrolment: Enrolment
+) -> ec.EllipticCurvePrivateKey:
+    """Store a renewal's certificate, then make its key the device key.
+
+    In this order, a crash in between leaves ``device.pem`` for the next key while
+    ``key.pem`` is the old one; :func:`settle_renewal` finishes the job at start.
+    """
+    key = load_or_create_key(state_dir, NEXT_KEY_FILE)
+    save_enrolment(state_dir, key, enrolment, chain_pem)
+    os.replace(state_dir / NEXT_KEY_FILE, state_dir / KEY_FILE)
+    return key
+
+
+def settle_renewal(state_dir: Path) -> None:
+    """Finish a renewal a crash interrupted: promote ``key.next.pem`` if the stored
+    certificate is already for it."""
+    nxt = state_dir / NEXT_KEY_FILE
+    if not nxt.exists():
+        return
+    try:
+        cert = x509.load_pem_x509_certificates((state_dir / CERT_FILE).read_bytes())[0]
+    except (FileNotFoundError, ValueError):
+        return
+    key = load_or_create_key(state_dir, NEXT_KEY_FILE)
+    if spki_pin(cert.public_key()) == spki_pin(key.public_key()):
+        os.replace(nxt, state_dir / KEY_FILE)
+        log.info("finished an interrupted certificate renewal")

@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
         "/etc/edgefleet/registration.yaml, then /boot/edgefleet/registration.yaml)",
     )
     p.add_argument(
+        "--qr-payload",
+        dest="qr_payload",
+        metavar="PAYLOAD",
+        help="enrol with a scanned QR label (HTTPS://HOST:PORT/E/CODE#PIN) instead of a "
+        "registration file (EDGEFLEET_AGENT_QR_PAYLOAD, which keeps it out of `ps`)",
+    )
+    p.add_argument(
         "--state-dir",
         dest="state_dir",
         type=Path,
@@ -98,16 +105,24 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(settings.log_level)
 
     from edgefleet.agent.daemon import Agent, Decommissioned, Rejected
+    from edgefleet.agent.qrpayload import registration_from_payload
     from edgefleet.agent.registration import load_registration
 
     stop = threading.Event()
     _install_signal_handlers(stop)
     try:
-        path, registration = load_registration(registration_candidates(settings))
+        if settings.qr_payload:
+            if settings.registration is not None:
+                raise ConfigError("give a registration file or a QR payload, not both")
+            source = "QR payload"
+            registration = registration_from_payload(settings.qr_payload, settings.state_dir)
+        else:
+            path, registration = load_registration(registration_candidates(settings))
+            source = str(path)
         log.info(
             "starting agent state_dir=%s registration=%s controller=%s",
             settings.state_dir,
-            path,
+            source,
             registration.controller_url,
         )
         return Agent(settings, registration, stop=stop).run()

@@ -33,6 +33,9 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class Settings:
     registration: Path | None = None
     """The registration file; None means "search REGISTRATION_SEARCH_PATH"."""
+    qr_payload: str | None = None
+    """A scanned QR enrolment label (``HTTPS://HOST:PORT/E/CODE#PIN``), instead of a
+    registration file (see ``agent/qrpayload.py``)."""
     state_dir: Path = DEFAULT_STATE_DIR
     serial: str | None = None
     hardware_id: str | None = None
@@ -50,6 +53,7 @@ class Settings:
 
 _CONVERT: dict[str, Any] = {
     "registration": Path,
+    "qr_payload": str,
     "state_dir": Path,
     "serial": str,
     "hardware_id": str,

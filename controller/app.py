@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.controller.api import device_api, devices, sites, tokens, users
 from edgefleet.controller.guard import Guard
+from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.settings import Settings, load_settings
 from edgefleet.errors import ApiError
@@ -36,9 +37,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         # and more only trade throughput for lock and GIL contention.
         to_thread.current_default_thread_limiter().total_tokens = rt.settings.effective_db_threads
         task = asyncio.create_task(_flush_last_seen(rt))
+        rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
         try:
             yield
         finally:
+            await run_in_threadpool(rt.epoch.stop)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -46,6 +49,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
+    app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
     for module in (device_api, devices, tokens, sites, users):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]

@@ -1,5 +1,5 @@
 """Prometheus metrics: enrolments by outcome, requests by endpoint and status, latency
-histograms, devices by state.
+histograms, rate-limit refusals by endpoint, devices by state.
 
 With several worker processes, prometheus-client's multiprocess mode is used
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``edgefleet controller serve``), so a scrape
@@ -60,6 +60,12 @@ class Metrics:
             "HTTP request latency by route",
             ["method", "route"],
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self._registry,
+        )
+        self.rate_limited = Counter(
+            "edgefleet_rate_limited",
+            "Requests refused by a per-client rate limit (429), by endpoint",
+            ["endpoint"],
             registry=self._registry,
         )
         self._devices = _DevicesByState(count_by_state)

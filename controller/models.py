@@ -74,6 +74,8 @@ class RegistrationToken(SQLModel, table=True):
     revoked_at: datetime | None = _ts(nullable=True)
     created_at: datetime = _ts(nullable=False)
     created_by: str = Field(default="", max_length=128)
+    code_hash: str | None = Field(default=None, unique=True, index=True, max_length=64)
+    """Hash of the token's QR enrolment code, if it has one (see services/enrolment_codes)."""
 
 
 class Device(SQLModel, table=True):
@@ -86,6 +88,9 @@ class Device(SQLModel, table=True):
     key_pin: str = Field(unique=True, index=True, max_length=80)
     """sha256 of the device key's SubjectPublicKeyInfo: the idempotency key of enrolment."""
     public_key_pem: str
+    pending_key_pin: str | None = Field(default=None, unique=True, max_length=80)
+    """A new key waiting for an operator: the device lost its old one (services/rekey.py)."""
+    pending_key_pem: str | None = None
     certificate_pem: str | None = None
     certificate_not_after: datetime | None = _ts(nullable=True)
     credential_generation: int = 1
@@ -134,3 +139,21 @@ class AuditRecord(SQLModel, table=True):
     target: str = Field(default="", max_length=256)
     detail: dict[str, Any] = _json(dict)
     remote_addr: str = Field(default="", max_length=64)
+
+
+class CacheGeneration(SQLModel, table=True):
+    """One row, bumped after every committed change that workers' caches depend on; on
+    PostgreSQL announced with ``NOTIFY edgefleet_cache`` (see ``controller/pgnotify.py``)."""
+
+    id: int = Field(default=1, primary_key=True)
+    generation: int = 0
+
+
+class CacheListener(SQLModel, table=True):
+    """A worker's cache listener and the newest generation it has acted on. A writer's
+    ``bump()`` waits until every listener whose session is alive has caught up."""
+
+    id: str = Field(primary_key=True, max_length=128)
+    backend_pid: int
+    backend_start: datetime = _ts(nullable=False)
+    generation: int = 0

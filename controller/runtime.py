@@ -1,8 +1,8 @@
 """Everything one worker process holds: settings, engine, PKI, token keys, caches.
 
 Built by the app factory and kept on ``app.state.rt``. The caches here answer
-the hot device calls without a database round trip; ``FileEpoch`` drops them in
-every worker when another worker commits a change they depend on.
+the hot device calls without a database round trip; the epoch (``cachebus``) drops
+them in every worker of every replica when anyone commits a change they depend on.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from edgefleet.controller.access import AccessTokens, load_or_create_key
-from edgefleet.controller.cachebus import FileEpoch
+from edgefleet.controller.cachebus import epoch_for
 from edgefleet.controller.db import make_engine
 from edgefleet.controller.lastseen import LastSeen
 from edgefleet.controller.metrics import Metrics
-from edgefleet.controller.models import Device, Profile, ProfileRevision
+from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import ConfigError
@@ -35,6 +35,8 @@ class DeviceAuth:
     generation: int
     public_key: ec.EllipticCurvePublicKey
     site_id: int
+    certificate_expires_at: float | None
+    """Unix time; None while no certificate was issued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +75,7 @@ class Runtime:
         self._auth: dict[str, DeviceAuth] = {}
         self._desired: dict[str, DesiredEntry] = {}
         self.status_digests: dict[str, tuple[str, DeviceState]] = {}
-        self.epoch = FileEpoch(settings.data_dir / "cache-epoch")
+        self.epoch = epoch_for(settings, self.engine)
         self.epoch.subscribe(self._drop_caches)
 
     def _drop_caches(self) -> None:
@@ -89,7 +91,8 @@ class Runtime:
 
     def device_auth(self, device_id: str) -> DeviceAuth | None:
         """The device's state, credential generation and key; loaded once per epoch."""
-        hit = self._auth.get(device_id)
+        cache = self._auth  # a drop during the read discards this dict, and what it learnt
+        hit = cache.get(device_id)
         if hit is not None:
             return hit
         with Session(self.engine) as s:
@@ -98,8 +101,15 @@ class Runtime:
                 return None
             key = serialization.load_pem_public_key(row.public_key_pem.encode())
             assert isinstance(key, ec.EllipticCurvePublicKey)
-            found = DeviceAuth(DeviceState(row.state), row.credential_generation, key, row.site_id)
-        self._auth[device_id] = found
+            expires = aware(row.certificate_not_after)
+            found = DeviceAuth(
+                DeviceState(row.state),
+                row.credential_generation,
+                key,
+                row.site_id,
+                expires.timestamp() if expires else None,
+            )
+        cache[device_id] = found
         return found
 
     def cached_auth(self, device_id: str) -> DeviceAuth | None:
@@ -111,11 +121,12 @@ class Runtime:
         return self._desired.get(device_id)
 
     def desired(self, device_id: str) -> DesiredEntry:
-        hit = self._desired.get(device_id)
+        cache = self._desired  # as in device_auth: never store a pre-drop read after it
+        hit = cache.get(device_id)
         if hit is not None:
             return hit
         entry = self._build_desired(device_id)
-        self._desired[device_id] = entry
+        cache[device_id] = entry
         return entry
 
     def _build_desired(self, device_id: str) -> DesiredEntry:

@@ -66,6 +66,10 @@ def serve(settings: Settings) -> None:
         ssl_keyfile=str(pki / "server.key"),
         log_level=settings.log_level,
         access_log=False,
+        # Off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 and ::1 and
+        # rewrite the peer address before we see it. Which proxies to believe is the
+        # controller's own `trusted_proxies` setting (controller/ratelimit.py).
+        proxy_headers=False,
         timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)

@@ -6,11 +6,13 @@ variables, then one YAML config file (``EDGEFLEET_CONFIG`` or ``--config``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,7 +46,17 @@ class Settings(BaseSettings):
     device_interval_seconds: int = Field(default=10, ge=1, le=86400)
     approval_retry_seconds: int = Field(default=5, ge=1)
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
-    device_cert_days: int = Field(default=90, ge=1, le=3650)
+    device_cert_lifetime: timedelta = Field(default=timedelta(days=90))
+    """Seconds or ISO 8601 (P90D); devices renew at two thirds of it."""
+
+    @field_validator("device_cert_lifetime", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """Environment variables are text: read a bare number as seconds."""
+        if isinstance(value, str) and value.strip().replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     clock_tolerance_seconds: int = 2 * 3600
     assertion_leeway_seconds: int = 60
     max_body_bytes: int = 64 * 1024
@@ -54,6 +66,35 @@ class Settings(BaseSettings):
     bootstrap_admin_token: str | None = None
     """First admin's API token (e.g. from a Kubernetes Secret); printed once when unset."""
     log_level: str = "info"
+
+    # -- rate limits (controller/ratelimit.py; README "Rate limits") ---------------------
+    # Per client address and per worker process, on the two endpoints open to anyone.
+    # Defaults: a site whose devices all power on at once behind one NAT address (and
+    # keep asking while they await approval) is never throttled; a script is, to tens
+    # of requests a second. A rate of 0 turns that limit off.
+    enrol_rate_per_second: float = Field(default=20.0, ge=0)
+    enrol_burst: int = Field(default=200, ge=1)
+    """Enrolments one address may send at once before the rate applies."""
+    token_rate_per_second: float = Field(default=20.0, ge=0)
+    token_burst: int = Field(default=200, ge=1)
+    """Access-token requests one address may send at once (a site back from a power cut)."""
+    trusted_proxies: list[str] = []
+    """CIDRs of reverse proxies in front of the controller. Only a request whose direct
+    peer is one of them has its X-Forwarded-For read (from the right, skipping trusted
+    hops) to find the client; from anyone else the header is ignored."""
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        networks = []
+        for item in value:
+            try:
+                networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(
+                    f"{item!r} is not an IP network; write CIDRs such as 10.0.0.0/8 or 127.0.0.1"
+                ) from None
+        return networks
 
     @classmethod
     def settings_customise_sources(

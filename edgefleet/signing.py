@@ -78,9 +78,7 @@ def pick_pinned_root(pem_bundle: str, pins: list[str]) -> list[x509.Certificate]
             if cross.subject == cross.issuer or cross in vouching:
                 continue
             signer = next((t for t in trusted if t.subject == cross.issuer), None)
-            root = next(
-                (r for r in roots if r.subject == cross.subject and r not in trusted), None
-            )
+            root = next((r for r in roots if r.subject == cross.subject and r not in trusted), None)
             if signer is None or root is None or spki_pin(root.public_key()) != cert_pin(cross):
                 continue
             try:
@@ -93,10 +91,23 @@ def pick_pinned_root(pem_bundle: str, pins: list[str]) -> list[x509.Certificate]
     return trusted + vouching
 
 
-def make_assertion(
-    key: ec.EllipticCurvePrivateKey, device_id: str, audience: str, now: float | None = None
+def renewal_proof(
+    key: ec.EllipticCurvePrivateKey, device_id: str, audience: str, csr_pem: str, now: float
 ) -> str:
-    """A one-use ES256 assertion for ``POST /auth/token``; ``now`` is the corrected clock."""
+    """The key on record vouches for a new CSR (``POST /devices/{id}/renew``)."""
+    digest = hashlib.sha256(csr_pem.encode()).hexdigest()
+    return make_assertion(key, device_id, audience, now, csr_sha256=digest)
+
+
+def make_assertion(
+    key: ec.EllipticCurvePrivateKey,
+    device_id: str,
+    audience: str,
+    now: float | None = None,
+    **extra: str,
+) -> str:
+    """A one-use ES256 assertion for ``POST /auth/token`` (or, with ``csr_sha256``, the
+    proof of a renewal); ``now`` is the corrected clock."""
     t = int(time.time() if now is None else now)
     claims = {
         "iss": device_id,
@@ -105,5 +116,6 @@ def make_assertion(
         "iat": t,
         "exp": t + MAX_ASSERTION_LIFETIME_S // 5,
         "jti": secrets.token_urlsafe(16),
+        **extra,
     }
     return jwt.encode(claims, key, algorithm="ES256")

@@ -84,6 +84,18 @@ class EnrolResponse(BaseModel):
     retry_after_seconds: int | None = None
     """While awaiting approval: when to ask again."""
     message: str = ""
+    controller_id: str | None = None
+    """The audience of this device's assertions. A QR code does not carry it (it must stay
+    small), so an agent enrolled with one learns it here, over the pinned connection."""
+
+
+class RenewRequest(Strict):
+    """A new key for a known device: the CSR, and an assertion signed by the key on record
+    whose ``csr_sha256`` claim is the SHA-256 (hex) of that CSR's PEM text. Also how a
+    device whose certificate expired while offline re-enrols."""
+
+    csr: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    proof: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 
 
 class TokenRequest(Strict):

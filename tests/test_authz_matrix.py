@@ -19,6 +19,7 @@ other; a refused call must leave that object as it was, an allowed one must chan
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 from edgefleet.controller.app import create_app
 from edgefleet.controller.bootstrap import prepare
 from edgefleet.controller.settings import load_settings
+from edgefleet.signing import renewal_proof
 from tests.support.apiclient import Api, csr_for, new_key
 
 ANON = "anonymous"
@@ -161,6 +163,15 @@ def _enrol_body(w: World) -> dict[str, Any]:
     return {"token": w.reg_token, "csr": csr_for(new_key())}
 
 
+def _renew_body(w: World) -> dict[str, Any]:
+    """Renewal with the same key: the device keeps working for the cells after."""
+    csr = csr_for(w.device.key)
+    return {
+        "csr": csr,
+        "proof": renewal_proof(w.device.key, w.device.id, w.api.controller_id, csr, time.time()),
+    }
+
+
 def _assertion_body(w: World) -> dict[str, Any]:
     return {"client_assertion": w.api.assertion(w.device)}
 
@@ -185,6 +196,7 @@ ROWS: list[Row] = [
         observe=_count("/devices"),
     ),
     Row("POST", "/api/v1/auth/token", EVERYONE, body=_assertion_body),
+    Row("POST", "/api/v1/devices/{device_id}/renew", EVERYONE, body=_renew_body),
     # The device API: a device reaches only its own resources, with its access token.
     Row("GET", "/api/v1/devices/{device_id}/desired", ONLY_SELF),
     Row(

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,7 @@ def test_device_certificate_names_device_for_client_auth_and_is_backdated(
     auth = load_authority(tmp_path / "pki")
     key = new_key()
     csr, pin = parse_device_csr(csr_for(key))
-    chain_pem, not_after = auth.sign_device(csr.public_key(), "dev-123", days=30)
+    chain_pem, not_after = auth.sign_device(csr.public_key(), "dev-123", timedelta(days=30))
     cert, intermediate = x509.load_pem_x509_certificates(chain_pem.encode())
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "dev-123"
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

@@ -10,13 +10,15 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.api.deps import CurrentDevice, RuntimeDep
-from edgefleet.controller.services import device_status, device_tokens, enrolment
+from edgefleet.controller.ratelimit import rate_limited
+from edgefleet.controller.services import device_status, device_tokens, enrolment, renewal
 from edgefleet.errors import ApiError, BadRequest
 from edgefleet.wire import (
     AccessToken,
     DeviceState,
     EnrolRequest,
     EnrolResponse,
+    RenewRequest,
     StatusAck,
     StatusReport,
     TokenRequest,
@@ -35,6 +37,7 @@ def pki_chain(rt: RuntimeDep) -> Response:
     "/enrol",
     response_model=EnrolResponse,
     responses={202: {"model": EnrolResponse, "description": "awaiting operator approval"}},
+    dependencies=[rate_limited("enrol")],
 )
 def enrol(req: EnrolRequest, rt: RuntimeDep) -> JSONResponse:
     try:
@@ -47,9 +50,19 @@ def enrol(req: EnrolRequest, rt: RuntimeDep) -> JSONResponse:
     return JSONResponse(answer.model_dump(mode="json"), status_code=status)
 
 
-@router.post("/auth/token", response_model=AccessToken)
+@router.post("/auth/token", response_model=AccessToken, dependencies=[rate_limited("token")])
 def auth_token(req: TokenRequest, rt: RuntimeDep) -> AccessToken:
     return device_tokens.exchange(rt, req.client_assertion)
+
+
+@router.post(
+    "/devices/{device_id}/renew",
+    response_model=EnrolResponse,
+    dependencies=[rate_limited("token")],
+)
+def renew(device_id: str, req: RenewRequest, rt: RuntimeDep) -> EnrolResponse:
+    """New key and certificate, proven by the key on record (also after expiry)."""
+    return renewal.renew(rt, device_id, req)
 
 
 @router.get("/devices/{device_id}/desired", response_class=Response)

@@ -88,7 +88,7 @@ class Authority:
         return self._trust
 
     def sign_device(
-        self, public_key: ec.EllipticCurvePublicKey, device_id: str, days: int
+        self, public_key: ec.EllipticCurvePublicKey, device_id: str, lifetime: timedelta
     ) -> tuple[str, datetime]:
         """Issue a device certificate; returns the PEM chain (device, intermediate) and its
         expiry. Takes the key, not the CSR, so an approval days later can still sign."""
@@ -98,9 +98,7 @@ class Authority:
                 x509.NameAttribute(NameOID.COMMON_NAME, device_id),
             ]
         )
-        cert = certs.leaf(
-            subject, public_key, self.device_ca_key, self.device_ca, timedelta(days=days)
-        )
+        cert = certs.leaf(subject, public_key, self.device_ca_key, self.device_ca, lifetime)
         return certs.pem(cert) + self._device_chain_tail, cert.not_valid_after_utc
 
 

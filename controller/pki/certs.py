@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgefleet.errors import ConfigError
+from edgefleet.wire import CLOCK_TOLERANCE_S
 
-BACKDATE = timedelta(hours=2)
+BACKDATE = timedelta(seconds=CLOCK_TOLERANCE_S)
 """Devices' clocks may be this far behind; TLS libraries check against the local clock."""
 
 

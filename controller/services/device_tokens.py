@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 from sqlalchemy import delete
@@ -18,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.lifecycle import ACTIVE
 from edgefleet.controller.models import UsedAssertion
-from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.runtime import DeviceAuth, Runtime
 from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import MAX_ASSERTION_LIFETIME_S, AccessToken, DeviceState
 
@@ -28,6 +29,27 @@ _spent = itertools.count(1)
 
 
 def exchange(rt: Runtime, assertion: str) -> AccessToken:
+    device_id, auth, _claims = verify_assertion(rt, assertion)
+    if auth.certificate_expires_at is not None and auth.certificate_expires_at <= time.time():
+        raise Unauthorized(
+            f"device {device_id}'s certificate has expired; re-enrol by proving the key "
+            f"at POST /api/v1/devices/{device_id}/renew",
+            code="certificate_expired",
+        )
+    return AccessToken(
+        access_token=rt.access.issue(device_id, auth.generation),
+        expires_in=rt.access.ttl_seconds,
+    )
+
+
+def verify_assertion(
+    rt: Runtime, assertion: str, extra_claims: tuple[str, ...] = ()
+) -> tuple[str, DeviceAuth, dict[str, Any]]:
+    """Check a device's signed assertion against the key on record and spend its ``jti``.
+
+    Used for access tokens and for certificate renewal (which adds the new CSR's digest
+    as a claim). Returns the device id, its credentials and the claims.
+    """
     try:
         header = jwt.get_unverified_header(assertion)
         unverified = jwt.decode(assertion, options={"verify_signature": False})
@@ -58,7 +80,7 @@ def exchange(rt: Runtime, assertion: str) -> AccessToken:
             algorithms=["ES256"],
             audience=rt.controller_id,
             leeway=leeway,
-            options={"require": ["iss", "sub", "aud", "iat", "exp", "jti"]},
+            options={"require": ["iss", "sub", "aud", "iat", "exp", "jti", *extra_claims]},
         )
     except jwt.InvalidAudienceError as exc:
         raise Unauthorized(
@@ -85,10 +107,7 @@ def exchange(rt: Runtime, assertion: str) -> AccessToken:
     if iat > now + leeway:
         raise Unauthorized("the assertion is issued in the future", code="invalid_assertion")
     _spend_jti(rt, f"{device_id}:{claims['jti']}", exp + leeway)
-    return AccessToken(
-        access_token=rt.access.issue(device_id, auth.generation),
-        expires_in=rt.access.ttl_seconds,
-    )
+    return device_id, auth, claims
 
 
 def _spend_jti(rt: Runtime, jti: str, until: float) -> None:

@@ -39,6 +39,7 @@ def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
             if device.certificate_not_after
             else None
         ),
+        "rekey_pending": device.pending_key_pin is not None,
         "inventory": device.inventory,
         "status": device.status,
     }
@@ -105,31 +106,52 @@ def _move(device: Device, target: DeviceState) -> None:
 
 
 def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
+    """Enrol a device awaiting approval, or give a known device the new key it waits with."""
     with session_scope(rt.engine) as s:
         device = _load(s, who, device_id, lock=True)
-        if device.state != DeviceState.awaiting_approval:
+        if device.pending_key_pin is not None:
+            _adopt_pending_key(rt, device)
+            audit.record(s, who, "device.rekey.approve", device.id)
+        elif device.state == DeviceState.awaiting_approval:
+            _move(device, DeviceState.enrolled)
+            key = serialization.load_pem_public_key(device.public_key_pem.encode())
+            for column, value in certificate_fields(rt, device.id, key).items():
+                setattr(device, column, value)
+            device.enrolled_at = datetime.now(UTC)
+            device.decided_by = who.username
+            audit.record(s, who, "device.approve", device.id)
+        else:
             raise Conflict(
-                f"device {device_id} is {device.state}; only a device awaiting approval can be "
-                "approved",
+                f"device {device_id} is {device.state} and waits for nothing; only a device "
+                "awaiting approval (or with a new key waiting) can be approved",
                 code="invalid_transition",
             )
-        _move(device, DeviceState.enrolled)
-        key = serialization.load_pem_public_key(device.public_key_pem.encode())
-        for column, value in certificate_fields(rt, device.id, key).items():
-            setattr(device, column, value)
-        device.decided_by = who.username
-        audit.record(s, who, "device.approve", device.id)
         out = _public_of(s, device)
     rt.changed()
     return out
 
 
+def _adopt_pending_key(rt: Runtime, device: Device) -> None:
+    """The device lost its key: the one waiting replaces it; old credentials stop."""
+    assert device.pending_key_pin is not None and device.pending_key_pem is not None
+    device.key_pin, device.public_key_pem = device.pending_key_pin, device.pending_key_pem
+    device.pending_key_pin = device.pending_key_pem = None
+    key = serialization.load_pem_public_key(device.public_key_pem.encode())
+    for column, value in certificate_fields(rt, device.id, key).items():
+        setattr(device, column, value)
+    device.credential_generation += 1
+
+
 def reject(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     with session_scope(rt.engine) as s:
         device = _load(s, who, device_id, lock=True)
-        _move(device, DeviceState.rejected)
-        device.decided_by = who.username
-        audit.record(s, who, "device.reject", device.id)
+        if device.pending_key_pin is not None:
+            device.pending_key_pin = device.pending_key_pem = None
+            audit.record(s, who, "device.rekey.reject", device.id)
+        else:
+            _move(device, DeviceState.rejected)
+            device.decided_by = who.username
+            audit.record(s, who, "device.reject", device.id)
         out = _public_of(s, device)
     rt.changed()
     return out

@@ -8,7 +8,9 @@ conditional UPDATE in the same transaction as the device insert.
 
 from __future__ import annotations
 
+import hmac
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +25,14 @@ from edgefleet.controller.db import reading, writing
 from edgefleet.controller.models import Device, Profile, RegistrationToken, aware
 from edgefleet.controller.pki.authority import parse_device_csr
 from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import rekey
+from edgefleet.controller.services.enrolment_codes import code_hash
+from edgefleet.enrolcode import (
+    CODE_ALPHABET,
+    CODE_LENGTH,
+    is_code_credential,
+    parse_code_credential,
+)
 from edgefleet.errors import Conflict, Forbidden, Gone, Unauthorized
 from edgefleet.wire import DeviceState, EnrolRequest, EnrolResponse, Inventory
 
@@ -46,29 +56,80 @@ _SPEND_USE = (
 )
 """Spends one use, atomically: two agents racing for the last use cannot both win."""
 
-_DEVICE_BY_PIN = select(_DEVICES.c.id).where(_DEVICES.c.key_pin == bindparam("pin"))
-_TOKEN_BY_KID = (
-    select(_TOKENS, Profile.__table__.c.name.label("profile_name"))  # type: ignore[attr-defined]
-    .outerjoin(Profile.__table__, Profile.__table__.c.id == _TOKENS.c.profile_id)  # type: ignore[attr-defined]
-    .where(_TOKENS.c.kid == bindparam("kid"))
+_DEVICE_BY_PIN = select(_DEVICES.c.id).where(
+    or_(_DEVICES.c.key_pin == bindparam("pin"), _DEVICES.c.pending_key_pin == bindparam("pin"))
 )
 
 
-def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
-    secret = bearer.parse_secret(req.token, bearer.REGISTRATION)
+def _token_by(column: Any) -> Any:
+    return (
+        select(_TOKENS, Profile.__table__.c.name.label("profile_name"))  # type: ignore[attr-defined]
+        .outerjoin(Profile.__table__, Profile.__table__.c.id == _TOKENS.c.profile_id)  # type: ignore[attr-defined]
+        .where(column == bindparam("key"))
+    )
+
+
+_TOKEN_BY_KID = _token_by(_TOKENS.c.kid)
+_TOKEN_BY_CODE = _token_by(_TOKENS.c.code_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class _Credential:
+    """What an enrol request presents, resolved to the registration token it opens: the
+    token itself (``efr.<kid>.<secret>``, looked up by key id) or the code of a QR label
+    (``efq.<CODE>``, looked up by its hash). Either then meets the token's own checks."""
+
+    key: str
+    """The key id, or the code's hash."""
+    secret: bearer.BearerSecret | None = None
+
+    @property
+    def lookup(self) -> Any:
+        return _TOKEN_BY_KID if self.secret is not None else _TOKEN_BY_CODE
+
+    @property
+    def what(self) -> str:
+        return "registration token" if self.secret is not None else "enrolment code"
+
+    def opens(self, token: Any) -> bool:
+        if self.secret is not None:
+            return token.kid == self.secret.kid and bearer.matches(self.secret, token.secret_hash)
+        return token.code_hash is not None and hmac.compare_digest(token.code_hash, self.key)
+
+
+def _credential(value: str) -> _Credential:
+    if is_code_credential(value):
+        code = parse_code_credential(value)
+        if code is None:
+            raise Unauthorized(
+                f"the enrolment code is malformed: it must be efq. and {CODE_LENGTH} "
+                f"characters of {CODE_ALPHABET}; scan the label again",
+                code="token_invalid",
+            )
+        return _Credential(code_hash(code))
+    secret = bearer.parse_secret(value, bearer.REGISTRATION)
     if secret is None:
         raise Unauthorized(
             "the registration token is malformed; copy it again from `edgefleet tokens create`",
             code="token_invalid",
         )
+    return _Credential(secret.kid, secret)
+
+
+def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
+    cred = _credential(req.token)
     csr, key_pin = parse_device_csr(req.csr)
     with reading(rt.engine) as conn:
         known = conn.execute(_DEVICE_BY_PIN, {"pin": key_pin}).first()
-        token = None if known else conn.execute(_TOKEN_BY_KID, {"kid": secret.kid}).first()
+        token = None if known else conn.execute(cred.lookup, {"key": cred.key}).first()
     if known is not None:
-        return _again_by_pin(rt, key_pin, secret)
-    _check_token(token, secret, req.inventory)
+        return _again_by_pin(rt, key_pin, cred)
+    _check_token(token, cred, req.inventory)
     assert token is not None
+    if req.inventory.hardware_id:
+        held = rekey.claim(rt, token, req.inventory.hardware_id, csr.public_key(), key_pin)
+        if held is not None:
+            return held
     # The certificate is signed outside the write transaction, so the database holds its
     # (single, on SQLite) writer lock only for the two statements below.
     row = _new_device(rt, token, csr.public_key(), key_pin, req.inventory)
@@ -83,15 +144,15 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
             conn.execute(insert(_DEVICES), row)
     except IntegrityError:
         # The same key raced itself (two retries in flight): the winner's row is there now.
-        return _again_by_pin(rt, key_pin, secret)
+        return _again_by_pin(rt, key_pin, cred)
     return _answer(rt, row["id"], row["state"], row["certificate_pem"], token.profile_name)
 
 
-def _check_token(token: Row[Any] | None, secret: bearer.BearerSecret, inventory: Inventory) -> None:
+def _check_token(token: Row[Any] | None, cred: _Credential, inventory: Inventory) -> None:
     """Refuse a token that cannot enrol this device, saying why; the use is spent later."""
-    if token is None or not bearer.matches(secret, token.secret_hash):
+    if token is None or not cred.opens(token):
         raise Unauthorized(
-            "the registration token is not known to this controller (tampered, or for another "
+            f"the {cred.what} is not known to this controller (tampered, or for another "
             "controller)",
             code="token_invalid",
         )
@@ -163,7 +224,7 @@ def _new_device(
         certificate_not_after=None,
     )
     if not token.require_approval:
-        row.update(certificate_fields(rt, device_id, public_key))
+        row.update(certificate_fields(rt, device_id, public_key), enrolled_at=now)
     return row
 
 
@@ -172,25 +233,25 @@ def certificate_fields(rt: Runtime, device_id: str, public_key: object) -> dict[
     chain, not_after = rt.authority.sign_device(
         public_key,  # type: ignore[arg-type]
         device_id,
-        rt.settings.device_cert_days,
+        rt.settings.device_cert_lifetime,
     )
-    return {
-        "certificate_pem": chain,
-        "certificate_not_after": not_after,
-        "enrolled_at": datetime.now(UTC),
-    }
+    return {"certificate_pem": chain, "certificate_not_after": not_after}
 
 
-def _again_by_pin(rt: Runtime, key_pin: str, secret: bearer.BearerSecret) -> EnrolResponse:
+def _again_by_pin(rt: Runtime, key_pin: str, cred: _Credential) -> EnrolResponse:
     with Session(rt.engine) as s:
-        existing = s.scalars(select(Device).where(Device.key_pin == key_pin)).one()
-        return _again(rt, s, existing, secret)
+        existing = s.scalars(
+            select(Device).where(or_(Device.key_pin == key_pin, Device.pending_key_pin == key_pin))
+        ).one()
+        if existing.pending_key_pin == key_pin:
+            return rekey.waiting(rt, existing.id)
+        return _again(rt, s, existing, cred)
 
 
-def _again(rt: Runtime, s: Session, device: Device, secret: bearer.BearerSecret) -> EnrolResponse:
+def _again(rt: Runtime, s: Session, device: Device, cred: _Credential) -> EnrolResponse:
     """A retry with a key we know: same device, no further token use."""
     token = s.get(RegistrationToken, device.token_id) if device.token_id else None
-    if token is None or token.kid != secret.kid or not bearer.matches(secret, token.secret_hash):
+    if token is None or not cred.opens(token):
         raise Conflict(
             f"this device key is already enrolled as {device.id} with another registration token",
             code="key_in_use",
@@ -223,4 +284,5 @@ def _answer(
         interval_seconds=rt.settings.device_interval_seconds,
         retry_after_seconds=rt.settings.approval_retry_seconds if waiting else None,
         message="waiting for an operator to approve this device" if waiting else "enrolled",
+        controller_id=rt.controller_id,
     )

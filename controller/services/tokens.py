@@ -1,4 +1,5 @@
-"""Registration tokens: created (secret shown once), listed, revoked."""
+"""Registration tokens: created (secret shown once, and its QR label if asked), listed,
+revoked."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Profile, RegistrationToken, Site, aware
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import audit
+from edgefleet.controller.services import audit, enrolment_codes
 from edgefleet.controller.services.profiles import profile_by_name
 from edgefleet.controller.services.sites import site_by_name
 from edgefleet.errors import NotFound
@@ -29,7 +30,11 @@ class TokenCreate(Strict):
     expires_in_seconds: int | None = Field(default=7 * 86400, ge=60)
     """None: never expires (discouraged)."""
     max_uses: int | None = Field(default=None, ge=1)
-    require_approval: bool = False
+    require_approval: bool | None = None
+    """None: the default, which is no approval for a plain token and approval for one
+    with a QR code (a label can be read by anybody who passes by)."""
+    qr: bool = False
+    """Also make a short enrolment code and answer its QR payload and printable label."""
     allowed_serials: list[str] = Field(default_factory=list, max_length=10000)
     allowed_hardware_ids: list[str] = Field(default_factory=list, max_length=10000)
 
@@ -49,6 +54,7 @@ def public(t: RegistrationToken, site: str, profile: str | None) -> dict[str, An
         "max_uses": t.max_uses,
         "uses": t.uses,
         "require_approval": t.require_approval,
+        "enrolment_code": t.code_hash is not None,
         "allowed_serials": t.allowed_serials,
         "allowed_hardware_ids": t.allowed_hardware_ids,
         "revoked_at": iso(t.revoked_at),
@@ -60,14 +66,36 @@ def public(t: RegistrationToken, site: str, profile: str | None) -> dict[str, An
 def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]:
     """Make a token; the answer is the only place its secret ever appears."""
     secret = bearer.new_secret(bearer.REGISTRATION)
+    approval = req.qr if req.require_approval is None else req.require_approval
+    expires = (
+        datetime.now(UTC) + timedelta(seconds=req.expires_in_seconds)
+        if req.expires_in_seconds
+        else None
+    )
+    registration = Registration(
+        controller_url=rt.settings.effective_public_url,
+        controller_id=rt.controller_id,
+        root_pins=rt.authority.root_pins,
+        token=str(secret),
+    )
+    code = enrolment_codes.new_code() if req.qr else None
+    # The label is drawn before the transaction, so nothing is stored if drawing fails.
+    qr = (
+        enrolment_codes.qr_answer(
+            registration.controller_url,
+            code,
+            registration.root_pins,
+            site=req.site,
+            kid=secret.kid,
+            expires_at=expires.isoformat() if expires else None,
+            require_approval=approval,
+        )
+        if code
+        else None
+    )
     with session_scope(rt.engine) as s:
         site = site_by_name(s, req.site)
         profile = profile_by_name(s, req.profile) if req.profile else None
-        expires = (
-            datetime.now(UTC) + timedelta(seconds=req.expires_in_seconds)
-            if req.expires_in_seconds
-            else None
-        )
         token = RegistrationToken(
             kid=secret.kid,
             secret_hash=secret.hash,
@@ -77,22 +105,20 @@ def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]
             description=req.description,
             expires_at=expires,
             max_uses=req.max_uses,
-            require_approval=req.require_approval,
+            require_approval=approval,
             allowed_serials=req.allowed_serials,
             allowed_hardware_ids=req.allowed_hardware_ids,
             created_by=who.username,
+            code_hash=enrolment_codes.code_hash(code) if code else None,
         )
         s.add(token)
         s.flush()
-        audit.record(s, who, "token.create", token.kid, site=site.name)
+        audit.record(s, who, "token.create", token.kid, site=site.name, qr=bool(code))
         out = public(token, site.name, profile.name if profile else None)
     out["token"] = str(secret)
-    out["registration"] = Registration(
-        controller_url=rt.settings.effective_public_url,
-        controller_id=rt.controller_id,
-        root_pins=rt.authority.root_pins,
-        token=str(secret),
-    ).model_dump()
+    out["registration"] = registration.model_dump()
+    if qr is not None:
+        out["qr"] = qr
     return out
 
 

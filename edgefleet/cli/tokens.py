@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
@@ -41,17 +44,30 @@ def create(
     label: list[str] = typer.Option([], help="key=value label for the devices (repeat)"),
     expires: str = typer.Option("7d", help="Lifetime: 90m, 12h, 7d; 'never' for none"),
     uses: int | None = typer.Option(None, min=1, help="How many devices may enrol with it"),
-    approval: bool = typer.Option(False, "--approval", help="Hold devices for an operator"),
+    approval: bool | None = typer.Option(
+        None,
+        "--approval/--no-approval",
+        help="Hold devices for an operator (default: only with --qr)",
+        show_default=False,
+    ),
     serial: list[str] = typer.Option([], help="Allow only these serial numbers (repeat)"),
     hardware_id: list[str] = typer.Option([], help="Allow only these hardware ids (repeat)"),
     description: str = typer.Option("", help="A note for other operators"),
     output_file: Path | None = typer.Option(
         None, "--output-file", "--registration", help="Write the registration file here"
     ),
+    qr: Path | None = typer.Option(
+        None,
+        "--qr",
+        help="Also make a short enrolment code and write its printable QR label here "
+        "(.png or .svg); such a token holds devices for approval unless --no-approval",
+    ),
     output: Format = OutputOpt,
 ) -> None:
     """Create a token. Its secret is shown once: keep the registration file safe."""
-    body = {
+    if qr is not None and qr.suffix.lower() not in (".png", ".svg"):
+        raise typer.BadParameter(f"{qr} must end in .png or .svg", param_hint="--qr")
+    body: dict[str, Any] = {
         "site": site,
         "profile": profile,
         "labels": parse_labels(label),
@@ -61,14 +77,14 @@ def create(
         "allowed_serials": serial,
         "allowed_hardware_ids": hardware_id,
         "description": description,
+        "qr": qr is not None,
     }
     created = controller(ctx).post("/tokens", body)
     if output_file is not None:
-        import os
-
-        fd = os.open(output_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with _private(output_file, "w") as f:
             yaml.safe_dump(created["registration"], f, sort_keys=False)
+    if qr is not None:
+        _write_label(qr, created["qr"])
     if output == Format.json:
         show(created, output, [])
         return
@@ -76,6 +92,33 @@ def create(
     typer.echo(f"token (shown once): {created['token']}")
     if output_file is not None:
         typer.echo(f"registration file written to {output_file} (mode 0600)")
+    if qr is not None:
+        facts = created["qr"]
+        typer.echo(f"QR payload (shown once): {facts['payload']}")
+        typer.echo(
+            f"QR label written to {qr} (mode 0600): version {facts['version']}, "
+            f"{facts['modules']}x{facts['modules']} modules, error correction "
+            f"{facts['error_correction']}"
+        )
+
+
+def _private(path: Path, mode: str) -> Any:
+    """A file only its owner can read: it holds a secret that enrols devices."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, mode)
+
+
+def _write_label(path: Path, facts: dict[str, Any]) -> None:
+    """Write the label in the format the file name asks for; the JSON then names the file
+    instead of carrying both images."""
+    if path.suffix.lower() == ".png":
+        with _private(path, "wb") as f:
+            f.write(base64.b64decode(facts["png_base64"]))
+    else:
+        with _private(path, "w") as f:
+            f.write(facts["svg"])
+    del facts["png_base64"], facts["svg"]
+    facts["label_file"] = str(path)
 
 
 @app.command("list")

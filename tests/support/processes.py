@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -63,6 +64,20 @@ class ControllerProcess:
     @property
     def ca(self) -> str:
         return str(self.data_dir / "pki" / "root.pem")
+
+    def replica(self, data_dir: Path, **settings: Any) -> ControllerProcess:
+        """Another replica of this controller, as if on another host: a data directory of
+        its own holding a copy of this one's identity (PKI, access-token key, controller
+        id), the same database, its own socket. Call once this one has started."""
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copytree(self.data_dir / "pki", data_dir / "pki")
+        for name in ("access-token.key", "controller-id"):
+            shutil.copy2(self.data_dir / name, data_dir / name)
+        other = ControllerProcess(
+            data_dir, self.database_url, self.workers, **{**self.settings, **settings}
+        )
+        other.admin_token = self.admin_token  # the first admin is in the shared database
+        return other
 
     def start(self) -> ControllerProcess:
         env = _clean_env()
@@ -164,18 +179,29 @@ class ControllerProcess:
 class AgentProcess:
     """``edgefleet agent run`` with its own state directory."""
 
-    def __init__(self, registration: Path, state_dir: Path, serial: str) -> None:
+    def __init__(
+        self,
+        registration: Path | None,
+        state_dir: Path,
+        serial: str,
+        qr_payload: str | None = None,
+    ) -> None:
+        """Enrols with the registration file, or (``registration=None``) a QR payload."""
         self.state_dir = state_dir
         self.log = state_dir.parent / f"{state_dir.name}.log"
         env = _clean_env()
+        source = (
+            ["--registration", str(registration)]
+            if registration is not None
+            else ["--qr-payload", str(qr_payload)]
+        )
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     *EDGEFLEET,
                     "agent",
                     "run",
-                    "--registration",
-                    str(registration),
+                    *source,
                     "--state-dir",
                     str(state_dir),
                     "--serial",

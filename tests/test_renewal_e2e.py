@@ -1,0 +1,72 @@
+"""Renewal with real processes (PostgreSQL): an agent renews at two thirds of its
+certificate's lifetime with a new key, and one whose certificate expired while it was
+offline re-enrols by proving its key, keeping its device id."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.support.processes import AgentProcess, ControllerProcess, wait_for
+
+
+def _cert_serial(agent: AgentProcess) -> int:
+    try:
+        return x509.load_pem_x509_certificates((agent.state_dir / "device.pem").read_bytes())[
+            0
+        ].serial_number
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _audit(ctl: ControllerProcess, action: str, device_id: str) -> bool:
+    with ctl.client() as c:
+        return any(
+            a["action"] == action and a["target"] == device_id for a in c.get("/audit").json()
+        )
+
+
+@pytest.mark.usefixtures("postgres_available")
+def test_agent_renews_and_re_enrols_after_expiry(tmp_path: Path, postgres_url: str) -> None:
+    ctl = ControllerProcess(
+        tmp_path / "ctl",
+        database_url=postgres_url,
+        device_interval_seconds=1,
+        device_cert_lifetime=9,
+        workers=1,
+    ).start()
+    agent = None
+    try:
+        reg = ctl.registration(tmp_path / "registration.yaml")
+        agent = AgentProcess(reg, tmp_path / "agent", "SN-RENEW")
+        wait_for(lambda: agent.state().get("phase") == "ready", 60, "the agent ready")
+        device_id = agent.state()["device_id"]
+        first_key = (agent.state_dir / "key.pem").read_bytes()
+        first_serial = _cert_serial(agent)
+        # two thirds of 9 s: the agent renews about 6 s after enrolment
+        wait_for(lambda: _audit(ctl, "device.renew", device_id), 30, "a renewal")
+        wait_for(lambda: _cert_serial(agent) != first_serial, 10, "the new certificate stored")
+        assert (agent.state_dir / "key.pem").read_bytes() != first_key
+        assert not (agent.state_dir / "key.next.pem").exists()
+        assert agent.proc.poll() is None and agent.state()["device_id"] == device_id
+
+        agent.stop()
+        time.sleep(10)  # the certificate expires while the device is off
+        agent = AgentProcess(reg, tmp_path / "agent", "SN-RENEW")
+        wait_for(lambda: _audit(ctl, "device.reenrol", device_id), 30, "a re-enrolment")
+        with ctl.client() as c:
+            devices = c.get("/devices").json()
+        assert [d["id"] for d in devices] == [device_id]
+        seen = devices[0]["last_seen_at"]
+        wait_for(
+            lambda: ctl.client().get(f"/devices/{device_id}").json()["last_seen_at"] != seen,
+            30,
+            "reports after re-enrolment",
+        )
+    finally:
+        if agent is not None:
+            agent.stop()
+        ctl.close()
