@@ -95,7 +95,7 @@ class Device(SQLModel, table=True):
     certificate_not_after: datetime | None = _ts(nullable=True)
     credential_generation: int = 1
     serial: str | None = Field(default=None, max_length=256)
-    hardware_id: str | None = Field(default=None, max_length=256)
+    hardware_id: str | None = Field(default=None, max_length=256, index=True)
     inventory: dict[str, Any] = _json(dict)
     status: dict[str, Any] = _json(dict)
     status_digest: str | None = Field(default=None, max_length=64)

@@ -56,9 +56,20 @@ _SPEND_USE = (
 )
 """Spends one use, atomically: two agents racing for the last use cannot both win."""
 
-_DEVICE_BY_PIN = select(_DEVICES.c.id).where(
-    or_(_DEVICES.c.key_pin == bindparam("pin"), _DEVICES.c.pending_key_pin == bindparam("pin"))
+_RELATED = select(
+    _DEVICES.c.id,
+    _DEVICES.c.state,
+    _DEVICES.c.site_id,
+    _DEVICES.c.key_pin,
+    _DEVICES.c.pending_key_pin,
+).where(
+    or_(
+        _DEVICES.c.key_pin == bindparam("pin"),
+        _DEVICES.c.pending_key_pin == bindparam("pin"),
+        _DEVICES.c.hardware_id == bindparam("hw"),
+    )
 )
+"""Devices holding this key (enrolled or waiting) or this hardware id, in one round trip."""
 
 
 def _token_by(column: Any) -> Any:
@@ -120,28 +131,30 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
     cred = _credential(req.token)
     csr, key_pin = parse_device_csr(req.csr)
     with reading(rt.engine) as conn:
-        known = conn.execute(_DEVICE_BY_PIN, {"pin": key_pin}).first()
+        related = conn.execute(_RELATED, {"pin": key_pin, "hw": req.inventory.hardware_id}).all()
+        known = any(key_pin in (r.key_pin, r.pending_key_pin) for r in related)
         token = None if known else conn.execute(cred.lookup, {"key": cred.key}).first()
-    if known is not None:
+    if known:
         return _again_by_pin(rt, key_pin, cred)
     _check_token(token, cred, req.inventory)
     assert token is not None
-    if req.inventory.hardware_id:
-        held = rekey.claim(rt, token, req.inventory.hardware_id, csr.public_key(), key_pin)
-        if held is not None:
-            return held
+    holder = rekey.holder(related, token.site_id)
+    if holder is not None:
+        return rekey.claim(rt, holder, token, csr.public_key(), key_pin)
     # The certificate is signed outside the write transaction, so the database holds its
     # (single, on SQLite) writer lock only for the two statements below.
     row = _new_device(rt, token, csr.public_key(), key_pin, req.inventory)
     try:
         with writing(rt.engine) as conn:
+            conn.execute(insert(_DEVICES), row)
+            # Last, so the token's row stays locked only until the commit: every
+            # enrolment with this token queues on it.
             spent = conn.execute(_SPEND_USE, {"tid": token.id, "now": datetime.now(UTC)})
             if spent.rowcount != 1:
                 raise Gone(
                     f"registration token {token.kid} was used up, revoked or expired just now",
                     code="token_exhausted",
                 )
-            conn.execute(insert(_DEVICES), row)
     except IntegrityError:
         # The same key raced itself (two retries in flight): the winner's row is there now.
         return _again_by_pin(rt, key_pin, cred)

@@ -10,10 +10,10 @@ certificate and bumps the credential generation (the old key stops working).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
 from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
@@ -27,24 +27,20 @@ from edgefleet.errors import Conflict
 from edgefleet.wire import DeviceState, EnrolResponse
 
 
+def holder(related: Sequence[Row[Any]], site_id: int) -> str | None:
+    """Of the devices sharing the enrolling device's hardware id, the active one at the
+    token's site, if any (``related`` comes from the enrolment's own lookup)."""
+    return next((r.id for r in related if r.site_id == site_id and r.state in ACTIVE), None)
+
+
 def claim(
-    rt: Runtime, token: Row[Any], hardware_id: str, public_key: object, key_pin: str
-) -> EnrolResponse | None:
-    """Hold ``key_pin`` on the active device with this hardware id at the token's site;
-    None when there is no such device (an ordinary first enrolment)."""
+    rt: Runtime, device_id: str, token: Row[Any], public_key: object, key_pin: str
+) -> EnrolResponse:
+    """Hold ``key_pin`` on the known device until an operator approves it."""
     try:
         with session_scope(rt.engine) as s:
-            device = s.scalars(
-                select(Device)
-                .where(
-                    Device.hardware_id == hardware_id,
-                    Device.site_id == token.site_id,
-                    Device.state.in_([str(x) for x in ACTIVE]),  # type: ignore[attr-defined]
-                )
-                .with_for_update()
-            ).first()
-            if device is None:
-                return None
+            device = s.get(Device, device_id, with_for_update=True)
+            assert device is not None, "holder() found it"
             device.pending_key_pin = key_pin
             device.pending_key_pem = public_key.public_bytes(  # type: ignore[attr-defined]
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -1,4 +1,5 @@
-"""pending device key: a known device that lost its key waits for an operator
+"""pending device key: a known device that lost its key waits for an operator;
+hardware ids indexed (every enrolment looks for a device that already has one)
 
 Revision ID: 0004
 Revises: 0003
@@ -23,10 +24,12 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("pending_key_pem", sa.String(), nullable=True))
         batch_op.create_unique_constraint("uq_device_pending_key_pin", ["pending_key_pin"])
+        batch_op.create_index("ix_device_hardware_id", ["hardware_id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("device", schema=None) as batch_op:
+        batch_op.drop_index("ix_device_hardware_id")
         batch_op.drop_constraint("uq_device_pending_key_pin", type_="unique")
         batch_op.drop_column("pending_key_pem")
         batch_op.drop_column("pending_key_pin")
