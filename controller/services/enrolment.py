@@ -147,10 +147,12 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
     try:
         with writing(rt.engine) as conn:
             conn.execute(insert(_DEVICES), row)
-            # Last, so the token's row stays locked only until the commit: every
-            # enrolment with this token queues on it.
-            spent = conn.execute(_SPEND_USE, {"tid": token.id, "now": datetime.now(UTC)})
-            if spent.rowcount != 1:
+            # Only a limited token counts its uses: its row is a lock every enrolment
+            # with it queues on (held from here to the commit). An unlimited token's
+            # uses are its devices, counted when listed.
+            limited = token.max_uses is not None
+            params = {"tid": token.id, "now": datetime.now(UTC)}
+            if limited and conn.execute(_SPEND_USE, params).rowcount != 1:
                 raise Gone(
                     f"registration token {token.kid} was used up, revoked or expired just now",
                     code="token_exhausted",

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import Session
 
 from edgefleet.controller import bearer
 from edgefleet.controller.db import session_scope
-from edgefleet.controller.models import Profile, RegistrationToken, Site, aware
+from edgefleet.controller.models import Device, Profile, RegistrationToken, Site, aware
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit, enrolment_codes
@@ -39,7 +39,13 @@ class TokenCreate(Strict):
     allowed_hardware_ids: list[str] = Field(default_factory=list, max_length=10000)
 
 
-def public(t: RegistrationToken, site: str, profile: str | None) -> dict[str, Any]:
+def _devices_enrolled(token_id: Any) -> Any:
+    """How many devices a token enrolled: its uses, counted where they are (only a
+    limited token keeps a counter, to spend its last use atomically)."""
+    return select(func.count(Device.id)).where(Device.token_id == token_id).scalar_subquery()
+
+
+def public(t: RegistrationToken, site: str, profile: str | None, uses: int = 0) -> dict[str, Any]:
     def iso(d: datetime | None) -> str | None:
         d = aware(d)
         return d.isoformat() if d else None
@@ -52,7 +58,7 @@ def public(t: RegistrationToken, site: str, profile: str | None) -> dict[str, An
         "description": t.description,
         "expires_at": iso(t.expires_at),
         "max_uses": t.max_uses,
-        "uses": t.uses,
+        "uses": uses,
         "require_approval": t.require_approval,
         "enrolment_code": t.code_hash is not None,
         "allowed_serials": t.allowed_serials,
@@ -125,12 +131,14 @@ def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]
 def list_tokens(rt: Runtime) -> list[dict[str, Any]]:
     with Session(rt.engine) as s:
         rows = s.execute(
-            select(RegistrationToken, Site.name, Profile.name)
+            select(
+                RegistrationToken, Site.name, Profile.name, _devices_enrolled(RegistrationToken.id)
+            )
             .join(Site, Site.id == RegistrationToken.site_id)
             .outerjoin(Profile, Profile.id == RegistrationToken.profile_id)
             .order_by(RegistrationToken.created_at)
         ).all()
-    return [public(t, site, profile) for t, site, profile in rows]
+    return [public(t, site, profile, uses) for t, site, profile, uses in rows]
 
 
 def revoke_token(rt: Runtime, who: Operator, kid: str) -> dict[str, Any]:
@@ -145,4 +153,5 @@ def revoke_token(rt: Runtime, who: Operator, kid: str) -> dict[str, Any]:
             audit.record(s, who, "token.revoke", kid)
         site = s.get(Site, token.site_id)
         profile = s.get(Profile, token.profile_id) if token.profile_id else None
-        return public(token, site.name if site else "", profile.name if profile else None)
+        uses = s.scalar(select(_devices_enrolled(token.id)))
+        return public(token, site.name if site else "", profile.name if profile else None, uses)
