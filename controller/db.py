@@ -52,6 +52,16 @@ def write_lock(engine: Engine) -> Any:
     return lock.held() if lock is not None else _NO_LOCK
 
 
+def _postgres_session(dbapi_conn: Any, _record: Any) -> None:
+    """Plan every statement for its own parameters. psycopg prepares statements after a
+    few runs, and PostgreSQL may then settle on one generic plan: made while the device
+    table was still empty (a fresh controller enrolling its fleet), that plan is a
+    sequential scan, and every later enrolment pays for every device enrolled before."""
+    with dbapi_conn.cursor() as cur:
+        cur.execute("SET plan_cache_mode = force_custom_plan")
+    dbapi_conn.commit()
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -74,7 +84,9 @@ def make_engine(url: str) -> Engine:
             engine._edgefleet_write_lock = WriteLock(Path(path + ".writelock"))  # type: ignore[attr-defined]
         return engine
     if url.startswith("postgresql+"):
-        return create_engine(url, pool_size=8, max_overflow=4, pool_recycle=1800)
+        engine = create_engine(url, pool_size=8, max_overflow=4, pool_recycle=1800)
+        event.listen(engine, "connect", _postgres_session)
+        return engine
     raise ConfigError(
         f"unsupported database URL {url.split(':', 1)[0]!r}: use sqlite:///PATH or "
         "postgresql://USER@HOST:PORT/DB"
