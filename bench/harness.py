@@ -3,6 +3,7 @@ identities, and wrk runs whose figures are parsed from its own report."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import secrets
@@ -67,8 +68,16 @@ def fresh_schema(database_url: str) -> str:
     plain = database_url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(plain, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
+    atexit.register(_drop_schema, plain, schema)
     sep = "&" if "?" in database_url else "?"
     return f"{database_url}{sep}options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 def start_controller(
