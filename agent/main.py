@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--registration",
         type=Path,
         help="registration file (EDGEFLEET_AGENT_REGISTRATION; default: "
-        "/etc/edgefleet/registration.yaml, then /boot/edgefleet/registration.yaml)",
+        "/etc/edgefleet/registration.yaml, /boot/edgefleet/registration.yaml, "
+        "/boot/firmware/edgefleet/registration.yaml)",
     )
     p.add_argument(
         "--qr-payload",

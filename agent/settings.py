@@ -21,6 +21,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/edgefleet/agent")
 REGISTRATION_SEARCH_PATH = (
     Path("/etc/edgefleet/registration.yaml"),
     Path("/boot/edgefleet/registration.yaml"),
+    Path("/boot/firmware/edgefleet/registration.yaml"),  # Raspberry Pi OS 12 mounts FAT here
 )
 """Where the registration file is looked for when no flag or env var names it:
 ``/etc`` for images built with it, ``/boot`` for the FAT partition a person can

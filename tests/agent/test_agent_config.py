@@ -72,6 +72,7 @@ def test_registration_search_path_is_env_then_etc_then_boot(tmp_path: Path):
     assert [str(p) for p in REGISTRATION_SEARCH_PATH] == [
         "/etc/edgefleet/registration.yaml",
         "/boot/edgefleet/registration.yaml",
+        "/boot/firmware/edgefleet/registration.yaml",
     ]
 
 
