@@ -70,3 +70,33 @@ def test_agent_renews_and_re_enrols_after_expiry(tmp_path: Path, postgres_url: s
         if agent is not None:
             agent.stop()
         ctl.close()
+
+
+def test_device_that_lost_its_key_returns_as_itself_after_approval(tmp_path: Path) -> None:
+    """SQLite. The state folder is wiped (new key, same hardware): an operator approves
+    the new key and the agent carries on as the same device."""
+    import shutil
+
+    ctl = ControllerProcess(tmp_path / "ctl", device_interval_seconds=1, workers=1).start()
+    agent = None
+    try:
+        reg = ctl.registration(tmp_path / "registration.yaml")
+        agent = AgentProcess(reg, tmp_path / "agent", "SN-WIPED")
+        wait_for(lambda: agent.state().get("phase") == "ready", 60, "the agent ready")
+        device_id = agent.state()["device_id"]
+        agent.stop()
+        shutil.rmtree(tmp_path / "agent")
+        agent = AgentProcess(reg, tmp_path / "agent", "SN-WIPED")
+        wait_for(
+            lambda: agent.state().get("phase") == "awaiting_approval", 60, "the new key to wait"
+        )
+        assert agent.state()["device_id"] == device_id
+        out = ctl.cli("devices", "approve", device_id)
+        assert out.returncode == 0, out.stderr
+        wait_for(lambda: agent.state().get("phase") == "ready", 60, "the agent back")
+        with ctl.client() as c:
+            assert [d["id"] for d in c.get("/devices").json()] == [device_id]
+    finally:
+        if agent is not None:
+            agent.stop()
+        ctl.close()
