@@ -94,3 +94,12 @@ def api(settings: Settings, prepared: Prepared) -> Iterator[object]:
         assert prepared.new_admin_token is not None
         yield Api(client, prepared.new_admin_token, prepared.controller_id)
     app.state.rt.engine.dispose()
+
+
+@pytest.fixture
+def agents() -> Iterator[list[object]]:
+    """Real agent processes a test starts; each is stopped when the test ends."""
+    started: list[object] = []
+    yield started
+    for agent in started:
+        agent.stop()  # type: ignore[attr-defined]

@@ -7,23 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 from cryptography import x509
 
 from edgefleet.signing import cert_pin
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
 
 
 def _pki(ctl: ControllerProcess, *args: str) -> str:

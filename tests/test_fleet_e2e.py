@@ -4,7 +4,6 @@ started as a device starts them, and the operator CLI."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,6 @@ import yaml
 
 from tests.support.faultproxy import FaultProxy
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
-
-
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
 
 
 def _ready_ids(ctl: ControllerProcess) -> set[str]:

@@ -61,14 +61,6 @@ def replicas(
                 ctl.close()
 
 
-@pytest.fixture
-def agents() -> Iterator[list[AgentProcess]]:
-    started: list[AgentProcess] = []
-    yield started
-    for agent in started:
-        agent.stop()
-
-
 # -- helpers: devices speaking to a replica over HTTPS ----------------------------------
 
 
