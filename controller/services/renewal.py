@@ -14,10 +14,11 @@ import hashlib
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet.controller.db import session_scope
+from edgefleet.controller.lifecycle import ACTIVE
 from edgefleet.controller.models import Device, Profile, aware
 from edgefleet.controller.pki.authority import parse_device_csr
 from edgefleet.controller.roles import Operator, Role
@@ -45,18 +46,17 @@ def renew(rt: Runtime, device_id: str, req: RenewRequest) -> EnrolResponse:
         with session_scope(rt.engine) as s:
             device = s.get(Device, device_id, with_for_update=True)
             assert device is not None, "verify_assertion found this device"
-            if DeviceState(device.state) not in (
-                DeviceState.enrolled,
-                DeviceState.ready,
-                DeviceState.updating,
-                DeviceState.degraded,
-            ):
+            if DeviceState(device.state) not in ACTIVE:
                 raise Forbidden(f"device {device_id} is {device.state}", code="not_enrolled")
             not_after = aware(device.certificate_not_after)
             expired = not_after is not None and not_after <= datetime.now(UTC)
             rekeyed = device.key_pin != key_pin
             if rekeyed:
-                clash = s.scalars(select(Device.id).where(Device.key_pin == key_pin)).first()
+                clash = s.scalars(
+                    select(Device.id).where(
+                        or_(Device.key_pin == key_pin, Device.pending_key_pin == key_pin)
+                    )
+                ).first()
                 if clash is not None:
                     raise Conflict("that key belongs to another device", code="key_in_use")
                 device.key_pin = key_pin
@@ -79,6 +79,7 @@ def renew(rt: Runtime, device_id: str, req: RenewRequest) -> EnrolResponse:
                 profile=profile.name if profile else None,
                 interval_seconds=rt.settings.device_interval_seconds,
                 message="re-enrolled" if expired else "renewed",
+                controller_id=rt.controller_id,
             )
     except IntegrityError as exc:
         raise Conflict("that key belongs to another device", code="key_in_use") from exc
