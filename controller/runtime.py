@@ -26,7 +26,7 @@ from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import ConfigError
-from edgefleet.wire import DesiredState, DeviceState
+from edgefleet.wire import DesiredState, DeviceState, ModelRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +146,21 @@ class Runtime:
                 profile_name = profile.name
                 if rev is not None:
                     number, spec = rev.number, rev.spec
+        # The spec was validated on apply (profiles/schema.json): references are pinned.
+        policies = spec.get("policies", {})
         state = DesiredState(
             device_id=device_id,
             profile=profile_name,
             revision=number,
+            models=[
+                ModelRef(
+                    name=m["name"], reference=m["reference"], digest=m["reference"].rsplit("@")[-1]
+                )
+                for m in spec.get("models", [])
+            ],
             config=spec.get("config", {}),
             interval_seconds=int(
-                spec.get("interval_seconds", self.settings.device_interval_seconds)
+                policies.get("interval_seconds", self.settings.device_interval_seconds)
             ),
             trust_bundle=self.authority.trust_bundle,
         )

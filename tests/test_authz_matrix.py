@@ -72,6 +72,8 @@ class World:
         self._n = itertools.count()
         api.site("shop-a")
         api.site("shop-b")
+        api.profile("matrix", {"config": {"n": 1}})
+        api.profile("matrix", {"config": {"n": 2}})
         self.reg_token = api.token(site="shop-a")["token"]
         self.approval_token = api.token(site="shop-a", require_approval=True)["token"]
         self.device = api.device(self.reg_token)
@@ -126,6 +128,9 @@ class World:
 
     def device_state(self, params: dict[str, str]) -> str:
         return self.api.ok("GET", f"/devices/{params['device_id']}", self.api.admin)["state"]
+
+    def device_profile(self, params: dict[str, str]) -> str | None:
+        return self.api.ok("GET", f"/devices/{params['device_id']}", self.api.admin)["profile"]
 
     def token_revoked(self, params: dict[str, str]) -> bool:
         tokens = self.api.ok("GET", "/tokens", self.api.admin)
@@ -234,6 +239,15 @@ ROWS: list[Row] = [
     ),
     Row(
         "POST",
+        "/api/v1/devices/{device_id}/assign",
+        WRITERS,
+        site_scoped=True,
+        body=lambda w: {"profile": "matrix"},
+        fresh=World.enrolled_device,
+        observe=World.device_profile,
+    ),
+    Row(
+        "POST",
         "/api/v1/tokens",
         WRITERS,
         ok=201,
@@ -265,6 +279,8 @@ ROWS: list[Row] = [
         observe=_count("/profiles"),
     ),
     Row("GET", "/api/v1/profiles", READERS),
+    Row("GET", "/api/v1/profiles/{name}", READERS, fresh=lambda w: {"name": "matrix"}),
+    Row("GET", "/api/v1/profiles/{name}/diff", READERS, fresh=lambda w: {"name": "matrix"}),
     Row(
         "POST",
         "/api/v1/users",

@@ -316,7 +316,7 @@ def test_overloaded_worker_answers_503_with_retry_after(
 
 def test_profile_interval_reaches_the_device_in_desired_state_and_ack(api: Api) -> None:
     api.site()
-    api.profile("slow", {"interval_seconds": 120})
+    api.profile("slow", {"policies": {"interval_seconds": 120}})
     dev = api.device(api.token(profile="slow")["token"])
     desired = api.ok("GET", f"/devices/{dev.id}/desired", dev.access_token)
     ack = api.ok("POST", f"/devices/{dev.id}/status", dev.access_token, json={})

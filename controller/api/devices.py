@@ -5,12 +5,18 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.api.deps import Approver, Reader, RuntimeDep, Writer
 from edgefleet.controller.services import devices
+from edgefleet.wire import Strict
 
 router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+class Assign(Strict):
+    profile: str = Field(min_length=1, max_length=128)
 
 
 @router.get("")
@@ -53,3 +59,9 @@ def reject(device_id: str, who: Approver, rt: RuntimeDep) -> dict[str, Any]:
 @router.post("/{device_id}/decommission")
 def decommission(device_id: str, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     return devices.decommission(rt, who, device_id)
+
+
+@router.post("/{device_id}/assign")
+def assign(device_id: str, req: Assign, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    """Give the device a profile; its desired state follows the profile's latest revision."""
+    return devices.assign(rt, who, device_id, req.profile)

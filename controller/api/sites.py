@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
@@ -23,6 +23,7 @@ class SiteCreate(Strict):
 class ProfileApply(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9.-]*$")
     spec: dict[str, Any] = Field(default_factory=dict)
+    """The profile document without its name; checked against profiles/schema.json."""
 
 
 @router.post("/sites", status_code=201)
@@ -46,3 +47,25 @@ def apply_profile(req: ProfileApply, who: Writer, rt: RuntimeDep) -> dict[str, A
 @router.get("/profiles")
 def list_profiles(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
     return profiles.list_profiles(rt.engine)
+
+
+@router.get("/profiles/{name}")
+def show_profile(
+    name: str,
+    who: Reader,
+    rt: RuntimeDep,
+    revision: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    return profiles.get_profile(rt.engine, name, revision)
+
+
+@router.get("/profiles/{name}/diff")
+def diff_profile(
+    name: str,
+    who: Reader,
+    rt: RuntimeDep,
+    a: Annotated[int | None, Query(ge=1)] = None,
+    b: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """A unified diff of revisions ``a`` and ``b`` (default: the latest two)."""
+    return profiles.diff_profile(rt.engine, name, a, b)

@@ -1,4 +1,4 @@
-"""Operator actions on devices: list, show, approve, reject, decommission."""
+"""Operator actions on devices: list, show, approve, reject, decommission, assign."""
 
 from __future__ import annotations
 
@@ -166,6 +166,33 @@ def decommission(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
         _move(device, DeviceState.decommissioned)
         device.credential_generation += 1
         audit.record(s, who, "device.decommission", device.id)
+        out = _public_of(s, device)
+    rt.changed()
+    return out
+
+
+def assign(rt: Runtime, who: Operator, device_id: str, profile_name: str) -> dict[str, Any]:
+    """Give a device another profile: its desired state (and ETag) changes at once."""
+    with session_scope(rt.engine) as s:
+        device = _load(s, who, device_id, lock=True)
+        if device.state == DeviceState.decommissioned:
+            raise Conflict(
+                f"device {device_id} was decommissioned; it takes no profile",
+                code="invalid_transition",
+            )
+        profile = s.scalars(select(Profile).where(Profile.name == profile_name)).first()
+        if profile is None:
+            raise NotFound(f"no profile {profile_name!r}", code="no_profile")
+        before = s.get(Profile, device.profile_id) if device.profile_id else None
+        device.profile_id = profile.id
+        audit.record(
+            s,
+            who,
+            "device.assign",
+            device.id,
+            profile=profile.name,
+            previous=before.name if before else None,
+        )
         out = _public_of(s, device)
     rt.changed()
     return out

@@ -1,20 +1,32 @@
-"""A minimal profile record (name, numbered revisions) for tokens to bind and desired
-state to name. The cluster-profile issue grows the spec and its schema."""
+"""Cluster profiles: validated documents stored as immutable, numbered revisions.
+
+A revision's ``spec`` is the profile document without its ``name`` (the name is the
+profile's); the schema (``edgefleet.profilespec``) checks the whole document. Applying
+the same content again makes no revision."""
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import select
 from sqlmodel import Session
 
+from edgefleet import profilespec
 from edgefleet.controller.db import session_scope
-from edgefleet.controller.models import Profile, ProfileRevision
+from edgefleet.controller.models import Profile, ProfileRevision, aware
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.services import audit
-from edgefleet.errors import NotFound
+from edgefleet.errors import ApiError, NotFound
+
+
+class InvalidProfile(ApiError):
+    """The document breaks the schema; the message lists every problem with its path."""
+
+    status: ClassVar[int] = 422
+    default_code = "invalid_profile"
 
 
 def spec_digest(spec: dict[str, Any]) -> str:
@@ -26,8 +38,11 @@ def apply_profile(
 ) -> tuple[dict[str, Any], bool]:
     """Store ``spec`` as the profile's next revision; the same content again makes none.
 
-    Returns the profile and whether a revision was made.
+    Returns the profile and whether a revision was made. An invalid document is refused
+    (422 ``invalid_profile``) and nothing is stored.
     """
+    check(name, spec)
+    spec = {k: v for k, v in spec.items() if k != "name"}
     digest = spec_digest(spec)
     with session_scope(engine) as s:
         profile = s.scalars(select(Profile).where(Profile.name == name).with_for_update()).first()
@@ -52,6 +67,15 @@ def apply_profile(
         return _public(profile), True
 
 
+def check(name: str, spec: dict[str, Any]) -> None:
+    problems = []
+    if "name" in spec and spec["name"] != name:
+        problems.append(("/name", f"the document's name {spec['name']!r} is not {name!r}"))
+    problems += profilespec.errors({**spec, "name": name})
+    if problems:
+        raise InvalidProfile(f"profile {name!r} is invalid: {profilespec.describe(problems)}")
+
+
 def _revision(s: Session, profile: Profile, number: int) -> ProfileRevision | None:
     return s.scalars(
         select(ProfileRevision).where(
@@ -62,6 +86,58 @@ def _revision(s: Session, profile: Profile, number: int) -> ProfileRevision | No
 
 def _public(p: Profile) -> dict[str, Any]:
     return {"name": p.name, "revision": p.latest_revision}
+
+
+def document(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, **{k: v for k, v in spec.items() if k != "name"}}
+
+
+def _revision_public(profile: Profile, rev: ProfileRevision) -> dict[str, Any]:
+    created = aware(rev.created_at)
+    return {
+        "name": profile.name,
+        "revision": rev.number,
+        "digest": rev.digest,
+        "spec": rev.spec,
+        "created_at": created.isoformat() if created else None,
+        "created_by": rev.created_by,
+    }
+
+
+def _revision_or_404(s: Session, profile: Profile, number: int) -> ProfileRevision:
+    rev = _revision(s, profile, number)
+    if rev is None:
+        raise NotFound(
+            f"profile {profile.name!r} has no revision {number} "
+            f"(revisions 1 to {profile.latest_revision})",
+            code="no_revision",
+        )
+    return rev
+
+
+def get_profile(engine: Any, name: str, revision: int | None = None) -> dict[str, Any]:
+    """One revision of a profile (the latest unless ``revision`` is given)."""
+    with Session(engine) as s:
+        profile = profile_by_name(s, name)
+        number = profile.latest_revision if revision is None else revision
+        return _revision_public(profile, _revision_or_404(s, profile, number))
+
+
+def diff_profile(engine: Any, name: str, a: int | None, b: int | None) -> dict[str, Any]:
+    """A unified diff of two revisions' canonical YAML (default: the latest two)."""
+    with Session(engine) as s:
+        profile = profile_by_name(s, name)
+        b = profile.latest_revision if b is None else b
+        a = max(b - 1, 1) if a is None else a
+        specs = [_revision_or_404(s, profile, n).spec for n in (a, b)]
+    texts = [profilespec.canonical_yaml(document(name, spec)) for spec in specs]
+    lines = difflib.unified_diff(
+        texts[0].splitlines(keepends=True),
+        texts[1].splitlines(keepends=True),
+        fromfile=f"{name}@{a}",
+        tofile=f"{name}@{b}",
+    )
+    return {"name": name, "a": a, "b": b, "diff": "".join(lines)}
 
 
 def list_profiles(engine: Any) -> list[dict[str, Any]]:

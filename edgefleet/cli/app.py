@@ -6,7 +6,18 @@ from pathlib import Path
 
 import typer
 
-from edgefleet.cli import controller, devices, image, localfleet, login, pki, sites, tokens, users
+from edgefleet.cli import (
+    controller,
+    devices,
+    gitops,
+    image,
+    localfleet,
+    login,
+    pki,
+    sites,
+    tokens,
+    users,
+)
 from edgefleet.cli.common import Globals
 
 app = typer.Typer(
@@ -43,6 +54,7 @@ app.add_typer(sites.profiles, name="profiles")
 app.add_typer(pki.app, name="pki")
 app.add_typer(localfleet.app, name="dev")
 app.add_typer(image.app, name="image")
+app.add_typer(gitops.app, name="gitops")
 app.command("login")(login.login)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)

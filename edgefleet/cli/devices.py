@@ -1,4 +1,4 @@
-"""``edgefleet devices list | show | approve | reject | decommission``."""
+"""``edgefleet devices list | show | approve | reject | decommission | assign``."""
 
 from __future__ import annotations
 
@@ -43,3 +43,11 @@ def _action(verb: str, doc: str) -> None:
 _action("approve", "Approve a device waiting for approval: it is enrolled at once.")
 _action("reject", "Reject a waiting device: it can never enrol with that key.")
 _action("decommission", "Decommission a device: its credentials stop working at once.")
+
+
+@app.command("assign")
+@handled
+def assign(ctx: typer.Context, device_id: str, profile: str, output: Format = OutputOpt) -> None:
+    """Give a device a profile: its desired state follows that profile's latest revision."""
+    result = controller(ctx).post(f"/devices/{device_id}/assign", {"profile": profile})
+    show(result, output, COLUMNS)

@@ -1,0 +1,93 @@
+"""The renderer's input: plain, frozen data, so that rendering needs no database.
+
+The controller builds these from its tables; tests and the benchmark build them directly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Applier = Literal["flux", "argocd"]
+Mode = Literal["k3s", "direct"]
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+
+
+@dataclass(frozen=True)
+class Device:
+    id: str
+    site: str
+    labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    mode: Mode | None = None
+    """``k3s`` devices get applier objects; ``direct`` devices read desired.yaml's state
+    through the device API. Unset: the assigned revision's ``mode``, else ``k3s``."""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One immutable profile revision; ``spec`` has the profile JSON Schema's keys."""
+
+    profile: str
+    number: int
+    spec: dict[str, Any] = field(hash=False, compare=False)
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.profile, self.number)
+
+
+@dataclass
+class FleetState:
+    """Everything the fleet repository shows: sites, devices, revisions, assignments."""
+
+    sites: list[Site]
+    devices: list[Device]
+    revisions: list[Revision]
+    assignments: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """device id -> (profile, revision number); a device without one gets an empty state."""
+
+
+@dataclass(frozen=True)
+class GitopsParams:
+    """The settings that shape the repository; ``from_env`` reads ``EDGEFLEET_GITOPS_*``."""
+
+    applier: Applier = "flux"
+    per_site: bool = True
+    """One repository per site, so a site can read only its own desired state; False puts
+    the whole fleet in one repository named ``fleet``."""
+    remote: str | None = None
+    """URL template with ``{site}`` (the repository name) to push to after each commit,
+    e.g. ``https://git.example/fleet/{site}.git``; it is also the URL the appliers pull."""
+    branch: str = "main"
+    interval: str = "1m"
+    """How often the site's Flux or Argo CD looks at the repository."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> GitopsParams:
+        env = dict(os.environ if env is None else env)
+        applier = env.get("EDGEFLEET_GITOPS_APPLIER", "flux").strip().lower()
+        if applier not in ("flux", "argocd"):
+            raise ValueError(f"EDGEFLEET_GITOPS_APPLIER is {applier!r}; use flux or argocd")
+        layout = env.get("EDGEFLEET_GITOPS_REPOSITORIES", "per-site").strip().lower()
+        if layout not in ("per-site", "fleet"):
+            raise ValueError(f"EDGEFLEET_GITOPS_REPOSITORIES is {layout!r}; use per-site or fleet")
+        return cls(
+            applier=applier,  # type: ignore[arg-type]
+            per_site=layout == "per-site",
+            remote=env.get("EDGEFLEET_GITOPS_REMOTE") or None,
+            branch=env.get("EDGEFLEET_GITOPS_BRANCH", "main"),
+        )
+
+
+def default_root(env: dict[str, str] | None = None) -> Path:
+    """``EDGEFLEET_GITOPS_ROOT``, else ``<data_dir>/gitops`` (data dir as the controller's)."""
+    env = dict(os.environ if env is None else env)
+    if env.get("EDGEFLEET_GITOPS_ROOT"):
+        return Path(env["EDGEFLEET_GITOPS_ROOT"])
+    return Path(env.get("EDGEFLEET_DATA_DIR", ".edgefleet")) / "gitops"

@@ -1,0 +1,108 @@
+"""Cluster profile documents: the schema, validation with JSON-pointer paths, canonical YAML.
+
+One schema for the controller and the CLI. ``profiles/schema.json`` in the repository is
+the one people read and edit; ``edgefleet/profile_schema.json`` is the same file shipped
+as package data so an installed CLI or controller can load it (tests/test_profiles.py
+fails when the two differ: edit one, copy it over the other).
+
+Only fields something acts on are allowed; any other is refused, never silently kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+DIGEST_PREFIX = "@sha256:"
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    text = resources.files("edgefleet").joinpath("profile_schema.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def pointer(path: Any) -> str:
+    """A JSON pointer (RFC 6901) for a path of keys and indexes; ``""`` is the whole document."""
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+def errors(doc: Any) -> list[tuple[str, str]]:
+    """Every problem with a profile document, as (JSON pointer, reason), sorted by path."""
+    out: list[tuple[str, str]] = []
+    for err in _validator().iter_errors(doc):
+        out.extend(_explain(err))
+    out.extend(_duplicates(doc))
+    return sorted(set(out))
+
+
+def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    path = list(err.absolute_path)
+    where = pointer(path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = set(err.schema.get("properties", {}))
+        return [
+            (
+                pointer([*path, key]),
+                "unknown field: nothing acts on it yet, so it is refused rather than kept",
+            )
+            for key in err.instance
+            if key not in allowed
+        ]
+    if err.validator == "pattern" and path and path[-1] == "reference":
+        if isinstance(err.instance, str) and DIGEST_PREFIX not in err.instance:
+            reason = (
+                f"{err.instance!r} is not pinned by digest: write registry/repo@sha256:<64 hex>; "
+                "tags are not resolved yet (that comes with model support)"
+            )
+        else:
+            reason = f"{err.instance!r} is not of the form registry/repo@sha256:<64 hex>"
+        return [(where, reason)]
+    if err.validator == "oneOf" and len(path) >= 2 and path[-2] == "applications":
+        return [(where, "an application needs exactly one of 'kustomize' or 'helm'")]
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = [k for k in err.validator_value if k not in err.instance]
+        return [(pointer([*path, k]), "required field is missing") for k in missing]
+    return [(where, err.message)]
+
+
+def _duplicates(doc: Any) -> list[tuple[str, str]]:
+    out = []
+    if not isinstance(doc, dict):
+        return out
+    for section in ("models", "applications"):
+        items = doc.get(section)
+        if not isinstance(items, list):
+            continue
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    out.append((pointer([section, i, "name"]), f"duplicate name {name!r}"))
+                seen.add(name)
+    return out
+
+
+def describe(problems: list[tuple[str, str]]) -> str:
+    return "; ".join(f"{where or '/'}: {reason}" for where, reason in problems)
+
+
+def canonical_yaml(doc: dict[str, Any]) -> str:
+    """The one text of a document: keys sorted, block style (what ``diff`` compares)."""
+    return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def model_digest(reference: str) -> str:
+    """``registry/repo@sha256:abc…`` -> ``sha256:abc…`` (references are validated first)."""
+    return reference.rsplit("@", 1)[1]
