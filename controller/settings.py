@@ -10,7 +10,7 @@ import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import (
@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     bootstrap_admin_token: str | None = None
     """First admin's API token (e.g. from a Kubernetes Secret); printed once when unset."""
     log_level: str = "info"
+
+    # -- the fleet repository (controller/gitops; README "Fleet repository") ---------
+    gitops_root: Path | None = None
+    """Where the local bare repositories live; default ``<data_dir>/gitops``."""
+    gitops_applier: Literal["flux", "argocd"] = "flux"
+    gitops_repositories: Literal["per-site", "fleet"] = "per-site"
+    """One repository per site (a site reads only its own state), or one for the fleet."""
+    gitops_remote: str | None = None
+    """URL template with ``{site}`` to push to, e.g. https://git.example/fleet/{site}.git."""
+    gitops_branch: str = "main"
 
     # -- rate limits (controller/ratelimit.py; README "Rate limits") ---------------------
     # Per client address and per worker process, on the two endpoints open to anyone.

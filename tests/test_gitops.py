@@ -298,22 +298,28 @@ def test_new_commits_are_pushed_to_the_remote_template(tmp_path: Path) -> None:
     assert f"url: file://{remotes}/shop-b.git" in applier  # sites pull what was pushed
 
 
-def test_params_come_from_edgefleet_gitops_environment() -> None:
-    params = GitopsParams.from_env(
-        {
-            "EDGEFLEET_GITOPS_APPLIER": "argocd",
-            "EDGEFLEET_GITOPS_REPOSITORIES": "fleet",
-            "EDGEFLEET_GITOPS_REMOTE": "https://git.example/fleet/{site}.git",
-        }
-    )
+def test_params_come_from_the_controller_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from edgefleet.controller.gitops.model import repository_root
+    from edgefleet.controller.settings import load_settings
+
+    monkeypatch.setenv("EDGEFLEET_GITOPS_APPLIER", "argocd")
+    monkeypatch.setenv("EDGEFLEET_GITOPS_REPOSITORIES", "fleet")
+    monkeypatch.setenv("EDGEFLEET_GITOPS_REMOTE", "https://git.example/fleet/{site}.git")
+    settings = load_settings(data_dir=tmp_path)
+    params = GitopsParams.from_settings(settings)
     assert (params.applier, params.per_site, params.remote) == (
         "argocd",
         False,
         "https://git.example/fleet/{site}.git",
     )
-    assert GitopsParams.from_env({}) == GitopsParams()
-    with pytest.raises(ValueError, match="flux or argocd"):
-        GitopsParams.from_env({"EDGEFLEET_GITOPS_APPLIER": "helm"})
+    assert repository_root(settings) == tmp_path / "gitops"
+    monkeypatch.setenv("EDGEFLEET_GITOPS_APPLIER", "helm")
+    with pytest.raises(ValidationError, match="flux"):
+        load_settings(data_dir=tmp_path)
 
 
 def test_cli_log_shows_what_why_and_who(tmp_path: Path) -> None:

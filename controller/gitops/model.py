@@ -5,13 +5,15 @@ The controller builds these from its tables; tests and the benchmark build them 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 Applier = Literal["flux", "argocd"]
 Mode = Literal["k3s", "direct"]
+
+if TYPE_CHECKING:
+    from edgefleet.controller.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ class FleetState:
 
 @dataclass(frozen=True)
 class GitopsParams:
-    """The settings that shape the repository; ``from_env`` reads ``EDGEFLEET_GITOPS_*``."""
+    """The settings that shape the repository (``gitops_*`` in the controller's settings)."""
 
     applier: Applier = "flux"
     per_site: bool = True
@@ -69,25 +71,15 @@ class GitopsParams:
     """How often the site's Flux or Argo CD looks at the repository."""
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> GitopsParams:
-        env = dict(os.environ if env is None else env)
-        applier = env.get("EDGEFLEET_GITOPS_APPLIER", "flux").strip().lower()
-        if applier not in ("flux", "argocd"):
-            raise ValueError(f"EDGEFLEET_GITOPS_APPLIER is {applier!r}; use flux or argocd")
-        layout = env.get("EDGEFLEET_GITOPS_REPOSITORIES", "per-site").strip().lower()
-        if layout not in ("per-site", "fleet"):
-            raise ValueError(f"EDGEFLEET_GITOPS_REPOSITORIES is {layout!r}; use per-site or fleet")
+    def from_settings(cls, settings: Settings) -> GitopsParams:
         return cls(
-            applier=applier,  # type: ignore[arg-type]
-            per_site=layout == "per-site",
-            remote=env.get("EDGEFLEET_GITOPS_REMOTE") or None,
-            branch=env.get("EDGEFLEET_GITOPS_BRANCH", "main"),
+            applier=settings.gitops_applier,
+            per_site=settings.gitops_repositories == "per-site",
+            remote=settings.gitops_remote,
+            branch=settings.gitops_branch,
         )
 
 
-def default_root(env: dict[str, str] | None = None) -> Path:
-    """``EDGEFLEET_GITOPS_ROOT``, else ``<data_dir>/gitops`` (data dir as the controller's)."""
-    env = dict(os.environ if env is None else env)
-    if env.get("EDGEFLEET_GITOPS_ROOT"):
-        return Path(env["EDGEFLEET_GITOPS_ROOT"])
-    return Path(env.get("EDGEFLEET_DATA_DIR", ".edgefleet")) / "gitops"
+def repository_root(settings: Settings) -> Path:
+    """``gitops_root``, else ``<data_dir>/gitops``."""
+    return settings.gitops_root or settings.data_dir / "gitops"

@@ -15,7 +15,7 @@ DataDirOpt = typer.Option(None, "--data-dir", help="[env EDGEFLEET_DATA_DIR]")
 DbOpt = typer.Option(None, "--database-url", help="[env EDGEFLEET_DATABASE_URL]")
 
 
-def _settings(**flags: object):  # type: ignore[no-untyped-def]
+def controller_settings(**flags: object):  # type: ignore[no-untyped-def]
     try:
         from edgefleet.controller.settings import load_settings
     except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -43,7 +43,7 @@ def serve(
     from edgefleet.controller.serve import serve as run
 
     run(
-        _settings(
+        controller_settings(
             config=config,
             data_dir=data_dir,
             database_url=database_url,
@@ -67,7 +67,7 @@ def migrate(
     from edgefleet.controller.bootstrap import prepare
     from edgefleet.controller.serve import announce
 
-    settings = _settings(config=config, data_dir=data_dir, database_url=database_url)
+    settings = controller_settings(config=config, data_dir=data_dir, database_url=database_url)
     announce(settings, prepare(settings))
 
 
@@ -79,7 +79,7 @@ def pin(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) -> 
 
     from edgefleet.signing import cert_pin
 
-    settings = _settings(config=config, data_dir=data_dir)
+    settings = controller_settings(config=config, data_dir=data_dir)
     root = settings.data_dir / "pki" / "root.pem"
     if not root.exists():
         raise typer.BadParameter(f"{root} does not exist; run `edgefleet controller migrate`")

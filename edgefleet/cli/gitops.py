@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from edgefleet.cli.controller import ConfigOpt, DataDirOpt, controller_settings
 from edgefleet.cli.output import Format, OutputOpt, show
 
 app = typer.Typer(help="The fleet repository (GitOps) the controller writes.", no_args_is_help=True)
@@ -19,19 +20,22 @@ def log(
     root: Path | None = typer.Option(
         None, help="Repository root [env EDGEFLEET_GITOPS_ROOT; default <data dir>/gitops]"
     ),
+    config: Path | None = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
     output: Format = OutputOpt,
 ) -> None:
     """Show the newest commits: what changed, why, and who asked for it."""
-    from edgefleet.controller.gitops.model import GitopsParams, default_root
+    from edgefleet.controller.gitops.model import GitopsParams, repository_root
     from edgefleet.controller.gitops.render import FLEET, repository_name
     from edgefleet.controller.gitops.repository import Repository, RepositoryError
 
-    folder = root or default_root()
+    settings = controller_settings(config=config, data_dir=data_dir)
+    folder = root or repository_root(settings)
     if not folder.is_dir():
         typer.echo(f"error: no fleet repositories under {folder} (set --root)", err=True)
         raise typer.Exit(1)
     if site is not None:
-        name = repository_name(site, GitopsParams())
+        name = repository_name(site, GitopsParams.from_settings(settings))
         if not (folder / f"{name}.git").is_dir():
             name = FLEET  # the whole fleet in one repository
         names = [name]

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from edgefleet.cli.common import handled
-from edgefleet.cli.controller import ConfigOpt, DataDirOpt, _settings
+from edgefleet.cli.controller import ConfigOpt, DataDirOpt, controller_settings
 
 app = typer.Typer(help="The controller's certificate authority.", no_args_is_help=True)
 
@@ -20,7 +20,7 @@ def show(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) ->
     from edgefleet.controller.pki.authority import load_authority
     from edgefleet.signing import cert_pin
 
-    auth = load_authority(_settings(config=config, data_dir=data_dir).data_dir / "pki")
+    auth = load_authority(controller_settings(config=config, data_dir=data_dir).data_dir / "pki")
     typer.echo(f"current root   {cert_pin(auth.root)}  {auth.root.subject.rfc4514_string()}")
     if auth.next_root is not None:
         typer.echo(f"next root      {cert_pin(auth.next_root)}  (staged; promote when ready)")
@@ -39,7 +39,7 @@ def rotate(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) 
     from edgefleet.controller.pki.authority import stage_rotation
     from edgefleet.signing import cert_pin
 
-    root = stage_rotation(_settings(config=config, data_dir=data_dir).data_dir / "pki")
+    root = stage_rotation(controller_settings(config=config, data_dir=data_dir).data_dir / "pki")
     typer.echo(f"staged next root {cert_pin(root)}")
     typer.echo("restart the controller so devices receive it, then `edgefleet pki promote`")
 
@@ -51,6 +51,6 @@ def promote(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt)
     from edgefleet.controller.pki.authority import promote_rotation
     from edgefleet.signing import cert_pin
 
-    settings = _settings(config=config, data_dir=data_dir)
+    settings = controller_settings(config=config, data_dir=data_dir)
     root = promote_rotation(settings.data_dir / "pki", settings.server_names)
     typer.echo(f"promoted root {cert_pin(root)}; restart the controller to serve it")
