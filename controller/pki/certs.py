@@ -51,17 +51,31 @@ def _builder(
     )
 
 
-def self_signed_root(key: ec.EllipticCurvePrivateKey, cn: str, days: int) -> x509.Certificate:
-    subject = name(cn)
-    return (
-        _builder(subject, subject, key.public_key(), timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
+_CA_USAGE = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+"""keyCertSign and cRLSign: all a CA certificate may do."""
+
+
+def _ca(
+    subject: x509.Name,
+    public_key: object,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    days: int,
+    path_length: int,
+) -> x509.Certificate:
+    """A CA certificate; ``issuer`` None means self-signed."""
+    builder = (
+        _builder(subject, issuer.subject if issuer else subject, public_key, timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_CA_USAGE, critical=True)
     )
+    if issuer is not None:
+        builder = builder.add_extension(_aki(issuer), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def self_signed_root(key: ec.EllipticCurvePrivateKey, cn: str, days: int) -> x509.Certificate:
+    return _ca(name(cn), key.public_key(), key, None, days, path_length=1)
 
 
 def intermediate(
@@ -71,16 +85,7 @@ def intermediate(
     issuer: x509.Certificate,
     days: int,
 ) -> x509.Certificate:
-    return (
-        _builder(name(cn), issuer.subject, key.public_key(), timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(_aki(issuer), critical=False)
-        .sign(issuer_key, hashes.SHA256())
-    )
+    return _ca(name(cn), key.public_key(), issuer_key, issuer, days, path_length=0)
 
 
 def cross_sign(
@@ -92,16 +97,7 @@ def cross_sign(
 ) -> x509.Certificate:
     """``root``'s subject and key, vouched for by another root: a device that trusts the
     issuer can thereby trust ``root`` (CA rotation)."""
-    return (
-        _builder(root.subject, issuer.subject, public_key, timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(_aki(issuer), critical=False)
-        .sign(issuer_key, hashes.SHA256())
-    )
+    return _ca(root.subject, public_key, issuer_key, issuer, days, path_length=1)
 
 
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
