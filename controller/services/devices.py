@@ -16,7 +16,7 @@ from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.enrolment import certificate_fields
-from edgefleet.errors import BadRequest, Conflict, Forbidden, NotFound
+from edgefleet.errors import BadRequest, Conflict, NotFound
 from edgefleet.labels import parse_labels
 from edgefleet.wire import DeviceState
 
@@ -159,8 +159,6 @@ def reject(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
 
 def decommission(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     """Credentials stop working at once: the generation moves and every cache drops."""
-    if who.role == "installer":
-        raise Forbidden("installers may only approve or reject devices", code="role")
     with session_scope(rt.engine) as s:
         device = _load(s, who, device_id, lock=True)
         _move(device, DeviceState.decommissioned)
