@@ -16,7 +16,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.controller.api import device_api, devices, sites, tokens, users
+from edgefleet.controller.api import device_api, devices, gitops, sites, tokens, users
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.runtime import Runtime
@@ -38,9 +38,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         to_thread.current_default_thread_limiter().total_tokens = rt.settings.effective_db_threads
         task = asyncio.create_task(_flush_last_seen(rt))
         rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
+        rt.gitops.start()  # the fleet repositories, brought up to date in the background
         try:
             yield
         finally:
+            await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -50,7 +52,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
     app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
-    for module in (device_api, devices, tokens, sites, users):
+    for module in (device_api, devices, tokens, sites, users, gitops):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

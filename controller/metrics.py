@@ -68,6 +68,28 @@ class Metrics:
             ["endpoint"],
             registry=self._registry,
         )
+        self.gitops_commits = Counter(
+            "edgefleet_gitops_commits",
+            "Commits written to the fleet repositories",
+            registry=self._registry,
+        )
+        self.gitops_failures = Counter(
+            "edgefleet_gitops_failures",
+            "Failed writes or pushes of the fleet repositories (each is retried)",
+            registry=self._registry,
+        )
+        self.gitops_seconds = Histogram(
+            "edgefleet_gitops_write_duration_seconds",
+            "Time to read the intent and write the fleet repositories, per write",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self._registry,
+        )
+        self.registry_tokens = Counter(
+            "edgefleet_registry_tokens",
+            "Registry tokens issued, by caller (operator, device) and whether they may write",
+            ["caller", "write"],
+            registry=self._registry,
+        )
         self._devices = _DevicesByState(count_by_state)
 
     def render(self) -> bytes:

@@ -83,6 +83,9 @@ class Device(SQLModel, table=True):
     state: str = Field(index=True, max_length=32)
     site_id: int = Field(foreign_key="site.id", index=True)
     profile_id: int | None = Field(default=None, foreign_key="profile.id")
+    profile_revision: int | None = None
+    """A pinned revision of the profile (a restore pins what it brings back); None
+    follows the profile's latest revision."""
     token_id: int | None = Field(default=None, foreign_key="registrationtoken.id")
     labels: dict[str, str] = _json(dict)
     key_pin: str = Field(unique=True, index=True, max_length=80)

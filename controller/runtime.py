@@ -20,10 +20,12 @@ from sqlmodel import Session
 from edgefleet.controller.access import AccessTokens, load_or_create_key
 from edgefleet.controller.cachebus import epoch_for
 from edgefleet.controller.db import make_engine
+from edgefleet.controller.gitops.writer import GitopsWriter
 from edgefleet.controller.lastseen import LastSeen
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
+from edgefleet.controller.registry_tokens import RegistryTokens
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import ConfigError
 from edgefleet.wire import DesiredState, DeviceState, ModelRef
@@ -77,6 +79,8 @@ class Runtime:
         self.status_digests: dict[str, tuple[str, DeviceState]] = {}
         self.epoch = epoch_for(settings, self.engine)
         self.epoch.subscribe(self._drop_caches)
+        self.gitops = GitopsWriter(settings, self.engine, self.metrics)
+        self.registry_tokens = RegistryTokens.from_settings(settings)
 
     def _drop_caches(self) -> None:
         self._auth = {}
@@ -140,7 +144,8 @@ class Runtime:
                 rev = s.scalars(
                     select(ProfileRevision).where(
                         ProfileRevision.profile_id == profile.id,
-                        ProfileRevision.number == profile.latest_revision,
+                        ProfileRevision.number
+                        == (device.profile_revision or profile.latest_revision),
                     )
                 ).first()
                 profile_name = profile.name

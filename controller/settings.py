@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     gitops_remote: str | None = None
     """URL template with ``{site}`` to push to, e.g. https://git.example/fleet/{site}.git."""
     gitops_branch: str = "main"
+    gitops_writer: bool = True
+    """Write the repositories from this process; off for a replica that must not (it
+    then leaves the writing to the replicas that share the repository root)."""
+    gitops_wait_seconds: float = Field(default=10.0, ge=0)
+    """How long an operator's change waits for its commit before answering ``pending``."""
+    gitops_debounce_seconds: float = Field(default=2.0, ge=0)
+    """Enrolments within this window make one commit (a site powering on at once)."""
+    gitops_resync_seconds: float = Field(default=300.0, ge=0)
+    """Write the whole fleet again this often (0: only at start); no commit if unchanged."""
 
     # -- rate limits (controller/ratelimit.py; README "Rate limits") ---------------------
     # Per client address and per worker process, on the two endpoints open to anyone.

@@ -73,6 +73,7 @@ def settings(tmp_path: Path, database_url: str | None) -> Settings:
         database_url=database_url,
         device_interval_seconds=1,
         last_seen_flush_seconds=0.2,
+        gitops_debounce_seconds=0.2,
     )
 
 

@@ -124,6 +124,10 @@ class World:
         self.api.user(username, "viewer")
         return {"username": username}
 
+    def first_commit(self) -> dict[str, str]:
+        log = self.api.ok("GET", "/gitops/shop-a/log", self.api.admin)
+        return {"commit": log[-1]["commit"]}
+
     # -- what a call changes, read back by the admin ----------------------------------
 
     def device_state(self, params: dict[str, str]) -> str:
@@ -135,6 +139,10 @@ class World:
     def token_revoked(self, params: dict[str, str]) -> bool:
         tokens = self.api.ok("GET", "/tokens", self.api.admin)
         return next(t for t in tokens if t["kid"] == params["kid"])["revoked_at"] is not None
+
+    def restores(self, params: dict[str, str]) -> int:
+        audit = self.api.ok("GET", "/audit", self.api.admin)
+        return sum(a["action"] == "gitops.restore" for a in audit)
 
     def user_disabled(self, params: dict[str, str]) -> bool:
         users = self.api.ok("GET", "/users", self.api.admin)
@@ -296,6 +304,18 @@ ROWS: list[Row] = [
         ADMINS,
         fresh=World.fresh_user,
         observe=World.user_disabled,
+    ),
+    Row("GET", "/api/v1/gitops", READERS),
+    Row(
+        "GET", "/api/v1/gitops/{repository}/log", READERS, fresh=lambda w: {"repository": "shop-a"}
+    ),
+    Row(
+        "POST",
+        "/api/v1/gitops/{repository}/restore",
+        WRITERS,
+        body=World.first_commit,
+        fresh=lambda w: {"repository": "shop-a"},
+        observe=World.restores,
     ),
     Row("GET", "/api/v1/audit", ADMINS),
     Row("GET", "/api/v1/controller", READERS),

@@ -1,5 +1,5 @@
 """The fleet repository, on real Git repositories: layout that ``kubectl kustomize`` builds
-offline, one commit per change, none without one, restores as new commits, one repository
+offline, one commit per change, none without one, one repository
 per site (or one for the fleet), no secrets, pushes to a remote."""
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from edgefleet.cli.app import app
 from edgefleet.controller.gitops import render, repository
 from edgefleet.controller.gitops import sync as gitops
 from edgefleet.controller.gitops.model import Device, FleetState, GitopsParams, Revision, Site
@@ -198,35 +196,12 @@ def test_one_assignment_change_is_one_commit_touching_only_that_device(tmp_path:
     assert "Why: canary wave 1" in body
 
 
-def test_restore_is_a_new_commit_with_the_old_tree_that_names_what_it_reverts(
-    tmp_path: Path,
-) -> None:
-    root, params, state = tmp_path / "gitops", GitopsParams(), _state()
-    first = gitops.sync(root, params, state, "alice", "first")["shop-a"]
-    state.assignments["cam-a1"] = ("camera", 2)
-    second = gitops.sync(root, params, state, "alice", "upgrade")["shop-a"]
-    repo = gitops.repository(root, "shop-a")
-    restored = repo.restore(first, "carol", "inference regressed")
-    assert restored not in (first, second)
-    path = root / "shop-a.git"
-    assert _git(path, "rev-parse", "main").strip() == restored
-    assert _git(path, "rev-parse", "main~1").strip() == second  # history is kept
-    assert _git(path, "rev-parse", "main^{tree}") == _git(path, "rev-parse", f"{first}^{{tree}}")
-    subject = _git(path, "log", "-1", "--format=%s").strip()
-    assert subject == f"Revert to {first[:12]}: Add 3 devices (cam-a1, cam-a2, pi-a3)"
-    assert repo.restore(first, "carol") is None  # already there
-    assert [e["commit"] for e in repo.log(5)] == [restored, second, first]
-    subprocess.run(["git", f"--git-dir={path}", "fsck", "--strict"], check=True)
-
-
-def test_fsck_strict_is_clean_after_packs_loose_objects_and_restores(tmp_path: Path) -> None:
+def test_fsck_strict_is_clean_after_packs_and_loose_objects(tmp_path: Path) -> None:
     root, params, state = tmp_path / "gitops", GitopsParams(), _state()
     gitops.sync(root, params, state, "alice", "first")  # a pack per repository
     for n in (2, 1, 2):
         state.assignments["cam-b1"] = ("camera", n)
         gitops.sync(root, params, state, "alice", f"to {n}")  # a few loose objects
-    first = _git(root / "shop-b.git", "rev-list", "--max-parents=0", "main").strip()
-    gitops.repository(root, "shop-b").restore(first, "alice")
     for site in ("shop-a", "shop-b", "empty"):
         result = subprocess.run(
             ["git", f"--git-dir={root / f'{site}.git'}", "fsck", "--strict", "--full"],
@@ -320,26 +295,6 @@ def test_params_come_from_the_controller_settings(
     monkeypatch.setenv("EDGEFLEET_GITOPS_APPLIER", "helm")
     with pytest.raises(ValidationError, match="flux"):
         load_settings(data_dir=tmp_path)
-
-
-def test_cli_log_shows_what_why_and_who(tmp_path: Path) -> None:
-    root, state = tmp_path / "gitops", _state()
-    gitops.sync(root, GitopsParams(), state, "alice", "first")
-    state.assignments["cam-a2"] = ("camera", 1)
-    gitops.sync(root, GitopsParams(), state, "bob", "roll back cam-a2")
-    out = CliRunner().invoke(
-        app, ["gitops", "log", "--root", str(root), "--site", "shop-a", "-o", "json"]
-    )
-    assert out.exit_code == 0, out.output
-    entries = json.loads(out.output)
-    assert [e["subject"] for e in entries] == [
-        "Update 1 device (cam-a2)",
-        "Add 3 devices (cam-a1, cam-a2, pi-a3)",
-    ]
-    assert entries[0]["author"] == "bob <bob@edgefleet>"
-    assert "Why: roll back cam-a2" in entries[0]["body"]
-    missing = CliRunner().invoke(app, ["gitops", "log", "--root", str(tmp_path / "nope")])
-    assert missing.exit_code == 1
 
 
 def test_repository_refuses_a_branch_that_moved_under_it(tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ router = APIRouter(prefix="/devices", tags=["devices"])
 
 class Assign(Strict):
     profile: str = Field(min_length=1, max_length=128)
+    revision: int | None = Field(default=None, ge=1)
+    """Pin this revision; unset follows the profile's latest."""
 
 
 @router.get("")
@@ -63,5 +65,5 @@ def decommission(device_id: str, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
 
 @router.post("/{device_id}/assign")
 def assign(device_id: str, req: Assign, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
-    """Give the device a profile; its desired state follows the profile's latest revision."""
-    return devices.assign(rt, who, device_id, req.profile)
+    """Give the device a profile: its latest revision, or the one given (pinned)."""
+    return devices.assign(rt, who, device_id, req.profile, req.revision)

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
+from edgefleet.controller.gitops import fleet
+from edgefleet.controller.gitops.writer import Outcome
 from edgefleet.controller.services import profiles, sites
 from edgefleet.wire import Strict
 
@@ -28,7 +30,9 @@ class ProfileApply(Strict):
 
 @router.post("/sites", status_code=201)
 def create_site(req: SiteCreate, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
-    return sites.create_site(rt.engine, who, req.name, req.timezone, req.labels)
+    site = sites.create_site(rt.engine, who, req.name, req.timezone, req.labels)
+    why = f"{who.username} created site {req.name}"
+    return {**site, "gitops": rt.gitops.publish([req.name], who.username, why).public()}
 
 
 @router.get("/sites")
@@ -39,9 +43,13 @@ def list_sites(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
 @router.post("/profiles")
 def apply_profile(req: ProfileApply, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec)
-    if created:
-        rt.changed()
-    return {**profile, "created_revision": created}
+    if not created:
+        return {**profile, "created_revision": False}
+    rt.changed()
+    why = f"{who.username} applied profile {req.name} revision {profile['revision']}"
+    following = fleet.sites_following(rt.engine, req.name)
+    outcome = rt.gitops.publish(following, who.username, why) if following else Outcome()
+    return {**profile, "created_revision": True, "gitops": outcome.public()}
 
 
 @router.get("/profiles")

@@ -139,6 +139,8 @@ class Repository:
         """path -> blob id of ``_tree``, when known."""
         self._files: dict[str, bytes] | None = None
         """The files last written (or found identical), for a fast no-change answer."""
+        self.pushed: str | None = None
+        """The commit this process last pushed to the remote."""
 
     # -- setup ------------------------------------------------------------------------
 
@@ -393,24 +395,47 @@ class Repository:
                 )
         return entries
 
-    def restore(self, commit: str, who: str, why: str = "") -> str | None:
-        """A new commit whose tree is ``commit``'s; None if the branch already has that tree."""
-        commit = self.git("rev-parse", "--verify", f"{commit}^{{commit}}").strip()
-        tree = self.git("rev-parse", f"{commit}^{{tree}}").strip()
-        subject = self.git("log", "-1", "--format=%s", commit).strip()
-        head = self.head()
-        if tree == self._tree_of(head):
-            return None
-        message = f"Revert to {commit[:12]}: {subject}\n\nRestores the tree of {commit}."
-        if why:
-            message += f"\n\nWhy: {why}"
-        new, body = self._commit_object(tree, head, message, identity(who))
-        self._store({new: (b"commit", body)})
-        os.sync()
-        self._update_ref(new, head)
-        self._remember(new, tree, None, None)
-        return new
+    def commit_of(self, revision: str) -> tuple[str, str]:
+        """The full id and subject of ``revision`` (a commit id, a prefix of one, a ref)."""
+        try:
+            commit = self.git("rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
+        except RepositoryError as exc:
+            raise RepositoryError(f"{revision!r} is not a commit of {self.path.name}") from exc
+        commit = commit.strip()
+        return commit, self.git("log", "-1", "--format=%s", commit).strip()
+
+    def read(self, commit: str, under: str, name: str) -> dict[str, bytes]:
+        """Every file called ``name`` below the folder ``under`` in ``commit``, by path."""
+        listing = self.git("ls-tree", "-r", "-z", commit, "--", under.rstrip("/") + "/")
+        wanted = []
+        for line in listing.split("\0"):
+            if line:
+                meta, path = line.split("\t", 1)
+                if path.rsplit("/", 1)[-1] == name:
+                    wanted.append((path, meta.split()[2]))
+        if not wanted:
+            return {}
+        proc = subprocess.run(
+            ["git", f"--git-dir={self.path}", "cat-file", "--batch"],
+            input="".join(f"{oid}\n" for _, oid in wanted).encode(),
+            capture_output=True,
+            check=True,
+        )
+        out, at = {}, 0
+        for path, _ in wanted:
+            header_end = proc.stdout.index(b"\n", at)
+            size = int(proc.stdout[at:header_end].split()[2])
+            out[path] = proc.stdout[header_end + 1 : header_end + 1 + size]
+            at = header_end + 1 + size + 1
+        return out
 
     def push(self, url: str) -> None:
-        """Push the branch to ``url`` (fast-forward only: history is never rewritten)."""
+        """Push the branch to ``url`` (fast-forward only: history is never rewritten).
+
+        Remembers what was pushed, so that a push that failed is tried again by the next
+        sync even when that sync makes no new commit."""
+        head = self.head()
+        if head is None or head == self.pushed:
+            return
         self.git("push", "--quiet", url, f"{self.ref}:{self.ref}")
+        self.pushed = head

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgefleet.controller.gitops.model import FleetState, GitopsParams
 from edgefleet.controller.gitops.render import render, repository_url
-from edgefleet.controller.gitops.repository import Changes, Repository
+from edgefleet.controller.gitops.repository import Changes, Repository, RepositoryError
 
 _open: dict[tuple[Path, str], Repository] = {}
 
@@ -28,8 +28,16 @@ def repository(root: Path, name: str, branch: str = "main") -> Repository:
     return repo
 
 
-def message(why: str) -> Callable[[Changes], str]:
-    """A commit message from the changed paths: what (subject, device ids) and why."""
+class PushError(RuntimeError):
+    """Commits are made locally but some repositories could not be pushed; the next sync
+    tries again."""
+
+
+def message(why: str, title: str | None = None) -> Callable[[Changes], str]:
+    """A commit message from the changed paths: what (subject, device ids) and why.
+
+    ``title``, when given, is the subject (a restore says what it reverts) and the
+    changed devices move to the body."""
 
     def compose(changes: Changes) -> str:
         added = {_device(p) for p in changes.added} - {None}
@@ -48,7 +56,8 @@ def message(why: str) -> Callable[[Changes], str]:
                 shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
                 parts.append(f"{verb} {len(ids)} {noun} ({shown})")
         subject = "; ".join(parts) or "update the repository layout"
-        lines = [subject[0].upper() + subject[1:], ""]
+        subject = subject[0].upper() + subject[1:]
+        lines = [title, "", subject + ".", ""] if title else [subject, ""]
         if why:
             lines += [f"Why: {why}", ""]
         lines.append(
@@ -70,19 +79,25 @@ def _device(path: str) -> str | None:
 
 
 def sync(
-    root: Path, params: GitopsParams, state: FleetState, who: str, why: str
+    root: Path,
+    params: GitopsParams,
+    state: FleetState,
+    who: str,
+    why: str,
+    title: str | None = None,
 ) -> dict[str, str | None]:
     """Render ``state`` and write it: ``{repository name: new commit or None}``.
 
     Repository names are site names (one repository per site), or ``fleet`` when
-    ``params.per_site`` is off. With ``params.remote`` set, each new commit is pushed
-    to the remote template's URL for that repository.
+    ``params.per_site`` is off. With ``params.remote`` set, every rendered repository
+    whose branch is ahead of what this process last pushed is pushed to the remote
+    template's URL; failures raise ``PushError`` after the others were pushed.
     """
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     staged = {}
     for name, files in sorted(render(state, params, str(root)).items()):
-        pending = repository(root, name, params.branch).stage(files, message(why), who)
+        pending = repository(root, name, params.branch).stage(files, message(why, title), who)
         staged[name] = pending
     if any(staged.values()):
         os.sync()  # every object on disk before any branch moves
@@ -90,9 +105,13 @@ def sync(
             if pending is not None:
                 pending.repository.publish(pending, durable=False)
         os.sync()  # and the branches themselves, once for all
-    result: dict[str, str | None] = {}
-    for name, pending in staged.items():
-        if pending is not None and params.remote:
-            pending.repository.push(repository_url(name, params, str(root)))
-        result[name] = pending.commit if pending else None
-    return result
+    failed = []
+    if params.remote:
+        for name in staged:
+            try:
+                repository(root, name, params.branch).push(repository_url(name, params, str(root)))
+            except RepositoryError as exc:
+                failed.append(str(exc))
+    if failed:
+        raise PushError(f"{len(failed)} of {len(staged)} pushes failed: " + "; ".join(failed))
+    return {name: pending.commit if pending else None for name, pending in staged.items()}

@@ -16,6 +16,7 @@ from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.enrolment import certificate_fields
+from edgefleet.controller.services.profiles import profile_by_name
 from edgefleet.errors import BadRequest, Conflict, NotFound
 from edgefleet.labels import parse_labels
 from edgefleet.wire import DeviceState
@@ -28,6 +29,7 @@ def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
         "state": device.state,
         "site": site,
         "profile": profile,
+        "profile_revision": device.profile_revision,
         "labels": device.labels,
         "serial": device.serial,
         "hardware_id": device.hardware_id,
@@ -107,6 +109,7 @@ def _move(device: Device, target: DeviceState) -> None:
 
 def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     """Enrol a device awaiting approval, or give a known device the new key it waits with."""
+    approved = False
     with session_scope(rt.engine) as s:
         device = _load(s, who, device_id, lock=True)
         if device.pending_key_pin is not None:
@@ -120,6 +123,7 @@ def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
             device.enrolled_at = datetime.now(UTC)
             device.decided_by = who.username
             audit.record(s, who, "device.approve", device.id)
+            approved = True
         else:
             raise Conflict(
                 f"device {device_id} is {device.state} and waits for nothing; only a device "
@@ -128,6 +132,9 @@ def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
             )
         out = _public_of(s, device)
     rt.changed()
+    if approved:
+        why = f"{who.username} approved device {device_id}"
+        out["gitops"] = rt.gitops.publish([out["site"]], who.username, why).public()
     return out
 
 
@@ -166,11 +173,16 @@ def decommission(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
         audit.record(s, who, "device.decommission", device.id)
         out = _public_of(s, device)
     rt.changed()
+    why = f"{who.username} decommissioned device {device_id}"
+    out["gitops"] = rt.gitops.publish([out["site"]], who.username, why).public()
     return out
 
 
-def assign(rt: Runtime, who: Operator, device_id: str, profile_name: str) -> dict[str, Any]:
-    """Give a device another profile: its desired state (and ETag) changes at once."""
+def assign(
+    rt: Runtime, who: Operator, device_id: str, profile_name: str, revision: int | None = None
+) -> dict[str, Any]:
+    """Give a device a profile: its latest revision, or ``revision`` pinned. The desired
+    state (and ETag) changes at once and the fleet repository gets one commit."""
     with session_scope(rt.engine) as s:
         device = _load(s, who, device_id, lock=True)
         if device.state == DeviceState.decommissioned:
@@ -178,11 +190,16 @@ def assign(rt: Runtime, who: Operator, device_id: str, profile_name: str) -> dic
                 f"device {device_id} was decommissioned; it takes no profile",
                 code="invalid_transition",
             )
-        profile = s.scalars(select(Profile).where(Profile.name == profile_name)).first()
-        if profile is None:
-            raise NotFound(f"no profile {profile_name!r}", code="no_profile")
+        profile = profile_by_name(s, profile_name)
+        if revision is not None and not 1 <= revision <= profile.latest_revision:
+            raise NotFound(
+                f"profile {profile_name!r} has no revision {revision} "
+                f"(revisions 1 to {profile.latest_revision})",
+                code="no_revision",
+            )
         before = s.get(Profile, device.profile_id) if device.profile_id else None
-        device.profile_id = profile.id
+        was = _label(before.name if before else None, device.profile_revision)
+        device.profile_id, device.profile_revision = profile.id, revision
         audit.record(
             s,
             who,
@@ -190,7 +207,16 @@ def assign(rt: Runtime, who: Operator, device_id: str, profile_name: str) -> dic
             device.id,
             profile=profile.name,
             previous=before.name if before else None,
+            **({"revision": revision} if revision else {}),
         )
         out = _public_of(s, device)
     rt.changed()
+    why = f"{who.username} assigned {_label(profile.name, revision)} (was {was})"
+    out["gitops"] = rt.gitops.publish([out["site"]], who.username, why).public()
     return out
+
+
+def _label(profile: str | None, revision: int | None) -> str:
+    if profile is None:
+        return "no profile"
+    return f"profile {profile}" + (f" revision {revision}" if revision else " (latest)")

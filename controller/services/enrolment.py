@@ -22,7 +22,7 @@ from sqlmodel import Session
 
 from edgefleet.controller import bearer
 from edgefleet.controller.db import reading, writing
-from edgefleet.controller.models import Device, Profile, RegistrationToken, aware
+from edgefleet.controller.models import Device, Profile, RegistrationToken, Site, aware
 from edgefleet.controller.pki.authority import parse_device_csr
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import rekey
@@ -43,6 +43,7 @@ def new_device_id() -> str:
 
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
 _TOKENS = RegistrationToken.__table__  # type: ignore[attr-defined]
+_SITES = Site.__table__  # type: ignore[attr-defined]
 
 _SPEND_USE = (
     update(_TOKENS)
@@ -74,8 +75,13 @@ _RELATED = select(
 
 def _token_by(column: Any) -> Any:
     return (
-        select(_TOKENS, Profile.__table__.c.name.label("profile_name"))  # type: ignore[attr-defined]
+        select(
+            _TOKENS,
+            Profile.__table__.c.name.label("profile_name"),  # type: ignore[attr-defined]
+            _SITES.c.name.label("site_name"),
+        )
         .outerjoin(Profile.__table__, Profile.__table__.c.id == _TOKENS.c.profile_id)  # type: ignore[attr-defined]
+        .join(_SITES, _SITES.c.id == _TOKENS.c.site_id)
         .where(column == bindparam("key"))
     )
 
@@ -160,6 +166,9 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
     except IntegrityError:
         # The same key raced itself (two retries in flight): the winner's row is there now.
         return _again_by_pin(rt, key_pin, cred)
+    if row["state"] == DeviceState.enrolled:
+        why = f"device {row['id']} enrolled with token {token.kid}"
+        rt.gitops.publish([token.site_name], "enrolment", why, wait=False)
     return _answer(rt, row["id"], row["state"], row["certificate_pem"], token.profile_name)
 
 

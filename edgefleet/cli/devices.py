@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from edgefleet.cli.common import controller, handled
+from edgefleet.cli.gitops import gitops_note
 from edgefleet.cli.output import Format, OutputOpt, show
 
 app = typer.Typer(help="Devices in the fleet.", no_args_is_help=True)
@@ -34,7 +35,9 @@ def show_(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> Non
 def _action(verb: str, doc: str) -> None:
     @handled
     def command(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
-        show(controller(ctx).post(f"/devices/{device_id}/{verb}"), output, COLUMNS)
+        result = controller(ctx).post(f"/devices/{device_id}/{verb}")
+        show(result, output, COLUMNS)
+        gitops_note(result, output)
 
     command.__doc__ = doc
     app.command(verb)(command)
@@ -47,7 +50,17 @@ _action("decommission", "Decommission a device: its credentials stop working at 
 
 @app.command("assign")
 @handled
-def assign(ctx: typer.Context, device_id: str, profile: str, output: Format = OutputOpt) -> None:
-    """Give a device a profile: its desired state follows that profile's latest revision."""
-    result = controller(ctx).post(f"/devices/{device_id}/assign", {"profile": profile})
+def assign(
+    ctx: typer.Context,
+    device_id: str,
+    profile: str,
+    revision: int | None = typer.Option(
+        None, min=1, help="Pin this revision (default: follow the latest)"
+    ),
+    output: Format = OutputOpt,
+) -> None:
+    """Give a device a profile; its desired state and the fleet repository follow at once."""
+    body = {"profile": profile, "revision": revision}
+    result = controller(ctx).post(f"/devices/{device_id}/assign", body)
     show(result, output, COLUMNS)
+    gitops_note(result, output)

@@ -1,58 +1,81 @@
-"""``edgefleet gitops log``: the fleet repository's history, read from the local root."""
+"""``edgefleet gitops status | log | restore``: the fleet repositories the controller writes."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import typer
 
-from edgefleet.cli.controller import ConfigOpt, DataDirOpt, controller_settings
-from edgefleet.cli.output import Format, OutputOpt, show
+from edgefleet.cli.common import controller, handled
+from edgefleet.cli.output import Format, OutputOpt, console, show
 
-app = typer.Typer(help="The fleet repository (GitOps) the controller writes.", no_args_is_help=True)
-COLUMNS = ["repository", "commit", "date", "author", "subject"]
+app = typer.Typer(
+    help="The fleet repositories (GitOps) the controller writes.", no_args_is_help=True
+)
+LOG_COLUMNS = ["commit", "date", "author", "subject"]
+
+
+def gitops_note(result: dict[str, Any], output: Format) -> None:
+    """After a change of intent: which commit carries it, or why it is not written yet."""
+    outcome = result.get("gitops")
+    if output != Format.table or not outcome:
+        return
+    if "pending" in outcome:
+        console.print(f"fleet repository: not written yet ({outcome['pending']})")
+        return
+    made = {repo: commit for repo, commit in outcome["commits"].items() if commit}
+    for repo, commit in sorted(made.items()):
+        console.print(f"fleet repository {repo}: commit {commit[:12]}")
 
 
 @app.command()
+@handled
+def status(ctx: typer.Context, output: Format = OutputOpt) -> None:
+    """The writer's health (last success, last error) and every repository's head."""
+    result = controller(ctx).get("/gitops")
+    if output == Format.json:
+        show(result, output, [])
+        return
+    heads = result.pop("repository_heads")
+    result.pop("last_commits", None)
+    show(result, output, list(result))
+    rows = [{"repository": name, "head": (h or "-")[:12]} for name, h in heads.items()]
+    show(rows, output, ["repository", "head"])
+
+
+@app.command()
+@handled
 def log(
-    site: str | None = typer.Option(None, help="Only this site's repository"),
-    n: int = typer.Option(20, "-n", min=1, help="How many commits per repository"),
-    root: Path | None = typer.Option(
-        None, help="Repository root [env EDGEFLEET_GITOPS_ROOT; default <data dir>/gitops]"
-    ),
-    config: Path | None = ConfigOpt,
-    data_dir: Path | None = DataDirOpt,
+    ctx: typer.Context,
+    repository: str = typer.Argument(..., help="A site's name, or 'fleet' for one repository"),
+    n: int = typer.Option(20, "-n", min=1, max=1000, help="How many commits"),
     output: Format = OutputOpt,
 ) -> None:
-    """Show the newest commits: what changed, why, and who asked for it."""
-    from edgefleet.controller.gitops.model import GitopsParams, repository_root
-    from edgefleet.controller.gitops.render import FLEET, repository_name
-    from edgefleet.controller.gitops.repository import Repository, RepositoryError
-
-    settings = controller_settings(config=config, data_dir=data_dir)
-    folder = root or repository_root(settings)
-    if not folder.is_dir():
-        typer.echo(f"error: no fleet repositories under {folder} (set --root)", err=True)
-        raise typer.Exit(1)
-    if site is not None:
-        name = repository_name(site, GitopsParams.from_settings(settings))
-        if not (folder / f"{name}.git").is_dir():
-            name = FLEET  # the whole fleet in one repository
-        names = [name]
-    else:
-        names = sorted(p.name.removesuffix(".git") for p in folder.glob("*.git"))
-    rows = []
-    for name in names:
-        path = folder / f"{name}.git"
-        if not path.is_dir():
-            typer.echo(f"error: no repository for site {site!r} under {folder}", err=True)
-            raise typer.Exit(1)
-        try:
-            entries = Repository(path).log(n)
-        except RepositoryError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from exc
-        rows += [{"repository": name, **entry} for entry in entries]
+    """The newest commits: what changed, why, and who asked for it."""
+    rows = controller(ctx).get(f"/gitops/{repository}/log", n=n)
     if output == Format.table:
         rows = [{**row, "commit": row["commit"][:12]} for row in rows]
-    show(rows, output, COLUMNS)
+    show(rows, output, LOG_COLUMNS)
+
+
+@app.command()
+@handled
+def restore(
+    ctx: typer.Context,
+    repository: str = typer.Argument(..., help="A site's name, or 'fleet'"),
+    commit: str = typer.Argument(..., help="The commit whose assignments to bring back"),
+    reason: str = typer.Option("", help="Why, for the commit message and the audit log"),
+    output: Format = OutputOpt,
+) -> None:
+    """Give the devices of an earlier commit the profile revisions it shows (pinned), as a
+    new commit that says what it reverts."""
+    body = {"commit": commit, "reason": reason}
+    result = controller(ctx).post(f"/gitops/{repository}/restore", body)
+    if output == Format.json:
+        show(result, output, [])
+        return
+    console.print(f"restored {result['restored'][:12]}: {result['subject']}")
+    console.print(f"devices changed: {len(result['devices'])}")
+    for device_id, why in sorted(result["skipped"].items()):
+        console.print(f"skipped {device_id}: {why}")
+    gitops_note(result, output)

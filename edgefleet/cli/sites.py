@@ -9,6 +9,7 @@ import yaml
 
 from edgefleet import profilespec
 from edgefleet.cli.common import controller, handled
+from edgefleet.cli.gitops import gitops_note
 from edgefleet.cli.output import Format, OutputOpt, show
 from edgefleet.errors import EdgefleetError
 from edgefleet.labels import parse_labels
@@ -56,6 +57,7 @@ def apply(ctx: typer.Context, file: Path, output: Format = OutputOpt) -> None:
     name = doc.pop("name")
     result = controller(ctx).post("/profiles", {"name": name, "spec": doc})
     show(result, output, ["name", "revision", "created_revision"])
+    gitops_note(result, output)
 
 
 @profiles.command("list")

@@ -1,0 +1,264 @@
+"""The controller's one writer of the fleet repositories: a thread per worker process,
+one at a time across processes and replicas.
+
+Services call ``publish`` after they commit a change of intent. An operator's change is
+written at once and the call waits (up to ``gitops_wait_seconds``) to say which commit
+carries it; enrolments are debounced (``gitops_debounce_seconds``), so that a site
+whose devices all power on together makes one commit, not one per device. Requests that
+wait together are merged into one commit.
+
+A write takes an exclusive lock on ``<root>/.writer.lock`` and reads the database only
+once it holds it, so whichever process writes next writes the newest intent: two
+replicas never interleave commits and never put back an older state. A failed write (a
+full disk, a remote that refuses the push) is retried with backoff and reported in
+``status()`` and the metrics; the intent is in the database and nothing is lost. At
+start, and every ``gitops_resync_seconds``, the whole fleet is written again (no commit
+when nothing changed), which also catches changes a stopped process never wrote.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from edgefleet.controller.gitops import fleet
+from edgefleet.controller.gitops.model import GitopsParams, repository_root
+from edgefleet.controller.gitops.render import repository_name
+from edgefleet.controller.gitops.sync import sync
+from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.settings import Settings
+
+log = logging.getLogger("edgefleet.controller.gitops")
+SYSTEM = "Edgefleet"
+MAX_BACKOFF = 60.0
+
+
+@dataclass
+class Outcome:
+    """What became of a request: the commits made (``None`` where a repository was
+    already up to date), or why it is still pending."""
+
+    commits: dict[str, str | None] = field(default_factory=dict)
+    pending: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        if self.pending is not None:
+            return {"pending": self.pending}
+        return {"commits": self.commits}
+
+
+@dataclass
+class _Batch:
+    sites: set[str] | None
+    """None: every site."""
+    reasons: list[tuple[str, str]]
+    title: str | None
+    due: float
+    done: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome = field(default_factory=Outcome)
+    attempts: int = 0
+
+    def absorb(self, other: _Batch) -> None:
+        if self.sites is None or other.sites is None:
+            self.sites = None
+        else:
+            self.sites |= other.sites
+        self.reasons += other.reasons
+        self.due = min(self.due, other.due)
+
+
+class GitopsWriter:
+    def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
+        self.params = GitopsParams.from_settings(settings)
+        self.root = repository_root(settings).resolve()
+        self.enabled = settings.gitops_writer
+        self._engine = engine
+        self._metrics = metrics
+        self._debounce = settings.gitops_debounce_seconds
+        self._wait = settings.gitops_wait_seconds
+        self._resync = settings.gitops_resync_seconds
+        self._cond = threading.Condition()
+        self._queue: list[_Batch] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._writing = False
+        self._next_resync = 0.0
+        self._last_ok: datetime | None = None
+        self._last_error: str | None = None
+        self._failing_since: datetime | None = None
+        self._last_commits: dict[str, str | None] = {}
+
+    # -- what services call -----------------------------------------------------------
+
+    def publish(
+        self,
+        sites: Collection[str] | None,
+        who: str,
+        why: str,
+        *,
+        wait: bool = True,
+        title: str | None = None,
+    ) -> Outcome:
+        """Write the repositories of ``sites`` (None: all) from the database.
+
+        ``wait``: an operator's change, written at once; the call returns the commits, or
+        ``pending`` with the reason when the write failed or took longer than the wait.
+        Otherwise the write is debounced and the call returns at once.
+        """
+        if not self.enabled:
+            return Outcome(pending="this controller does not write the fleet repositories")
+        names = None if sites is None or not self.params.per_site else set(sites)
+        batch = _Batch(
+            names, [(who, why)], title, time.monotonic() + (0 if wait else self._debounce)
+        )
+        with self._cond:
+            self._ensure_thread()
+            last = self._queue[-1] if self._queue else None
+            if last is not None and last.title is None and title is None and last.attempts == 0:
+                last.absorb(batch)
+                batch = last
+            else:
+                self._queue.append(batch)
+            self._cond.notify_all()
+        if not wait:
+            return Outcome(pending="queued")
+        if not batch.done.wait(self._wait):
+            return Outcome(pending=f"not written within {self._wait:g} s; still queued")
+        return batch.outcome
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            pending = len(self._queue) + self._writing
+        return {
+            "enabled": self.enabled,
+            "root": str(self.root),
+            "applier": self.params.applier,
+            "repositories": "per-site" if self.params.per_site else "fleet",
+            "remote": self.params.remote,
+            "pending": pending,
+            "last_success_at": self._last_ok.isoformat() if self._last_ok else None,
+            "last_error": self._last_error,
+            "failing_since": self._failing_since.isoformat() if self._failing_since else None,
+            "last_commits": {k: v for k, v in self._last_commits.items() if v},
+        }
+
+    def repository_for(self, site: str) -> str:
+        return repository_name(site, self.params)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bring every repository up to date in the background, then keep it so."""
+        if not self.enabled:
+            return
+        with self._cond:
+            self._ensure_thread()
+            self._next_resync = time.monotonic()
+            self._cond.notify_all()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write what is queued (debounced or not), then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._cond:
+            self._thread = None
+            self._stopping = False
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="gitops-writer", daemon=True)
+            self._thread.start()
+
+    # -- the thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next()
+            if batch is None:
+                return
+            self._write(batch)
+
+    def _next(self) -> _Batch | None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for i, batch in enumerate(self._queue):
+                    if self._stopping or batch.due <= now:
+                        self._writing = True
+                        return self._queue.pop(i)
+                if self._next_resync and self._next_resync <= now and not self._stopping:
+                    self._next_resync = now + self._resync if self._resync > 0 else 0.0
+                    why = "bring the repositories up to date with the database"
+                    self._writing = True
+                    return _Batch(None, [(SYSTEM, why)], None, now)
+                if self._stopping:
+                    return None
+                deadlines = [b.due for b in self._queue]
+                if self._next_resync:
+                    deadlines.append(self._next_resync)
+                self._cond.wait(max(0.0, min(deadlines) - now) if deadlines else None)
+
+    def _write(self, batch: _Batch) -> None:
+        who = batch.reasons[0][0]
+        whys = list(dict.fromkeys(why for _, why in batch.reasons))
+        why = "; ".join(whys[:5]) + (f"; and {len(whys) - 5} more" if len(whys) > 5 else "")
+        if len({w for w, _ in batch.reasons}) > 1:
+            why += " (asked by " + ", ".join(sorted({w for w, _ in batch.reasons})) + ")"
+        started = time.perf_counter()
+        try:
+            with self._exclusive():
+                state = fleet.load(self._engine, batch.sites)
+                commits = sync(self.root, self.params, state, who, why, batch.title)
+        except Exception as exc:
+            self._failed(batch, exc)
+            return
+        self._metrics.gitops_seconds.observe(time.perf_counter() - started)
+        made = sum(1 for c in commits.values() if c)
+        if made:
+            self._metrics.gitops_commits.inc(made)
+        with self._cond:
+            self._writing = False
+            self._last_ok = datetime.now(UTC)
+            self._last_error = self._failing_since = None
+            self._last_commits.update(commits)
+        batch.outcome = Outcome(commits)
+        batch.done.set()
+
+    def _failed(self, batch: _Batch, exc: Exception) -> None:
+        batch.attempts += 1
+        delay = min(MAX_BACKOFF, 2.0 ** (batch.attempts - 1))
+        message = f"{exc.__class__.__name__}: {exc}"
+        log.error("writing the fleet repository failed (retry in %.0f s): %s", delay, message)
+        self._metrics.gitops_failures.inc()
+        with self._cond:
+            self._writing = False
+            self._last_error = message
+            self._failing_since = self._failing_since or datetime.now(UTC)
+            if not self._stopping:  # else the next start's full write catches up
+                batch.due = time.monotonic() + delay
+                self._queue.insert(0, batch)
+        batch.outcome = Outcome(pending=f"{message}; retrying")
+        batch.done.set()
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".writer.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
