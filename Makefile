@@ -48,6 +48,9 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/enrol.py --database-url postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/desired.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/replicas.py
+	$(BIN)/python bench/gitops.py
+	$(BIN)/python bench/gitops_controller.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

@@ -81,9 +81,14 @@ def _drop_schema(url: str, schema: str) -> None:
 
 
 def start_controller(
-    database_url: str | None = None, workers: int | None = None
+    database_url: str | None = None,
+    workers: int | None = None,
+    data_dir: Path | None = None,
+    admin_token: str | None = None,
 ) -> RunningController:
-    data = Path(tempfile.mkdtemp(prefix="ef-bench-"))
+    """A controller process; ``data_dir`` and ``admin_token`` restart an earlier one (the
+    admin token is printed only at the first start)."""
+    data = data_dir or Path(tempfile.mkdtemp(prefix="ef-bench-"))
     port = free_port()
     env = dict(os.environ)  # EDGEFLEET_* settings pass through; the ones below are ours
     env["EDGEFLEET_DATA_DIR"] = str(data)
@@ -98,6 +103,7 @@ def start_controller(
         env["EDGEFLEET_DATABASE_URL"] = fresh_schema(database_url)
     if workers:
         env["EDGEFLEET_WORKERS"] = str(workers)
+    (data / "controller.log").unlink(missing_ok=True)
     log = open(data / "controller.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [*EDGEFLEET, "controller", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -106,7 +112,8 @@ def start_controller(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = (data / "controller.log").read_text(errors="replace")
-        token = re.search(r"(efo\.\S+)", text)
+        found = re.search(r"(efo\.\S+)", text)
+        token = admin_token or (found.group(1) if found else None)
         if token and (data / "pki" / "root.pem").exists():
             try:
                 httpx.get(
@@ -114,7 +121,7 @@ def start_controller(
                     verify=ssl.create_default_context(cafile=data / "pki" / "root.pem"),
                     timeout=2,
                 )
-                return RunningController(url, data, token.group(1), proc)
+                return RunningController(url, data, token, proc)
             except httpx.HTTPError:
                 pass
         if proc.poll() is not None:

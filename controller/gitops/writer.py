@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine
 from edgefleet.controller.gitops import fleet
 from edgefleet.controller.gitops.model import GitopsParams, repository_root
 from edgefleet.controller.gitops.render import repository_name
-from edgefleet.controller.gitops.sync import sync
+from edgefleet.controller.gitops.sync import repository, sync
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.settings import Settings
 
@@ -45,15 +45,17 @@ MAX_BACKOFF = 60.0
 @dataclass
 class Outcome:
     """What became of a request: the commits made (``None`` where a repository was
-    already up to date), or why it is still pending."""
+    already up to date) and each repository's head after the write, which holds the
+    change (another process may have written it first); or why it is still pending."""
 
     commits: dict[str, str | None] = field(default_factory=dict)
+    heads: dict[str, str | None] = field(default_factory=dict)
     pending: str | None = None
 
     def public(self) -> dict[str, Any]:
         if self.pending is not None:
             return {"pending": self.pending}
-        return {"commits": self.commits}
+        return {"commits": self.commits, "heads": self.heads}
 
 
 @dataclass
@@ -66,6 +68,10 @@ class _Batch:
     done: threading.Event = field(default_factory=threading.Event)
     outcome: Outcome = field(default_factory=Outcome)
     attempts: int = 0
+    resync: bool = False
+    """A whole-fleet write of the writer's own: skipped when another process finished
+    one after this was asked for (every worker of a replica starts with one)."""
+    asked_at: float = field(default_factory=time.time)
 
     def absorb(self, other: _Batch) -> None:
         if self.sites is None or other.sites is None:
@@ -203,7 +209,7 @@ class GitopsWriter:
                     self._next_resync = now + self._resync if self._resync > 0 else 0.0
                     why = "bring the repositories up to date with the database"
                     self._writing = True
-                    return _Batch(None, [(SYSTEM, why)], None, now)
+                    return _Batch(None, [(SYSTEM, why)], None, now, resync=True)
                 if self._stopping:
                     return None
                 deadlines = [b.due for b in self._queue]
@@ -218,10 +224,17 @@ class GitopsWriter:
         if len({w for w, _ in batch.reasons}) > 1:
             why += " (asked by " + ", ".join(sorted({w for w, _ in batch.reasons})) + ")"
         started = time.perf_counter()
+        stamp = self.root / ".last-full-write"
         try:
             with self._exclusive():
-                state = fleet.load(self._engine, batch.sites)
-                commits = sync(self.root, self.params, state, who, why, batch.title)
+                if batch.resync and stamp.exists() and stamp.stat().st_mtime >= batch.asked_at:
+                    commits: dict[str, str | None] = {}
+                else:
+                    state = fleet.load(self._engine, batch.sites)
+                    commits = sync(self.root, self.params, state, who, why, batch.title)
+                    if batch.sites is None:
+                        stamp.touch()
+                heads = {n: repository(self.root, n, self.params.branch).head() for n in commits}
         except Exception as exc:
             self._failed(batch, exc)
             return
@@ -234,7 +247,7 @@ class GitopsWriter:
             self._last_ok = datetime.now(UTC)
             self._last_error = self._failing_since = None
             self._last_commits.update(commits)
-        batch.outcome = Outcome(commits)
+        batch.outcome = Outcome(commits, heads)
         batch.done.set()
 
     def _failed(self, batch: _Batch, exc: Exception) -> None:

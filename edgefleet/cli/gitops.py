@@ -23,9 +23,11 @@ def gitops_note(result: dict[str, Any], output: Format) -> None:
     if "pending" in outcome:
         console.print(f"fleet repository: not written yet ({outcome['pending']})")
         return
-    made = {repo: commit for repo, commit in outcome["commits"].items() if commit}
-    for repo, commit in sorted(made.items()):
-        console.print(f"fleet repository {repo}: commit {commit[:12]}")
+    for repo, commit in sorted(outcome["commits"].items()):
+        if commit:
+            console.print(f"fleet repository {repo}: commit {commit[:12]}")
+        elif outcome["heads"].get(repo):
+            console.print(f"fleet repository {repo}: unchanged at {outcome['heads'][repo][:12]}")
 
 
 @app.command()
