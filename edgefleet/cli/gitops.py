@@ -40,7 +40,7 @@ def status(ctx: typer.Context, output: Format = OutputOpt) -> None:
         return
     heads = result.pop("repository_heads")
     result.pop("last_commits", None)
-    show(result, output, list(result))
+    show([{"": k, "value": v} for k, v in result.items()], output, ["", "value"])
     rows = [{"repository": name, "head": (h or "-")[:12]} for name, h in heads.items()]
     show(rows, output, ["repository", "head"])
 
