@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from edgefleet.controller.access import load_or_create_key
 from edgefleet.controller.db import make_engine, migrate
 from edgefleet.controller.pki.authority import load_or_create_authority
+from edgefleet.controller.pki.registry_key import load_or_create_token_key
 from edgefleet.controller.services.users import bootstrap_admin
 from edgefleet.controller.settings import Settings
 
@@ -29,6 +30,7 @@ def prepare(settings: Settings) -> Prepared:
         migrate(engine)
         authority = load_or_create_authority(data / "pki", settings.server_names)
         load_or_create_key(data)
+        load_or_create_token_key(data / "pki")
         id_file = data / "controller-id"
         if settings.controller_id is None and not id_file.exists():
             id_file.write_text(f"edgefleet-{secrets.token_hex(6)}\n")

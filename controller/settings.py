@@ -115,6 +115,15 @@ class Settings(BaseSettings):
                 ) from None
         return networks
 
+    # -- registry tokens (controller/registry_tokens.py; README "Registry tokens") -------
+    # Must equal the registry's auth.token block: `edgefleet controller registry-config`.
+    registry_service: str = "edgefleet-registry"
+    """The registry's ``auth.token.service``: the audience of every registry token."""
+    registry_token_issuer: str = "edgefleet"
+    """The registry's ``auth.token.issuer``: the issuer of every registry token."""
+    registry_token_ttl_seconds: int = Field(default=300, ge=60, le=86400)
+    """Lifetime of registry tokens; registry clients ask again when theirs expires."""
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -212,3 +212,14 @@ class ErrorBody(BaseModel):
         message: str
 
     error: Detail
+
+
+class RegistryToken(BaseModel):
+    """A bearer token for the OCI registry, in the shape its clients expect (distribution's
+    token authentication); devices and operators get the same."""
+
+    token: str
+    access_token: str
+    """The same token again: OAuth 2 clients read this name, docker clients ``token``."""
+    expires_in: int
+    issued_at: datetime

@@ -218,6 +218,10 @@ ROWS: list[Row] = [
         ONLY_SELF,
         body=lambda w: {"health": {"ok": True}},
     ),
+    Row("GET", "/api/v1/devices/{device_id}/registry-token", ONLY_SELF),
+    # The registry's token realm: an operator API token (Basic or Bearer); installers
+    # get no registry access at all.
+    Row("GET", "/api/v1/registry/token", READERS),
     # Operators.
     Row("GET", "/api/v1/devices", READERS),
     Row("GET", "/api/v1/devices/{device_id}", READERS, site_scoped=True),

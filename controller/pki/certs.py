@@ -100,6 +100,20 @@ def cross_sign(
     return _ca(root.subject, public_key, issuer_key, issuer, days, path_length=1)
 
 
+def self_signed_signer(key: ec.EllipticCurvePrivateKey, cn: str, days: int) -> x509.Certificate:
+    """A self-signed certificate that is no CA: it vouches for its own key and nothing
+    else, so trusting it (a registry's token bundle) trusts no chain below it."""
+    return (
+        _builder(name(cn), name(cn), key.public_key(), timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+
+
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

@@ -14,6 +14,7 @@ from edgefleet.cli import (
     localfleet,
     login,
     pki,
+    registry,
     sites,
     tokens,
     users,
@@ -46,6 +47,7 @@ def root(
 
 
 app.add_typer(controller.app, name="controller")
+controller.app.command("registry-config")(registry.registry_config)
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(devices.app, name="devices")
 app.add_typer(users.app, name="users")
