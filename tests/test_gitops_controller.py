@@ -88,17 +88,29 @@ def cli(api: Api, *args: str) -> Any:
     return CliRunner().invoke(app, list(args), obj=g, catch_exceptions=False)
 
 
-def test_enrolments_in_a_burst_make_one_commit(api: Api, settings: Settings) -> None:
-    devices = _fleet(api, 4)
-    repo = _repo(settings)
-    ids = sorted(d.id for d in devices)
-    listed = _git(repo, "ls-tree", "--name-only", "main", "devices/").split()
-    assert listed == [f"devices/{i}" for i in ids]
-    # the site's creation made the (empty) first commit; the four enrolments one more
-    assert _count(repo) <= 3
-    log = api.ok("GET", "/gitops/shop-1/log", api.admin)
-    assert any(e["subject"].startswith("Add 4 devices") for e in log), log
-    assert all(_desired(repo, i) == _desired(repo, ids[0]) for i in ids)
+def test_enrolments_in_a_burst_make_one_commit(tmp_path: Path, database_url: str | None) -> None:
+    from fastapi.testclient import TestClient
+
+    settings = load_settings(
+        data_dir=tmp_path / "controller", database_url=database_url, gitops_debounce_seconds=3
+    )
+    prepared = prepare(settings)
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        api = Api(client, prepared.new_admin_token, prepared.controller_id)
+        api.site()
+        api.profile("vision", _spec(1))
+        repo = _repo(settings)
+        before = _count(repo)
+        token = api.token(profile="vision")["token"]
+        ids = sorted(api.enrol(token).json()["device_id"] for _ in range(4))
+        _settled(api)
+        listed = _git(repo, "ls-tree", "--name-only", "main", "devices/").split()
+        assert listed == [f"devices/{i}" for i in ids]
+        assert _count(repo) == before + 1
+        subject, author = _git(repo, "log", "-1", "--format=%s%x00%an").strip().split("\x00")
+        assert subject.startswith("Add 4 devices") and author == "enrolment"
+        assert all(_desired(repo, i) == _desired(repo, ids[0]) for i in ids)
+    client.app.state.rt.engine.dispose()
 
 
 def test_assign_is_one_commit_touching_only_that_device(api: Api, settings: Settings) -> None:

@@ -9,7 +9,6 @@ from pydantic import Field
 
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
 from edgefleet.controller.gitops import fleet
-from edgefleet.controller.gitops.writer import Outcome
 from edgefleet.controller.services import profiles, sites
 from edgefleet.wire import Strict
 
@@ -30,9 +29,10 @@ class ProfileApply(Strict):
 
 @router.post("/sites", status_code=201)
 def create_site(req: SiteCreate, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
-    site = sites.create_site(rt.engine, who, req.name, req.timezone, req.labels)
-    why = f"{who.username} created site {req.name}"
-    return {**site, "gitops": rt.gitops.publish([req.name], who.username, why).public()}
+    with rt.gitops.change(who.username) as change:
+        site = sites.create_site(rt.engine, who, req.name, req.timezone, req.labels)
+        change.why, change.sites = f"{who.username} created site {req.name}", {req.name}
+    return {**site, "gitops": change.outcome.public()}
 
 
 @router.get("/sites")
@@ -42,14 +42,15 @@ def list_sites(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
 
 @router.post("/profiles")
 def apply_profile(req: ProfileApply, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
-    profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec)
+    with rt.gitops.change(who.username) as change:
+        profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec)
+        if created:
+            rt.changed()
+            change.why = f"{who.username} applied profile {req.name} revision {profile['revision']}"
+            change.sites = set(fleet.sites_following(rt.engine, req.name))
     if not created:
         return {**profile, "created_revision": False}
-    rt.changed()
-    why = f"{who.username} applied profile {req.name} revision {profile['revision']}"
-    following = fleet.sites_following(rt.engine, req.name)
-    outcome = rt.gitops.publish(following, who.username, why) if following else Outcome()
-    return {**profile, "created_revision": True, "gitops": outcome.public()}
+    return {**profile, "created_revision": True, "gitops": change.outcome.public()}
 
 
 @router.get("/profiles")

@@ -1,19 +1,18 @@
 """The controller's one writer of the fleet repositories: a thread per worker process,
-one at a time across processes and replicas.
+one writer at a time across processes and replicas.
 
-Services call ``publish`` after they commit a change of intent. An operator's change is
-written at once and the call waits (up to ``gitops_wait_seconds``) to say which commit
-carries it; enrolments are debounced (``gitops_debounce_seconds``), so that a site
-whose devices all power on together makes one commit, not one per device. Requests that
-wait together are merged into one commit.
+Every write holds an exclusive lock on ``<root>/.writer.lock`` and reads the database
+only once it holds it, so whichever process writes next writes the newest intent, and
+two writers never interleave commits or put back an older state.
 
-A write takes an exclusive lock on ``<root>/.writer.lock`` and reads the database only
-once it holds it, so whichever process writes next writes the newest intent: two
-replicas never interleave commits and never put back an older state. A failed write (a
-full disk, a remote that refuses the push) is retried with backoff and reported in
-``status()`` and the metrics; the intent is in the database and nothing is lost. At
-start, and every ``gitops_resync_seconds``, the whole fleet is written again (no commit
-when nothing changed), which also catches changes a stopped process never wrote.
+An operator's change (``change()``) holds that lock around its own transaction and
+writes right after it commits, so it gets a commit of its own naming who and why, and
+the answer names that commit. Enrolments are debounced (``gitops_debounce_seconds``)
+through the thread, so a site whose devices power on together makes one commit. A
+failed write (a full disk, a remote that refuses the push) is retried with backoff and
+reported in ``status()`` and the metrics; the intent is in the database and nothing is
+lost. At start, and every ``gitops_resync_seconds``, the whole fleet is written again
+(no commit when nothing changed), which also catches what a stopped process never wrote.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from edgefleet.controller.settings import Settings
 log = logging.getLogger("edgefleet.controller.gitops")
 SYSTEM = "Edgefleet"
 MAX_BACKOFF = 60.0
+NOT_WRITER = "this controller does not write the fleet repositories"
 
 
 @dataclass
@@ -82,6 +82,19 @@ class _Batch:
         self.due = min(self.due, other.due)
 
 
+@dataclass
+class Change:
+    """An operator's change of intent in the making: the service fills in where it lands
+    and why while the writer's lock is held, and finds the outcome here afterwards."""
+
+    who: str
+    why: str = ""
+    sites: set[str] | None = field(default_factory=set)
+    """Sites whose repositories the change touches (None: every site; empty: none)."""
+    title: str | None = None
+    outcome: Outcome = field(default_factory=Outcome)
+
+
 class GitopsWriter:
     def __init__(self, settings: Settings, engine: Engine, metrics: Metrics) -> None:
         self.params = GitopsParams.from_settings(settings)
@@ -105,6 +118,40 @@ class GitopsWriter:
 
     # -- what services call -----------------------------------------------------------
 
+    @contextmanager
+    def change(self, who: str) -> Iterator[Change]:
+        """Hold the writer's lock around an operator's transaction, then write its result.
+
+        No other writer, in this process or another, can read the database between the
+        transaction's commit and this write, so the change gets a commit of its own that
+        names its author and reason. Waits for the lock at most ``gitops_wait_seconds``
+        (another process may be writing the whole fleet); past that the transaction
+        still runs and its write is queued.
+        """
+        change = Change(who)
+        if not self.enabled:
+            yield change
+            change.outcome = Outcome(
+                pending="this controller does not write the fleet repositories"
+            )
+            return
+        with self._exclusive(self._wait) as held:
+            yield change
+            if change.sites is not None and not change.sites:
+                return  # nothing the repositories show changed
+            if not held:
+                self.publish(change.sites, who, change.why, wait=False, title=change.title)
+                change.outcome = Outcome(
+                    pending=f"another write held the repositories for over {self._wait:g} s; queued"
+                )
+                return
+            try:
+                change.outcome = self._attempt(change.sites, who, change.why, change.title)
+            except Exception as exc:
+                batch = _Batch(change.sites, [(who, change.why)], change.title, time.monotonic())
+                self._failed(batch, exc)
+                change.outcome = batch.outcome
+
     def publish(
         self,
         sites: Collection[str] | None,
@@ -121,7 +168,7 @@ class GitopsWriter:
         Otherwise the write is debounced and the call returns at once.
         """
         if not self.enabled:
-            return Outcome(pending="this controller does not write the fleet repositories")
+            return Outcome(pending=NOT_WRITER)
         names = None if sites is None or not self.params.per_site else set(sites)
         batch = _Batch(
             names, [(who, why)], title, time.monotonic() + (0 if wait else self._debounce)
@@ -223,32 +270,43 @@ class GitopsWriter:
         why = "; ".join(whys[:5]) + (f"; and {len(whys) - 5} more" if len(whys) > 5 else "")
         if len({w for w, _ in batch.reasons}) > 1:
             why += " (asked by " + ", ".join(sorted({w for w, _ in batch.reasons})) + ")"
-        started = time.perf_counter()
         stamp = self.root / ".last-full-write"
         try:
             with self._exclusive():
                 if batch.resync and stamp.exists() and stamp.stat().st_mtime >= batch.asked_at:
-                    commits: dict[str, str | None] = {}
+                    outcome = Outcome()
                 else:
-                    state = fleet.load(self._engine, batch.sites)
-                    commits = sync(self.root, self.params, state, who, why, batch.title)
-                    if batch.sites is None:
-                        stamp.touch()
-                heads = {n: repository(self.root, n, self.params.branch).head() for n in commits}
+                    outcome = self._attempt(batch.sites, who, why, batch.title)
         except Exception as exc:
+            with self._cond:
+                self._writing = False
             self._failed(batch, exc)
             return
+        with self._cond:
+            self._writing = False
+        batch.outcome = outcome
+        batch.done.set()
+
+    def _attempt(
+        self, sites: Collection[str] | None, who: str, why: str, title: str | None
+    ) -> Outcome:
+        """One write, with the lock held: read the intent, render, commit, push."""
+        started = time.perf_counter()
+        names = None if sites is None or not self.params.per_site else set(sites)
+        state = fleet.load(self._engine, names)
+        commits = sync(self.root, self.params, state, who, why, title)
+        if names is None:
+            (self.root / ".last-full-write").touch()
+        heads = {n: repository(self.root, n, self.params.branch).head() for n in commits}
         self._metrics.gitops_seconds.observe(time.perf_counter() - started)
         made = sum(1 for c in commits.values() if c)
         if made:
             self._metrics.gitops_commits.inc(made)
         with self._cond:
-            self._writing = False
             self._last_ok = datetime.now(UTC)
             self._last_error = self._failing_since = None
             self._last_commits.update(commits)
-        batch.outcome = Outcome(commits, heads)
-        batch.done.set()
+        return Outcome(commits, heads)
 
     def _failed(self, batch: _Batch, exc: Exception) -> None:
         batch.attempts += 1
@@ -257,21 +315,37 @@ class GitopsWriter:
         log.error("writing the fleet repository failed (retry in %.0f s): %s", delay, message)
         self._metrics.gitops_failures.inc()
         with self._cond:
-            self._writing = False
             self._last_error = message
             self._failing_since = self._failing_since or datetime.now(UTC)
             if not self._stopping:  # else the next start's full write catches up
                 batch.due = time.monotonic() + delay
                 self._queue.insert(0, batch)
+                self._ensure_thread()
+                self._cond.notify_all()
         batch.outcome = Outcome(pending=f"{message}; retrying")
         batch.done.set()
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def _exclusive(self, timeout: float | None = None) -> Iterator[bool]:
+        """The lock every writer on this root takes; yields whether it is held (False
+        only when ``timeout`` ran out)."""
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / ".writer.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            if timeout is None:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                held = True
+            else:
+                held, deadline = False, time.monotonic() + timeout
+                while not held:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        held = True
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            break
+                        time.sleep(0.005)
             try:
-                yield
+                yield held
             finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+                if held:
+                    fcntl.flock(handle, fcntl.LOCK_UN)

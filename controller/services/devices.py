@@ -109,32 +109,33 @@ def _move(device: Device, target: DeviceState) -> None:
 
 def approve(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     """Enrol a device awaiting approval, or give a known device the new key it waits with."""
-    approved = False
-    with session_scope(rt.engine) as s:
-        device = _load(s, who, device_id, lock=True)
-        if device.pending_key_pin is not None:
-            _adopt_pending_key(rt, device)
-            audit.record(s, who, "device.rekey.approve", device.id)
-        elif device.state == DeviceState.awaiting_approval:
-            _move(device, DeviceState.enrolled)
-            key = serialization.load_pem_public_key(device.public_key_pem.encode())
-            for column, value in certificate_fields(rt, device.id, key).items():
-                setattr(device, column, value)
-            device.enrolled_at = datetime.now(UTC)
-            device.decided_by = who.username
-            audit.record(s, who, "device.approve", device.id)
-            approved = True
-        else:
-            raise Conflict(
-                f"device {device_id} is {device.state} and waits for nothing; only a device "
-                "awaiting approval (or with a new key waiting) can be approved",
-                code="invalid_transition",
-            )
-        out = _public_of(s, device)
-    rt.changed()
-    if approved:
-        why = f"{who.username} approved device {device_id}"
-        out["gitops"] = rt.gitops.publish([out["site"]], who.username, why).public()
+    with rt.gitops.change(who.username) as change:
+        with session_scope(rt.engine) as s:
+            device = _load(s, who, device_id, lock=True)
+            if device.pending_key_pin is not None:
+                _adopt_pending_key(rt, device)
+                audit.record(s, who, "device.rekey.approve", device.id)
+            elif device.state == DeviceState.awaiting_approval:
+                _move(device, DeviceState.enrolled)
+                key = serialization.load_pem_public_key(device.public_key_pem.encode())
+                for column, value in certificate_fields(rt, device.id, key).items():
+                    setattr(device, column, value)
+                device.enrolled_at = datetime.now(UTC)
+                device.decided_by = who.username
+                audit.record(s, who, "device.approve", device.id)
+                change.why = f"{who.username} approved device {device_id}"
+            else:
+                raise Conflict(
+                    f"device {device_id} is {device.state} and waits for nothing; only a "
+                    "device awaiting approval (or with a new key waiting) can be approved",
+                    code="invalid_transition",
+                )
+            out = _public_of(s, device)
+        rt.changed()
+        if change.why:
+            change.sites = {out["site"]}
+    if change.why:
+        out["gitops"] = change.outcome.public()
     return out
 
 
@@ -166,15 +167,17 @@ def reject(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
 
 def decommission(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     """Credentials stop working at once: the generation moves and every cache drops."""
-    with session_scope(rt.engine) as s:
-        device = _load(s, who, device_id, lock=True)
-        _move(device, DeviceState.decommissioned)
-        device.credential_generation += 1
-        audit.record(s, who, "device.decommission", device.id)
-        out = _public_of(s, device)
-    rt.changed()
-    why = f"{who.username} decommissioned device {device_id}"
-    out["gitops"] = rt.gitops.publish([out["site"]], who.username, why).public()
+    with rt.gitops.change(who.username) as change:
+        with session_scope(rt.engine) as s:
+            device = _load(s, who, device_id, lock=True)
+            _move(device, DeviceState.decommissioned)
+            device.credential_generation += 1
+            audit.record(s, who, "device.decommission", device.id)
+            out = _public_of(s, device)
+        rt.changed()
+        change.why = f"{who.username} decommissioned device {device_id}"
+        change.sites = {out["site"]}
+    out["gitops"] = change.outcome.public()
     return out
 
 
@@ -183,36 +186,38 @@ def assign(
 ) -> dict[str, Any]:
     """Give a device a profile: its latest revision, or ``revision`` pinned. The desired
     state (and ETag) changes at once and the fleet repository gets one commit."""
-    with session_scope(rt.engine) as s:
-        device = _load(s, who, device_id, lock=True)
-        if device.state == DeviceState.decommissioned:
-            raise Conflict(
-                f"device {device_id} was decommissioned; it takes no profile",
-                code="invalid_transition",
+    with rt.gitops.change(who.username) as change:
+        with session_scope(rt.engine) as s:
+            device = _load(s, who, device_id, lock=True)
+            if device.state == DeviceState.decommissioned:
+                raise Conflict(
+                    f"device {device_id} was decommissioned; it takes no profile",
+                    code="invalid_transition",
+                )
+            profile = profile_by_name(s, profile_name)
+            if revision is not None and not 1 <= revision <= profile.latest_revision:
+                raise NotFound(
+                    f"profile {profile_name!r} has no revision {revision} "
+                    f"(revisions 1 to {profile.latest_revision})",
+                    code="no_revision",
+                )
+            before = s.get(Profile, device.profile_id) if device.profile_id else None
+            was = _label(before.name if before else None, device.profile_revision)
+            device.profile_id, device.profile_revision = profile.id, revision
+            audit.record(
+                s,
+                who,
+                "device.assign",
+                device.id,
+                profile=profile.name,
+                previous=before.name if before else None,
+                **({"revision": revision} if revision else {}),
             )
-        profile = profile_by_name(s, profile_name)
-        if revision is not None and not 1 <= revision <= profile.latest_revision:
-            raise NotFound(
-                f"profile {profile_name!r} has no revision {revision} "
-                f"(revisions 1 to {profile.latest_revision})",
-                code="no_revision",
-            )
-        before = s.get(Profile, device.profile_id) if device.profile_id else None
-        was = _label(before.name if before else None, device.profile_revision)
-        device.profile_id, device.profile_revision = profile.id, revision
-        audit.record(
-            s,
-            who,
-            "device.assign",
-            device.id,
-            profile=profile.name,
-            previous=before.name if before else None,
-            **({"revision": revision} if revision else {}),
-        )
-        out = _public_of(s, device)
-    rt.changed()
-    why = f"{who.username} assigned {_label(profile.name, revision)} (was {was})"
-    out["gitops"] = rt.gitops.publish([out["site"]], who.username, why).public()
+            out = _public_of(s, device)
+        rt.changed()
+        change.why = f"{who.username} assigned {_label(profile.name, revision)} (was {was})"
+        change.sites = {out["site"]}
+    out["gitops"] = change.outcome.public()
     return out
 
 

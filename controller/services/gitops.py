@@ -68,63 +68,60 @@ def restore(rt: Runtime, who: Operator, name: str, revision: str, reason: str) -
     wanted = {path.split("/")[1]: _assignment(path, data) for path, data in files.items()}
     skipped: dict[str, str] = {}
     changed: list[str] = []
-    sites: set[str] = set()
-    with session_scope(rt.engine) as s:
-        rows = s.execute(
-            select(Device, Site.name)
-            .join(Site, Site.id == Device.site_id)
-            .where(Device.id.in_(list(wanted)))  # type: ignore[attr-defined]
-            .with_for_update()
-        ).all()
-        found = {device.id: (device, site) for device, site in rows}
-        profiles = {
-            p.name: p
-            for p in s.scalars(
-                select(Profile).where(
-                    Profile.name.in_({p for p, _ in wanted.values() if p})  # type: ignore[attr-defined]
-                )
+    with rt.gitops.change(who.username) as change:
+        with session_scope(rt.engine) as s:
+            rows = s.execute(
+                select(Device, Site.name)
+                .join(Site, Site.id == Device.site_id)
+                .where(Device.id.in_(list(wanted)))  # type: ignore[attr-defined]
+                .with_for_update()
+            ).all()
+            found = {device.id: (device, site) for device, site in rows}
+            names = {p for p, _ in wanted.values() if p}
+            profiles = {
+                p.name: p
+                for p in s.scalars(select(Profile).where(Profile.name.in_(names)))  # type: ignore[attr-defined]
+            }
+            sites: set[str] = set()
+            for device_id, (profile_name, number) in sorted(wanted.items()):
+                if device_id not in found:
+                    skipped[device_id] = "no longer known"
+                    continue
+                device, site = found[device_id]
+                if device.state not in RENDERED:
+                    skipped[device_id] = f"now {device.state}"
+                    continue
+                profile = profiles.get(profile_name) if profile_name else None
+                if profile_name and profile is None:
+                    skipped[device_id] = f"profile {profile_name!r} no longer exists"
+                    continue
+                target = (profile.id if profile else None, number if profile else None)
+                if (device.profile_id, device.profile_revision) != target:
+                    device.profile_id, device.profile_revision = target
+                    changed.append(device_id)
+                sites.add(site)
+            audit.record(
+                s,
+                who,
+                "gitops.restore",
+                name,
+                commit=commit,
+                reason=reason,
+                devices=len(changed),
+                skipped=len(skipped),
             )
-        }
-        for device_id, (profile_name, number) in sorted(wanted.items()):
-            if device_id not in found:
-                skipped[device_id] = "no longer known"
-                continue
-            device, site = found[device_id]
-            if device.state not in RENDERED:
-                skipped[device_id] = f"now {device.state}"
-                continue
-            profile = profiles.get(profile_name) if profile_name else None
-            if profile_name and profile is None:
-                skipped[device_id] = f"profile {profile_name!r} no longer exists"
-                continue
-            target = (profile.id if profile else None, number if profile else None)
-            if (device.profile_id, device.profile_revision) != target:
-                device.profile_id, device.profile_revision = target
-                changed.append(device_id)
-            sites.add(site)
-        audit.record(
-            s,
-            who,
-            "gitops.restore",
-            name,
-            commit=commit,
-            reason=reason,
-            devices=len(changed),
-            skipped=len(skipped),
-        )
-    if changed:
-        rt.changed()
-    title = f"Revert to {commit[:12]}: {subject}"
-    why = f"{who.username} restored {commit}" + (f": {reason}" if reason else "")
-    targets = sites or ([name] if rt.gitops.params.per_site else None)
-    outcome = rt.gitops.publish(targets, who.username, why, title=title)
+        if changed:
+            rt.changed()
+        change.title = f"Revert to {commit[:12]}: {subject}"
+        change.why = f"{who.username} restored {commit}" + (f": {reason}" if reason else "")
+        change.sites = sites or ({name} if rt.gitops.params.per_site else None)
     return {
         "repository": name,
         "restored": commit,
         "subject": subject,
         "devices": changed,
         "skipped": skipped,
-        "gitops": outcome.public(),
+        "gitops": change.outcome.public(),
     }
 
 

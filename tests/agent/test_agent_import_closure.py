@@ -56,3 +56,20 @@ def test_edgefleet_agent_run_through_the_cli_entry_imports_no_typer_or_rich():
     modules = _modules_after(code)
     assert "edgefleet.agent.main" in modules
     assert _offenders(modules) == []
+
+
+RUNNER_ONLY = ("onnxruntime", "numpy", "onnx")
+"""The inference runner's child process loads these; the daemon and the supervisor it
+uses to start and call that child never do (memory, and a runtime crash stays there)."""
+
+
+def test_agent_daemon_and_runner_supervisor_import_no_onnxruntime_or_numpy():
+    modules = _modules_after(
+        "import sys, edgefleet.agent.main, edgefleet.agent.daemon\n"
+        "import edgefleet.agent.runner.supervisor, edgefleet.agent.results\n"
+        "print(*sorted(k for k, v in sys.modules.items() if v is not None))"
+    )
+    assert "edgefleet.agent.runner.client" in modules  # sees the supervisor's real imports
+    heavy = [m for m in modules if any(m == f or m.startswith(f + ".") for f in RUNNER_ONLY)]
+    assert heavy == []
+    assert _offenders(modules) == []

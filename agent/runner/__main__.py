@@ -1,0 +1,129 @@
+"""``python -m edgefleet.agent.runner``: serve one ONNX model until SIGTERM.
+
+Exit codes: 0 stopped (SIGTERM, SIGINT, or standard input closed with
+``--watch-stdin``); 2 the model, socket, port or results folder cannot be used
+(the last line of standard error says why); 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import logging
+import os
+import signal
+import socketserver
+import sys
+import threading
+import time
+from pathlib import Path
+
+from edgefleet.agent.results import JsonLinesStore
+from edgefleet.agent.runner import model, server
+
+log = logging.getLogger("edgefleet.runner")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m edgefleet.agent.runner",
+        description="Serve one ONNX model on a local HTTP API: POST /predict, GET /health, "
+        "GET /model. Started and watched by the Edgefleet agent.",
+    )
+    p.add_argument("--model", type=Path, required=True, help="the .onnx file")
+    p.add_argument("--socket", type=Path, required=True, help="Unix socket to serve on")
+    p.add_argument("--port", type=int, help="also serve on this 127.0.0.1 port (0: any free port)")
+    p.add_argument(
+        "--results", type=Path, required=True, help="result store folder (one record per call)"
+    )
+    p.add_argument("--name", help="model name reported with every answer (default: file stem)")
+    p.add_argument("--version", default="", help="model version reported with every answer")
+    p.add_argument("--digest", help="refuse to serve unless the file's digest is this sha256:<hex>")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime compute threads (default 1)")
+    p.add_argument(
+        "--watch-stdin",
+        action="store_true",
+        help="exit when standard input closes: the supervisor holds the other end, "
+        "so the runner never outlives the agent",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s runner: %(message)s",
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.watch_stdin:
+        threading.Thread(target=_set_at_eof, args=(stop,), daemon=True).start()
+    started = time.perf_counter()
+    servers: list[socketserver.BaseServer] = []
+    try:
+        loaded = model.load(
+            args.model, args.name or args.model.stem, args.version, args.digest, args.threads
+        )
+        service = server.Service(loaded, _store(args.results))
+        servers.append(server.bind_unix(args.socket, service))
+        if args.port is not None:
+            servers.append(server.bind_tcp(args.port, service))
+    except (model.ModelError, server.SetupError) as exc:
+        log.error("%s", exc)
+        if servers:  # the socket is ours: leave no listener behind
+            servers[0].server_close()
+            args.socket.unlink(missing_ok=True)
+        return EXIT_CONFIG
+    _release_free_memory()
+    with server.serving(servers, args.socket):
+        log.info(
+            "serving %s (%s) from %s in %.0f ms on %s%s",
+            loaded.ref["name"],
+            loaded.ref["digest"],
+            args.model,
+            (time.perf_counter() - started) * 1000,
+            args.socket,
+            f" and 127.0.0.1:{service.port}" if service.port is not None else "",
+        )
+        stop.wait()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _release_free_memory() -> None:
+    """Hand the load's transient copies (the file, the parsed protobuf: about twice the
+    model's size) back to the system: glibc keeps freed memory otherwise, and a small
+    device counts resident memory. Elsewhere (musl, macOS) this does nothing."""
+    libc = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if trim is not None:
+        trim(0)
+
+
+def _store(folder: Path) -> JsonLinesStore:
+    try:
+        return JsonLinesStore(folder)
+    except OSError as exc:
+        raise server.SetupError(
+            f"cannot use the results folder {folder}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _set_at_eof(stop: threading.Event) -> None:
+    # The raw descriptor: a thread blocked in sys.stdin's buffered reader aborts the
+    # interpreter at exit.
+    while os.read(sys.stdin.fileno(), 4096):
+        pass
+    stop.set()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
