@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from email.message import Message
 from json import loads as json_loads
 from typing import Any, NamedTuple, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +39,7 @@ from edgefleet.wire import (
     DesiredState,
     EnrolRequest,
     EnrolResponse,
+    RegistryToken,
     RenewRequest,
     StatusAck,
     StatusReport,
@@ -337,6 +338,14 @@ class ControllerClient:
         if resp.status == 304:
             return None, etag
         return self._parse(resp, DesiredState), resp.headers.get("ETag")
+
+    def registry_token(self, device_id: str, token: str, scopes: list[str]) -> RegistryToken:
+        """A short-lived pull token for the registry, narrowed to ``scopes``
+        (``repository:NAME:pull``); the controller grants only the desired models'."""
+        query = urlencode([("scope", scope) for scope in scopes])
+        path = f"/devices/{device_id}/registry-token" + (f"?{query}" if query else "")
+        resp = self.request("GET", path, headers=self._bearer(token))
+        return self._parse(resp, RegistryToken)
 
     def status(self, device_id: str, token: str, report: StatusReport) -> StatusAck:
         resp = self.request(

@@ -23,6 +23,7 @@ from edgefleet.controller.db import make_engine
 from edgefleet.controller.gitops.writer import GitopsWriter
 from edgefleet.controller.lastseen import LastSeen
 from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.model_pins import origin
 from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.registry_tokens import RegistryTokens
@@ -159,7 +160,10 @@ class Runtime:
             revision=number,
             models=[
                 ModelRef(
-                    name=m["name"], reference=m["reference"], digest=m["reference"].rsplit("@")[-1]
+                    name=m["name"],
+                    reference=m["reference"],
+                    digest=m["reference"].rsplit("@")[-1],
+                    origin=origin(self.settings, m["reference"].split("/", 1)[0]),
                 )
                 for m in spec.get("models", [])
             ],

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     """The registry's ``auth.token.issuer``: the issuer of every registry token."""
     registry_token_ttl_seconds: int = Field(default=300, ge=60, le=86400)
     """Lifetime of registry tokens; registry clients ask again when theirs expires."""
+    registry_insecure: list[str] = []
+    """Registries (``host[:port]``) reached over plain HTTP, by the controller resolving
+    tags and by devices pulling; every other registry is HTTPS."""
 
     @classmethod
     def settings_customise_sources(

@@ -18,8 +18,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-DIGEST_PREFIX = "@sha256:"
-
 
 @functools.cache
 def schema() -> dict[str, Any]:
@@ -60,13 +58,10 @@ def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
             if key not in allowed
         ]
     if err.validator == "pattern" and path and path[-1] == "reference":
-        if isinstance(err.instance, str) and DIGEST_PREFIX not in err.instance:
-            reason = (
-                f"{err.instance!r} is not pinned by digest: write registry/repo@sha256:<64 hex>; "
-                "tags are not resolved yet (that comes with model support)"
-            )
-        else:
-            reason = f"{err.instance!r} is not of the form registry/repo@sha256:<64 hex>"
+        reason = (
+            f"{err.instance!r} is not a model reference: write registry/repo:tag (pinned to "
+            "its digest when the profile is applied) or registry/repo@sha256:<64 hex>"
+        )
         return [(where, reason)]
     if err.validator == "oneOf" and len(path) >= 2 and path[-2] == "applications":
         return [(where, "an application needs exactly one of 'kustomize' or 'helm'")]
@@ -101,8 +96,3 @@ def describe(problems: list[tuple[str, str]]) -> str:
 def canonical_yaml(doc: dict[str, Any]) -> str:
     """The one text of a document: keys sorted, block style (what ``diff`` compares)."""
     return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False, allow_unicode=True)
-
-
-def model_digest(reference: str) -> str:
-    """``registry/repo@sha256:abc…`` -> ``sha256:abc…`` (references are validated first)."""
-    return reference.rsplit("@", 1)[1]

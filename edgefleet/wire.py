@@ -117,7 +117,11 @@ class AccessToken(BaseModel):
 class ModelRef(BaseModel):
     name: str
     reference: str
+    """``registry/repository[:tag]@sha256:…``: always pinned by digest."""
     digest: str
+    origin: str = ""
+    """The registry's base URL (``https://host[:port]``, or ``http://`` where the
+    controller's ``registry_insecure`` says so); devices try their mirrors first."""
 
 
 class DesiredState(BaseModel):

@@ -64,14 +64,14 @@ def test_every_example_validates_and_applies(path: Path, api: Api) -> None:
     ("spec", "path", "reason"),
     [
         (
-            {"models": [{"name": "m", "reference": "ghcr.io/acme/detector:latest"}]},
+            {"models": [{"name": "m", "reference": "detector:latest"}]},
             "/models/0/reference",
-            "is not pinned by digest",
+            "is not a model reference",
         ),
         (
-            {"models": [{"name": "m", "reference": "ghcr.io/acme/detector:1.0"}]},
+            {"models": [{"name": "m", "reference": "ghcr.io/acme/detector"}]},
             "/models/0/reference",
-            "tags are not resolved yet",
+            "registry/repo:tag",
         ),
         (
             {"policies": {"interval_seconds": 30, "health_checks": []}},
@@ -169,10 +169,11 @@ def test_cli_apply_list_show_diff(api: Api, tmp_path: Path) -> None:
 
 def test_cli_refuses_an_invalid_file_before_sending(api: Api, tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
-    f.write_text(f"name: retail\nmodels:\n  - name: m\n    reference: {MODEL.split('@')[0]}:v2\n")
+    f.write_text(f"name: retail\nmodels:\n  - name: m\n    reference: {MODEL.split('@')[0]}\n")
     out = cli(api, "profiles", "apply", str(f))
     assert out.exit_code == 1
-    assert "/models/0/reference" in out.output and "not pinned by digest" in out.output
+    said = " ".join(out.output.split())  # Rich wraps long lines
+    assert "/models/0/reference" in said and "is not a model reference" in said
     assert revisions(api) == {}
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: [unclosed\n")
@@ -208,7 +209,9 @@ def test_assign_changes_desired_state_at_once_and_is_audited(api: Api) -> None:
     assert after.status_code == 200 and after.headers["etag"] != before.headers["etag"]
     body = after.json()
     assert body["profile"] == "vision" and body["revision"] == 1
-    assert body["models"] == [{"name": "detector", "reference": MODEL, "digest": DIGEST}]
+    assert body["models"] == [
+        {"name": "detector", "reference": MODEL, "digest": DIGEST, "origin": "https://ghcr.io"}
+    ]
     assert body["config"] == {"camera": "back"} and body["interval_seconds"] == 90
     audit = api.ok("GET", "/audit", api.admin)
     assert any(

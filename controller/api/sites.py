@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import Field
 
+from edgefleet.controller import model_pins
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
 from edgefleet.controller.gitops import fleet
 from edgefleet.controller.services import profiles, sites
@@ -43,7 +45,8 @@ def list_sites(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
 @router.post("/profiles")
 def apply_profile(req: ProfileApply, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     with rt.gitops.change(who.username) as change:
-        profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec)
+        pin = functools.partial(model_pins.pin, rt.settings, rt.registry_tokens)
+        profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec, pin)
         if created:
             rt.changed()
             change.why = f"{who.username} applied profile {req.name} revision {profile['revision']}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from sqlalchemy import select
@@ -34,15 +35,22 @@ def spec_digest(spec: dict[str, Any]) -> str:
 
 
 def apply_profile(
-    engine: Any, who: Operator, name: str, spec: dict[str, Any]
+    engine: Any,
+    who: Operator,
+    name: str,
+    spec: dict[str, Any],
+    pin: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Store ``spec`` as the profile's next revision; the same content again makes none.
 
+    ``pin`` turns model tags into digests (``model_pins``) once the document is valid.
     Returns the profile and whether a revision was made. An invalid document is refused
     (422 ``invalid_profile``) and nothing is stored.
     """
     check(name, spec)
     spec = {k: v for k, v in spec.items() if k != "name"}
+    if pin is not None:
+        spec = pin(spec)
     digest = spec_digest(spec)
     with session_scope(engine) as s:
         profile = s.scalars(select(Profile).where(Profile.name == name).with_for_update()).first()

@@ -13,6 +13,7 @@ from edgefleet.cli import (
     image,
     localfleet,
     login,
+    models,
     pki,
     registry,
     sites,
@@ -57,6 +58,7 @@ app.add_typer(pki.app, name="pki")
 app.add_typer(localfleet.app, name="dev")
 app.add_typer(image.app, name="image")
 app.add_typer(gitops.app, name="gitops")
+app.add_typer(models.app, name="models")
 app.command("login")(login.login)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)

@@ -73,3 +73,16 @@ def test_agent_daemon_and_runner_supervisor_import_no_onnxruntime_or_numpy():
     heavy = [m for m in modules if any(m == f or m.startswith(f + ".") for f in RUNNER_ONLY)]
     assert heavy == []
     assert _offenders(modules) == []
+
+
+def test_agent_model_pull_imports_only_the_standard_library_side():
+    """The pull (store, download, OCI client, artifact reading) runs in the daemon."""
+    modules = _modules_after(
+        "import sys, edgefleet.agent.oci.pull, edgefleet.oci.resolve, edgefleet.oci.listing\n"
+        "print(*sorted(k for k, v in sys.modules.items() if v is not None))"
+    )
+    assert "edgefleet.oci.client" in modules and "http.client" in modules
+    heavy = [m for m in modules if any(m == f or m.startswith(f + ".") for f in RUNNER_ONLY)]
+    assert heavy == []
+    assert _offenders(modules) == []
+    assert "edgefleet.models.pack" not in modules

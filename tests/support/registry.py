@@ -42,7 +42,7 @@ class TokenAuth:
     """PEM certificates of the keys allowed to sign tokens."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -51,9 +51,12 @@ def _free_port() -> int:
 class Registry:
     """``docker-registry serve CONFIG.yml`` on a free loopback port; ``url`` is its base."""
 
-    def __init__(self, folder: Path, auth: TokenAuth | None = None) -> None:
+    def __init__(self, folder: Path, auth: TokenAuth | None = None, port: int = 0) -> None:
+        """``port``: one chosen beforehand (a controller's settings must name it), else
+        a free one is picked at start."""
         self.folder = folder
         self.auth = auth
+        self._fixed_port = port
         self.storage = folder / "storage"
         self.config = folder / "config.yml"
         self.log = folder / "registry.log"
@@ -92,7 +95,7 @@ class Registry:
         binary = require_registry()
         self.folder.mkdir(parents=True, exist_ok=True)
         for _ in range(5):  # another process may take the port between probe and bind
-            self.port = _free_port()
+            self.port = self._fixed_port or free_port()
             self.url = f"http://{self.host}"
             self._write_config()
             with self.log.open("ab") as log:

@@ -1,0 +1,167 @@
+"""``edgefleet models push | list | inspect``: ONNX models as OCI artifacts in a registry.
+
+Registry credentials: ``EDGEFLEET_REGISTRY_USERNAME`` and ``EDGEFLEET_REGISTRY_PASSWORD``
+when set (Basic, or Basic to the token realm); otherwise the operator's API token from
+``edgefleet login`` goes to the token realm, if that realm is the controller's. A
+registry without authentication needs neither.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from edgefleet.cli import config
+from edgefleet.cli.common import Globals, handled
+from edgefleet.cli.output import Format, OutputOpt, console, show
+from edgefleet.errors import ConfigError
+from edgefleet.models.artifact import describe
+from edgefleet.models.probe import Probe
+from edgefleet.oci.auth import PasswordAuth
+from edgefleet.oci.client import RegistryClient
+from edgefleet.oci.listing import list_tags
+from edgefleet.oci.manifest import Manifest
+from edgefleet.oci.reference import parse
+from edgefleet.oci.transport import Endpoint
+
+app = typer.Typer(help="ONNX models as OCI artifacts in a registry.", no_args_is_help=True)
+
+RegistryOpt = typer.Option(
+    ...,
+    "--registry",
+    envvar="EDGEFLEET_REGISTRY",
+    help="Registry host[:port] (or http(s)://host[:port]) [env EDGEFLEET_REGISTRY]",
+)
+PlainHttpOpt = typer.Option(
+    False,
+    "--plain-http",
+    envvar="EDGEFLEET_REGISTRY_PLAIN_HTTP",
+    help="Speak http, not https, to the registry (a registry on loopback or a lab network)",
+)
+CaFileOpt = typer.Option(
+    None, "--registry-ca-file", help="Certificate to trust for the registry's TLS"
+)
+
+
+@app.command()
+@handled
+def push(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., help="The .onnx model file"),
+    name: str = typer.Option(..., help="Repository, e.g. models/detector"),
+    version: str = typer.Option(..., help="Version, the tag to push it as, e.g. 1.4.0"),
+    registry: str = RegistryOpt,
+    quantize: str | None = typer.Option(
+        None, help="Also push a quantized variant, tagged <version>-int8: int8"
+    ),
+    plain_http: bool = PlainHttpOpt,
+    ca_file: Path | None = CaFileOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Pack the model with its signature and golden probe, push it, print its digest."""
+    from edgefleet.models.pack import push_model  # onnx and onnxruntime load here only
+
+    with _client(ctx, registry, plain_http, ca_file) as client:
+        pushed = push_model(client, file, name, version, quantize)
+    host = client.endpoint.host
+    rows = [
+        {
+            "reference": f"{host}/{name}:{p.tag}@{p.digest}",
+            "tag": p.tag,
+            "digest": p.digest,
+            "variant": p.variant,
+            "signature": p.signature.summary(),
+            "probe": p.probe.summary(),
+        }
+        for p in pushed
+    ]
+    if output == Format.json:
+        show(rows, output, [])
+        return
+    for row in rows:
+        console.print(f"pushed {row['reference']}", highlight=False, soft_wrap=True)
+
+
+@app.command("list")
+@handled
+def list_(
+    ctx: typer.Context,
+    registry: str = RegistryOpt,
+    name: str | None = typer.Option(None, help="Only this repository"),
+    plain_http: bool = PlainHttpOpt,
+    ca_file: Path | None = CaFileOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Repositories and their tags."""
+    with _client(ctx, registry, plain_http, ca_file) as client:
+        listing = list_tags(client, name)
+    rows = [{"repository": repo, "tags": tags} for repo, tags in listing.items()]
+    show(rows, output, ["repository", "tags"])
+
+
+@app.command()
+@handled
+def inspect(
+    ctx: typer.Context,
+    reference: str = typer.Argument(..., help="host[:port]/repository:tag or …@sha256:<hex>"),
+    plain_http: bool = PlainHttpOpt,
+    ca_file: Path | None = CaFileOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """The artifact's digest, model file, signature and golden probe."""
+    ref = parse(reference)
+    with _client(ctx, ref.registry, plain_http, ca_file) as client:
+        fetched = client.get_manifest(ref.repository, ref.identifier)
+        manifest = Manifest.from_bytes(fetched.data, fetched.media_type)
+        found = describe(manifest)
+        probe = (
+            Probe.from_bytes(client.fetch_blob(ref.repository, found.probe.digest))
+            if found.probe
+            else None
+        )
+    info: dict[str, Any] = {
+        "reference": str(ref.pinned(fetched.digest)),
+        "digest": fetched.digest,
+        "artifact_type": manifest.artifact_type,
+        "modelpack": found.modelpack,
+        "name": found.name,
+        "version": found.version,
+        "variant": found.variant,
+        "model_file": found.model.title,
+        "model_digest": found.model.digest,
+        "size": sum(d.size for d in (manifest.config, *manifest.layers)),
+        "model_size": found.model.size,
+        "signature": found.signature.summary() if found.signature else None,
+        "probe": probe.summary() if probe else None,
+    }
+    if output == Format.json:
+        show(info, output, [])
+        return
+    show([{"": k, "value": v} for k, v in info.items()], output, ["", "value"])
+
+
+def _client(
+    ctx: typer.Context, registry: str, plain_http: bool, ca_file: Path | None
+) -> RegistryClient:
+    endpoint = Endpoint.parse(registry, plain_http=plain_http, ca_file=ca_file)
+    return RegistryClient(endpoint, _auth(ctx, ca_file))
+
+
+def _auth(ctx: typer.Context, registry_ca: Path | None) -> PasswordAuth:
+    """The operator's registry credentials (see the module's docstring)."""
+    username = os.environ.get("EDGEFLEET_REGISTRY_USERNAME")
+    if username:
+        password = os.environ.get("EDGEFLEET_REGISTRY_PASSWORD")
+        return PasswordAuth(username, password, ca_file=registry_ca)
+    root = ctx.find_root().obj
+    g = root if isinstance(root, Globals) else Globals(None, None, None)
+    try:
+        cfg = config.load(g.url, g.token, g.ca_file)
+    except ConfigError:  # no controller configured: anonymous, for an open registry
+        return PasswordAuth(ca_file=registry_ca)
+    return PasswordAuth(
+        api_token=cfg.token, api_token_origin=cfg.url, ca_file=cfg.ca_file or registry_ca
+    )

@@ -1,0 +1,39 @@
+"""Media types and annotation keys, named once.
+
+The model artifact follows the CNCF ModelPack specification (``modelpack/model-spec``):
+an OCI image manifest whose ``artifactType`` says "model", a ModelPack config, the
+``.onnx`` file as one raw weight layer. Edgefleet adds one small JSON layer of its own,
+the golden probe, and the input/output signature as a manifest annotation, so that a
+listing shows it without fetching a blob.
+"""
+
+from __future__ import annotations
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+MANIFEST_ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST))
+"""What a manifest GET accepts: everything a registry may hold under a tag, so that a
+tag pointing at something else is reported as such rather than as "not found"."""
+
+MODEL_ARTIFACT = "application/vnd.cncf.model.manifest.v1+json"
+MODEL_CONFIG = "application/vnd.cncf.model.config.v1+json"
+MODEL_WEIGHT_RAW = "application/vnd.cncf.model.weight.v1.raw"
+
+EDGEFLEET_PROBE = "application/vnd.edgefleet.model.probe.v1+json"
+"""The golden probe layer: input tensors, the expected outputs, and the tolerance."""
+
+ANNOTATION_TITLE = "org.opencontainers.image.title"
+"""The file name: ``oras pull`` writes a layer under it."""
+ANNOTATION_VERSION = "org.opencontainers.image.version"
+ANNOTATION_FILEPATH = "org.cncf.model.filepath"
+"""ModelPack's own key for a layer's file path."""
+ANNOTATION_SIGNATURE = "dev.edgefleet.model.signature"
+"""Manifest annotation: the model's inputs and outputs as compact JSON."""
+ANNOTATION_NAME = "dev.edgefleet.model.name"
+ANNOTATION_VARIANT = "dev.edgefleet.model.variant"
+"""``fp32`` for the file as given, ``int8`` for its dynamically quantized twin."""
+
+ONNX_SUFFIX = ".onnx"
