@@ -1,9 +1,8 @@
 """The seam where a desired state becomes the running state.
 
-This slice has no update engine: "applying" records the revision as applied.
-The A/B slot engine (DESIGN.md, A/B slots) replaces :class:`RecordOnlyApplier`
-with one that stages, writes the inactive slot, tries it and commits or rolls
-back; the daemon only needs the :class:`Applier` protocol.
+Direct mode serves the desired models (``serving.DirectApplier``); the A/B slot engine
+(DESIGN.md, A/B slots) will stage, write the inactive slot, try it and commit or roll
+back behind the same protocol, and the daemon needs nothing else.
 """
 
 from __future__ import annotations
@@ -15,12 +14,10 @@ from edgefleet.wire import DesiredState
 
 class Applier(Protocol):
     def apply(self, desired: DesiredState) -> int:
-        """Make ``desired`` the running state; return the revision now applied."""
+        """Make ``desired`` the running state; return the revision now applied. Raises an
+        ``EdgefleetError`` saying why when it cannot (the running state is kept)."""
         ...
 
-
-class RecordOnlyApplier:
-    """Accept every desired state as applied (no slots, no health checks yet)."""
-
-    def apply(self, desired: DesiredState) -> int:
-        return desired.revision
+    def close(self) -> None:
+        """Stop what the applier runs (the agent is stopping)."""
+        ...

@@ -20,13 +20,14 @@ from typing import TypeVar
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgefleet.agent import identity, trust
-from edgefleet.agent.apply import Applier, RecordOnlyApplier
+from edgefleet.agent.apply import Applier
 from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.client import ControllerClient
 from edgefleet.agent.clock import Clock
 from edgefleet.agent.files import ensure_dir, write_json
 from edgefleet.agent.inventory import collect
 from edgefleet.agent.qrpayload import learn_controller_id
+from edgefleet.agent.serving import DirectApplier
 from edgefleet.agent.settings import Settings
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
 from edgefleet.errors import (
@@ -40,6 +41,7 @@ from edgefleet.errors import (
 from edgefleet.signing import make_assertion, renewal_proof
 from edgefleet.wire import (
     AccessToken,
+    CheckResult,
     DesiredState,
     DeviceState,
     EnrolRequest,
@@ -96,9 +98,15 @@ class Agent:
         self.settings = settings
         self.registration = registration
         self.stop = stop or threading.Event()
-        self.applier = applier or RecordOnlyApplier()
         self.rng = rng or random.Random()
         self.state_dir = ensure_dir(settings.state_dir)
+        self.applier = applier or DirectApplier(
+            self.state_dir,
+            settings.sockets,
+            self._registry_token,
+            list(settings.registry_mirrors),
+            settings.model_threads,
+        )
         self.store = StateStore(self.state_dir)
         self.clock = Clock()
         self.backoff = Backoff(settings.backoff_base, settings.backoff_cap, rng=self.rng)
@@ -117,6 +125,7 @@ class Agent:
         self._token_refresh_at = 0.0
         self._desired_checked = False
         self._inventory_reported = False
+        self._apply_error: str | None = None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -145,6 +154,7 @@ class Agent:
             log.info("stopping")
             return 0
         finally:
+            self.applier.close()
             if self.client is not None:
                 self.client.close()
 
@@ -410,10 +420,27 @@ class Agent:
         self._apply(desired, new_etag)
         return True
 
+    def _registry_token(self, scope: str) -> str:
+        """A registry pull token for ``scope``, from the controller (the runner's models)."""
+        assert self.client is not None and self.enrolment is not None
+        device_id = self.enrolment.device_id
+        scopes = scope.split()
+        answer = self._authorized(lambda t: self.client.registry_token(device_id, t, scopes))
+        return answer.token
+
     def _apply(self, desired: DesiredState, etag: str | None) -> None:
         write_json(self.state_dir / DESIRED_FILE, desired.model_dump(mode="json"))
         self._learn_trust(desired.trust_bundle)
-        revision = self.applier.apply(desired)
+        try:
+            revision = self.applier.apply(desired)
+        except EdgefleetError as exc:
+            # The running revision keeps serving; the next cycle fetches this one again
+            # (its ETag was not recorded) and the status report says why it is not applied.
+            self._apply_error = f"revision {desired.revision}: {exc.message}"
+            log.warning("applying desired revision %s failed: %s", desired.revision, exc.message)
+            self.store.update(last_error=self._apply_error)
+            return
+        self._apply_error = None
         self.interval = float(desired.interval_seconds)
         self.store.update(
             applied_revision=revision,
@@ -422,13 +449,20 @@ class Agent:
         )
         log.info("applied desired state revision=%s profile=%s", revision, desired.profile)
 
+    def _health(self) -> Health:
+        if self._apply_error is None:
+            return Health(ok=True)
+        return Health(
+            ok=False, checks=[CheckResult(name="apply", ok=False, detail=self._apply_error[:2048])]
+        )
+
     def _report(self) -> StatusAck:
         assert self.client is not None and self.enrolment is not None
         device_id = self.enrolment.device_id
         report = StatusReport(
             applied_revision=self.store.current.applied_revision,
             inventory=None if self._inventory_reported else self.inventory,
-            health=Health(ok=True),
+            health=self._health(),
         )
         ack = self._authorized(lambda t: self.client.status(device_id, t, report))
         self._inventory_reported = True

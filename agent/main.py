@@ -61,6 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", dest="log_level", choices=["debug", "info", "warning", "error"])
     p.add_argument(
+        "--socket-dir",
+        dest="socket_dir",
+        type=Path,
+        help="where the model runners' sockets go (EDGEFLEET_AGENT_SOCKET_DIR; "
+        "default <state dir>/run)",
+    )
+    p.add_argument(
+        "--registry-mirrors",
+        dest="registry_mirrors",
+        metavar="URLS",
+        help="comma-separated base URLs of site registry mirrors, tried before the origin "
+        "(EDGEFLEET_AGENT_REGISTRY_MIRRORS)",
+    )
+    p.add_argument(
+        "--model-threads",
+        dest="model_threads",
+        type=int,
+        help="onnxruntime threads per model (EDGEFLEET_AGENT_MODEL_THREADS; default 1)",
+    )
+    p.add_argument(
         "--once",
         action="store_const",
         const=True,

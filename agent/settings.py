@@ -50,6 +50,18 @@ class Settings:
     """Longest wait between enrolment retries the controller refused for good
     (bad, expired, revoked or exhausted token): slow, but never giving up."""
     http_timeout: float = 15.0
+    socket_dir: Path | None = None
+    """Where the inference runners' Unix sockets go (applications call them there);
+    default ``<state_dir>/run``. A socket path may not exceed 107 bytes."""
+    registry_mirrors: tuple[str, ...] = ()
+    """Base URLs of the site's registry mirrors (``http://mirror.local:5000``), tried
+    before the model's own registry; comma-separated in the environment."""
+    model_threads: int = 1
+    """onnxruntime compute threads per model."""
+
+    @property
+    def sockets(self) -> Path:
+        return self.socket_dir or self.state_dir / "run"
 
 
 _CONVERT: dict[str, Any] = {
@@ -64,6 +76,11 @@ _CONVERT: dict[str, Any] = {
     "backoff_cap": float,
     "token_backoff_cap": float,
     "http_timeout": float,
+    "socket_dir": Path,
+    "registry_mirrors": lambda v: tuple(
+        m.strip() for m in (v.split(",") if isinstance(v, str) else v) if m.strip()
+    ),
+    "model_threads": int,
 }
 
 

@@ -24,6 +24,7 @@ import jwt
 from edgefleet.controller.pki.registry_key import TokenKey, load_token_key
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import BadRequest
+from edgefleet.oci import reference as refs
 from edgefleet.wire import API_PREFIX, RegistryToken
 
 TOKEN_PATH = "/registry/token"
@@ -72,9 +73,9 @@ def parse_scopes(scopes: Iterable[str]) -> list[Access]:
 
 
 def repository_of(reference: str) -> str:
-    """``host[:port]/path@sha256:…`` -> ``path``: profile references are pinned and always
-    name their registry (``edgefleet/profile_schema.json``)."""
-    return reference.split("@", 1)[0].split("/", 1)[1]
+    """``host[:port]/path[:tag]@sha256:…`` -> ``path``: profile references are pinned and
+    always name their registry (``edgefleet/profile_schema.json``)."""
+    return refs.parse(reference).repository
 
 
 class RegistryTokens:

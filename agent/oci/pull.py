@@ -77,8 +77,11 @@ class Puller:
         self._origins: dict[str, RegistryClient] = {}
         self._lock = threading.Lock()
 
-    def pull(self, reference: str) -> PulledModel:
-        """The model ``reference`` (``host/repo[:tag]@sha256:<hex>``) names, in the store."""
+    def pull(self, reference: str, origin: str | None = None) -> PulledModel:
+        """The model ``reference`` (``host/repo[:tag]@sha256:<hex>``) names, in the store.
+
+        ``origin`` is the registry's base URL when the controller gave one
+        (``http://host:port`` for a registry it reaches over plain HTTP)."""
         ref = refs.parse(reference)
         if ref.digest is None:
             raise BadReference(
@@ -86,7 +89,8 @@ class Puller:
                 f"{ref.registry}/{ref.repository}@sha256:<hex> (the controller resolves tags "
                 "when a profile is applied)"
             )
-        sources = [Source(c, ref.repository) for c in (*self._mirrors, self._origin(ref.registry))]
+        home = self._origin(origin or ref.registry)
+        sources = [Source(c, ref.repository) for c in (*self._mirrors, home)]
         manifest = Manifest.from_bytes(self._manifest(sources, ref.digest))
         found = describe(manifest)
         probe = None

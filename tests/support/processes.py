@@ -185,8 +185,10 @@ class AgentProcess:
         state_dir: Path,
         serial: str,
         qr_payload: str | None = None,
+        extra: list[str] | None = None,
     ) -> None:
-        """Enrols with the registration file, or (``registration=None``) a QR payload."""
+        """Enrols with the registration file, or (``registration=None``) a QR payload;
+        ``extra`` are more flags of ``edgefleet agent run``."""
         self.state_dir = state_dir
         self.log = state_dir.parent / f"{state_dir.name}.log"
         env = _clean_env()
@@ -208,6 +210,7 @@ class AgentProcess:
                     serial,
                     "--hardware-id",
                     serial,
+                    *(extra or []),
                 ],
                 env=env,
                 stdout=out,
