@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edgefleet.agent.oci.pull import PulledModel, Puller
-from edgefleet.agent.oci.store import BlobStore
-from edgefleet.agent.runner.supervisor import Runner, RunnerConfig
 from edgefleet.errors import ConfigError
 from edgefleet.wire import DesiredState
+
+if TYPE_CHECKING:  # loaded on the first model: an agent with none carries no OCI client
+    from edgefleet.agent.oci.pull import PulledModel, Puller
+    from edgefleet.agent.runner.supervisor import Runner, RunnerConfig
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -38,8 +40,10 @@ class DirectApplier:
         threads: int = 1,
     ) -> None:
         """``token(scope)`` gets a registry pull token (from the controller)."""
-        self._store = BlobStore(state_dir / "models")
-        self._puller = Puller(self._store, mirrors=mirrors or [], token=token)
+        self._models = state_dir / "models"
+        self._token = token
+        self._mirrors = mirrors or []
+        self._puller: Puller | None = None
         self._sockets = socket_dir
         self._results = state_dir / "results"
         self._threads = threads
@@ -51,7 +55,12 @@ class DirectApplier:
         return dict(self._runners)
 
     def apply(self, desired: DesiredState) -> int:
-        pulled = {m.name: self._puller.pull(m.reference, m.origin or None) for m in desired.models}
+        if not desired.models and not self._runners:
+            return desired.revision
+        from edgefleet.agent.runner.supervisor import Runner
+
+        puller = self._puller_once()
+        pulled = {m.name: puller.pull(m.reference, m.origin or None) for m in desired.models}
         for name in sorted(set(self._runners) - set(pulled)):
             log.info("model %s is no longer desired; stopping its runner", name)
             self._runners.pop(name).stop()
@@ -73,9 +82,20 @@ class DirectApplier:
         for runner in self._runners.values():
             runner.stop()
         self._runners.clear()
-        self._puller.close()
+        if self._puller is not None:
+            self._puller.close()
+
+    def _puller_once(self) -> Puller:
+        if self._puller is None:
+            from edgefleet.agent.oci.pull import Puller
+            from edgefleet.agent.oci.store import BlobStore
+
+            self._puller = Puller(BlobStore(self._models), mirrors=self._mirrors, token=self._token)
+        return self._puller
 
     def _config(self, name: str, model: PulledModel) -> RunnerConfig:
+        from edgefleet.agent.runner.supervisor import RunnerConfig
+
         socket = self._sockets / f"{name}.sock"
         if len(str(socket)) > MAX_SOCKET_PATH:
             raise ConfigError(
