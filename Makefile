@@ -51,6 +51,8 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/replicas.py
 	$(BIN)/python bench/gitops.py
 	$(BIN)/python bench/gitops_controller.py
+	$(BIN)/python bench/pull.py
+	$(BIN)/python bench/runner.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
