@@ -44,6 +44,8 @@ from edgefleet.wire import (
     StatusAck,
     StatusReport,
     TokenRequest,
+    UpdateAck,
+    UpdateReport,
 )
 
 log = logging.getLogger("edgefleet.agent")
@@ -352,3 +354,10 @@ class ControllerClient:
             "POST", f"/devices/{device_id}/status", json=report, headers=self._bearer(token)
         )
         return self._parse(resp, StatusAck)
+
+    def report_update(self, device_id: str, token: str, report: UpdateReport) -> UpdateAck:
+        """Upload one update attempt's outcome and evidence; safe to send again."""
+        resp = self.request(
+            "POST", f"/devices/{device_id}/updates", json=report, headers=self._bearer(token)
+        )
+        return self._parse(resp, UpdateAck)

@@ -16,7 +16,16 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.controller.api import device_api, devices, gitops, registry, sites, tokens, users
+from edgefleet.controller.api import (
+    device_api,
+    devices,
+    gitops,
+    registry,
+    sites,
+    tokens,
+    updates,
+    users,
+)
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.runtime import Runtime
@@ -52,7 +61,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
     app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
-    for module in (device_api, devices, tokens, sites, users, gitops, registry):
+    for module in (device_api, devices, tokens, sites, users, gitops, registry, updates):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -160,3 +160,20 @@ class CacheListener(SQLModel, table=True):
     backend_pid: int
     backend_start: datetime = _ts(nullable=False)
     generation: int = 0
+
+
+class UpdateRecord(SQLModel, table=True):
+    """A device's report of one update attempt: its outcome and rollback evidence. One row
+    per (device, revision, started_at), so a report sent again after a lost answer is one."""
+
+    __table_args__ = (UniqueConstraint("device_id", "revision", "started_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="device.id", index=True, max_length=40)
+    revision: int
+    outcome: str = Field(max_length=16, index=True)
+    slot: str | None = Field(default=None, max_length=1)
+    reason: str = Field(default="", max_length=2048)
+    started_at: datetime = _ts(nullable=False)
+    finished_at: datetime = _ts(nullable=False)
+    received_at: datetime = _ts(nullable=False, index=True)
+    evidence: dict[str, Any] = _json(dict)

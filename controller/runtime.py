@@ -29,7 +29,7 @@ from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.registry_tokens import RegistryTokens
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import ConfigError
-from edgefleet.wire import DesiredState, DeviceState, ModelRef
+from edgefleet.wire import DesiredState, DeviceState, HealthPolicy, ModelRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +172,7 @@ class Runtime:
                 policies.get("interval_seconds", self.settings.device_interval_seconds)
             ),
             trust_bundle=self.authority.trust_bundle,
+            health=HealthPolicy.from_policies(policies),
         )
         body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

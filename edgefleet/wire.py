@@ -13,7 +13,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 API_PREFIX = "/api/v1"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -22,6 +29,8 @@ CLOCK_TOLERANCE_S = 2 * 3600
 
 Short = Annotated[str, StringConstraints(max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+MAX_TEXT_CHARS = 2048
+Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 
 
 class Strict(BaseModel):
@@ -124,6 +133,78 @@ class ModelRef(BaseModel):
     controller's ``registry_insecure`` says so); devices try their mirrors first."""
 
 
+Timeout = Annotated[float | None, Field(default=None, gt=0)]
+"""A check's own time limit; None leaves it to the agent's default for its type."""
+
+
+class ModelLoadCheck(BaseModel):
+    """Every model of the revision loads in the runner."""
+
+    type: Literal["model_load"] = "model_load"
+    timeout_seconds: Timeout = None
+
+
+class ProbeCheck(BaseModel):
+    """Every model answers its golden probe within the probe's tolerance."""
+
+    type: Literal["probe"] = "probe"
+    timeout_seconds: Timeout = None
+
+
+class LatencyCheck(BaseModel):
+    """The p95 of ``samples`` inferences is at most ``p95_ms``."""
+
+    type: Literal["latency"] = "latency"
+    p95_ms: float = Field(gt=0)
+    samples: int = Field(default=50, ge=1, le=1000)
+    timeout_seconds: Timeout = None
+
+
+class HttpCheck(BaseModel):
+    """A GET of ``url`` answers ``expect_status``."""
+
+    type: Literal["http"] = "http"
+    url: str
+    expect_status: int = Field(default=200, ge=100, le=599)
+    timeout_seconds: Timeout = None
+
+
+class ExecCheck(BaseModel):
+    """``command`` (an argv, no shell) exits 0. Only an admin may put one in a profile,
+    and the controller audits it: it runs on the device as the agent."""
+
+    type: Literal["exec"] = "exec"
+    command: list[str] = Field(min_length=1)
+    timeout_seconds: Timeout = None
+
+
+HealthCheck = Annotated[
+    ModelLoadCheck | ProbeCheck | LatencyCheck | HttpCheck | ExecCheck,
+    Field(discriminator="type"),
+]
+
+
+class HealthPolicy(BaseModel):
+    """The profile's ``policies.health_checks``, ``health_deadline_seconds`` and
+    ``max_attempts``; what the profile leaves out is None here (the agent's default)."""
+
+    checks: list[HealthCheck] = Field(default_factory=list)
+    deadline_seconds: float | None = None
+    max_attempts: int | None = None
+
+    @classmethod
+    def from_policies(cls, policies: dict[str, Any]) -> HealthPolicy | None:
+        """From a validated profile's ``policies``; None when it sets none of the three."""
+        keys = ("health_checks", "health_deadline_seconds", "max_attempts")
+        if not any(k in policies for k in keys):
+            return None
+        return cls(
+            checks=policies.get("health_checks", []),
+            deadline_seconds=policies.get("health_deadline_seconds"),
+            max_attempts=policies.get("max_attempts"),
+        )
+
+
 class DesiredState(BaseModel):
     """What a device should run; its ETag is a digest of this object."""
 
@@ -135,6 +216,11 @@ class DesiredState(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     interval_seconds: int
     trust_bundle: list[str] = Field(default_factory=list)
+    health: HealthPolicy | None = None
+    """None when the profile sets no health policy: the agent uses its defaults."""
+
+
+SlotName = Literal["A", "B"]
 
 
 class SlotState(StrEnum):
@@ -145,25 +231,32 @@ class SlotState(StrEnum):
 
 
 class SlotStatus(Strict):
-    name: Literal["A", "B"]
+    """One A/B slot as the device's boot-control record has it."""
+
+    name: SlotName
     state: SlotState = SlotState.empty
     revision: int | None = None
-    models: list[Short] = Field(default_factory=list, max_length=64)
-    active: bool = False
+    reason: Text = ""
+    """Why a slot is ``bad`` (the failed check), so an operator sees it without evidence."""
 
 
 class UpdateResult(StrEnum):
-    in_progress = "in_progress"
-    success = "success"
+    committed = "committed"
     rolled_back = "rolled_back"
     failed = "failed"
+    """Never reached the health checks (staging, writing, verifying the slot)."""
 
 
 class UpdateOutcome(Strict):
-    revision: int
-    result: UpdateResult
-    reason: Annotated[str, StringConstraints(max_length=2048)] = ""
-    at: datetime | None = None
+    """How one update attempt ended. (revision, started_at) names the attempt."""
+
+    revision: int = Field(ge=0)
+    outcome: UpdateResult
+    slot: SlotName | None = None
+    """The slot the revision was written to and tried in."""
+    reason: Text = ""
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
 
 
 class CheckResult(Strict):
@@ -196,11 +289,90 @@ class StatusReport(Strict):
     applied_revision: int | None = None
     updating: bool = False
     slots: list[SlotStatus] = Field(default_factory=list, max_length=2)
-    update: UpdateOutcome | None = None
+    active_slot: SlotName | None = None
+    last_update: UpdateOutcome | None = None
     health: Health = Field(default_factory=Health)
     buffer: BufferStats = Field(default_factory=BufferStats)
     inference: InferenceStats = Field(default_factory=InferenceStats)
     inventory: Inventory | None = None
+
+
+MAX_EVIDENCE_BYTES = 48 * 1024
+"""The largest evidence object, as compact JSON. Per-field caps bound each part; this
+bounds the sum, so a report with its outcome fits the controller's request body limit
+(``max_body_bytes``, 64 KiB by default) and a device cannot fill the database."""
+
+MAX_OUTPUT_CHARS = 8192
+MAX_LOG_LINE_CHARS = 1024
+MAX_LOG_LINES = 500
+MAX_LATENCY_SAMPLES = 1000
+MAX_PROBE_VALUES = 64
+Output = Annotated[str, StringConstraints(max_length=MAX_OUTPUT_CHARS)]
+LogLine = Annotated[str, StringConstraints(max_length=MAX_LOG_LINE_CHARS)]
+
+
+class FailedCheck(Strict):
+    name: Short
+    """The check as the profile names it (``probe``, ``latency``, ``http``, ``exec``...)."""
+    detail: Text = ""
+    """Why it failed, in a line."""
+    output: Output = ""
+    """What it said: an exec check's output, an HTTP answer's head, a runner's error."""
+
+
+class ProbeMismatch(Strict):
+    """One output of the golden probe that disagreed (the first values of each side)."""
+
+    model: Short
+    output: Short
+    expected: list[float | None] = Field(default_factory=list, max_length=MAX_PROBE_VALUES)
+    actual: list[float | None] = Field(default_factory=list, max_length=MAX_PROBE_VALUES)
+    """None where the model gave NaN or infinity (JSON carries neither)."""
+    detail: Text = ""
+
+
+class LatencySamples(Strict):
+    """One model's latency check: every sample it took, and the p95 budget."""
+
+    model: Short
+    samples_ms: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=list, max_length=MAX_LATENCY_SAMPLES
+    )
+    budget_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
+class UpdateEvidence(Strict):
+    """Why an update attempt ended as it did, kept on the device and uploaded."""
+
+    failed_checks: list[FailedCheck] = Field(default_factory=list, max_length=32)
+    probe: list[ProbeMismatch] = Field(default_factory=list, max_length=16)
+    latency: list[LatencySamples] = Field(default_factory=list, max_length=16)
+    log: list[LogLine] = Field(default_factory=list, max_length=MAX_LOG_LINES)
+    """The agent's log lines of the attempt, oldest first."""
+
+    @model_validator(mode="after")
+    def _bounded(self) -> UpdateEvidence:
+        size = len(self.model_dump_json())
+        if size > MAX_EVIDENCE_BYTES:
+            raise ValueError(
+                f"the evidence is {size} bytes as JSON; at most {MAX_EVIDENCE_BYTES} are kept"
+            )
+        return self
+
+
+class UpdateReport(Strict):
+    """One update attempt, uploaded with ``POST /devices/{id}/updates``. The controller
+    keeps one record per (device, revision, started_at): a re-upload stores nothing new."""
+
+    outcome: UpdateOutcome
+    evidence: UpdateEvidence = Field(default_factory=UpdateEvidence)
+
+
+class UpdateAck(BaseModel):
+    id: int
+    """The controller's record of the report (``edgefleet updates show ID``)."""
+    created: bool
+    """False when the controller already had this report (a re-upload)."""
 
 
 class StatusAck(BaseModel):

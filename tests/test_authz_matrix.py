@@ -189,6 +189,19 @@ def _assertion_body(w: World) -> dict[str, Any]:
     return {"client_assertion": w.api.assertion(w.device)}
 
 
+def _update_body(w: World) -> dict[str, Any]:
+    """The same attempt every time: the controller keeps one record of it."""
+    times = {"started_at": "2030-01-01T00:00:00Z", "finished_at": "2030-01-01T00:00:09Z"}
+    return {"outcome": {"revision": 2, "outcome": "rolled_back", "slot": "B", **times}}
+
+
+def _update_id(w: World) -> dict[str, str]:
+    ack = w.api.ok(
+        "POST", f"/devices/{w.device.id}/updates", w.device.access_token, json=_update_body(w)
+    )
+    return {"update_id": str(ack["id"])}
+
+
 ROWS: list[Row] = [
     # Public: probes, metrics, the chain devices check against their pins, API docs.
     Row("GET", "/healthz", EVERYONE),
@@ -219,6 +232,7 @@ ROWS: list[Row] = [
         body=lambda w: {"health": {"ok": True}},
     ),
     Row("GET", "/api/v1/devices/{device_id}/registry-token", ONLY_SELF),
+    Row("POST", "/api/v1/devices/{device_id}/updates", ONLY_SELF, body=_update_body),
     # The registry's token realm: an operator API token (Basic or Bearer); installers
     # get no registry access at all.
     Row("GET", "/api/v1/registry/token", READERS),
@@ -322,6 +336,8 @@ ROWS: list[Row] = [
         observe=World.restores,
     ),
     Row("GET", "/api/v1/audit", ADMINS),
+    Row("GET", "/api/v1/updates", READERS),
+    Row("GET", "/api/v1/updates/{update_id}", READERS, site_scoped=True, fresh=_update_id),
     Row("GET", "/api/v1/controller", READERS),
 ]
 

@@ -74,9 +74,49 @@ def test_every_example_validates_and_applies(path: Path, api: Api) -> None:
             "registry/repo:tag",
         ),
         (
-            {"policies": {"interval_seconds": 30, "health_checks": []}},
-            "/policies/health_checks",
-            "unknown field: nothing acts on it yet",
+            {"policies": {"health_checks": [{"type": "probe"}, {"type": "latency"}]}},
+            "/policies/health_checks/1/p95_ms",
+            "required field is missing",
+        ),
+        (
+            {"policies": {"health_checks": [{"type": "probe", "p95_ms": 5}]}},
+            "/policies/health_checks/0/p95_ms",
+            "unknown field",
+        ),
+        (
+            {"policies": {"health_checks": [{"type": "ping"}]}},
+            "/policies/health_checks/0/type",
+            "'ping' is not one of",
+        ),
+        (
+            {"policies": {"health_checks": [{"url": "http://x/"}]}},
+            "/policies/health_checks/0/type",
+            "required field is missing",
+        ),
+        (
+            {"policies": {"health_checks": [{"type": "http", "url": "ftp://cam/ready"}]}},
+            "/policies/health_checks/0/url",
+            "does not match",
+        ),
+        (
+            {"policies": {"health_checks": [{"type": "exec", "command": "reboot"}]}},
+            "/policies/health_checks/0/command",
+            "is not of type 'array'",
+        ),
+        (
+            {
+                "policies": {
+                    "health_checks": [{"type": "exec", "command": ["x"], "timeout_seconds": 0}]
+                }
+            },
+            "/policies/health_checks/0/timeout_seconds",
+            "less than or equal to the minimum of 0",
+        ),
+        ({"policies": {"max_attempts": 0}}, "/policies/max_attempts", "less than the minimum of 1"),
+        (
+            {"policies": {"health_deadline_seconds": "soon"}},
+            "/policies/health_deadline_seconds",
+            "is not of type 'number'",
         ),
         ({"update_window": "02:00-04:00"}, "/update_window", "unknown field"),
         ({"mode": "docker"}, "/mode", "'docker' is not one of ['k3s', 'direct']"),
@@ -236,3 +276,73 @@ def test_viewer_can_read_but_not_apply_or_assign(api: Api, tmp_path: Path) -> No
     assert cli(api, "profiles", "show", "plain", token=viewer).exit_code == 0
     assert revisions(api) == {"plain": 1}
     assert api.ok("GET", f"/devices/{dev.id}", api.admin)["profile"] is None
+
+
+# -- health checks ------------------------------------------------------------------------
+
+HEALTH = {
+    "health_deadline_seconds": 45,
+    "max_attempts": 2,
+    "health_checks": [
+        {"type": "model_load", "timeout_seconds": 20},
+        {"type": "probe"},
+        {"type": "latency", "p95_ms": 50, "samples": 50},
+        {"type": "http", "url": "http://127.0.0.1:8080/ready", "expect_status": 204},
+    ],
+}
+EXEC = {"type": "exec", "command": ["/usr/bin/selftest", "--quick"], "timeout_seconds": 5}
+
+
+def test_health_policy_reaches_the_desired_state(api: Api) -> None:
+    api.site()
+    api.profile("checked", {"mode": "direct", "policies": {"interval_seconds": 30, **HEALTH}})
+    api.profile("unchecked", {"mode": "direct"})
+    checked = api.device(api.token(profile="checked")["token"])
+    unchecked = api.device(api.token(profile="unchecked")["token"])
+    body = api.ok("GET", f"/devices/{checked.id}/desired", checked.access_token)
+    assert body["interval_seconds"] == 30
+    assert body["health"] == {
+        "deadline_seconds": 45,
+        "max_attempts": 2,
+        "checks": [  # what the profile leaves out, the agent decides (None) or the default
+            {"type": "model_load", "timeout_seconds": 20},
+            {"type": "probe", "timeout_seconds": None},
+            {"type": "latency", "p95_ms": 50, "samples": 50, "timeout_seconds": None},
+            {
+                "type": "http",
+                "url": "http://127.0.0.1:8080/ready",
+                "expect_status": 204,
+                "timeout_seconds": None,
+            },
+        ],
+    }
+    assert (
+        api.ok("GET", f"/devices/{unchecked.id}/desired", unchecked.access_token)["health"] is None
+    )
+
+
+def test_exec_checks_need_an_admin_and_are_audited(api: Api) -> None:
+    spec = {"policies": {"health_checks": [*HEALTH["health_checks"], EXEC]}}
+    operator = api.user("olga", "operator")
+    r = api.call("POST", "/profiles", operator, json={"name": "selftest", "spec": spec})
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert error["code"] == "exec_checks_need_admin"
+    assert "/usr/bin/selftest --quick" in error["message"] and "admin" in error["message"]
+    assert revisions(api) == {}
+    # Without the exec check, the operator may apply the same checks.
+    plain = {"policies": {"health_checks": HEALTH["health_checks"]}}
+    api.ok("POST", "/profiles", operator, json={"name": "selftest", "spec": plain})
+
+    assert api.ok("POST", "/profiles", api.admin, json={"name": "selftest", "spec": spec})[
+        "created_revision"
+    ]
+    again = api.ok("POST", "/profiles", api.admin, json={"name": "selftest", "spec": spec})
+    assert again["created_revision"] is False
+    audited = [
+        a for a in api.ok("GET", "/audit", api.admin) if a["action"] == "profile.exec_checks"
+    ]
+    assert len(audited) == 1
+    assert audited[0]["target"] == "selftest" and audited[0]["actor"] == "admin"
+    assert audited[0]["detail"] == {"revision": 2, "commands": [EXEC["command"]]}
+    assert revisions(api) == {"selftest": 2}

@@ -44,6 +44,11 @@ def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
         "rekey_pending": device.pending_key_pin is not None,
         "inventory": device.inventory,
         "status": device.status,
+        # The A/B slots and the last update as the device last reported them (issue 7);
+        # the evidence of that update is in GET /updates?device=ID.
+        "slots": device.status.get("slots", []),
+        "active_slot": device.status.get("active_slot"),
+        "last_update": device.status.get("last_update"),
     }
 
 

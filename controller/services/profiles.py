@@ -18,9 +18,9 @@ from sqlmodel import Session
 from edgefleet import profilespec
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Profile, ProfileRevision, aware
-from edgefleet.controller.roles import Operator
+from edgefleet.controller.roles import Operator, Role
 from edgefleet.controller.services import audit
-from edgefleet.errors import ApiError, NotFound
+from edgefleet.errors import ApiError, Forbidden, NotFound
 
 
 class InvalidProfile(ApiError):
@@ -48,6 +48,13 @@ def apply_profile(
     (422 ``invalid_profile``) and nothing is stored.
     """
     check(name, spec)
+    commands = exec_commands(spec)
+    if commands and who.role != Role.admin:
+        raise Forbidden(
+            f"profile {name!r} has exec health checks ({_argvs(commands)}); they run commands "
+            "on every device that follows it, so only an admin may apply them",
+            code="exec_checks_need_admin",
+        )
     spec = {k: v for k, v in spec.items() if k != "name"}
     if pin is not None:
         spec = pin(spec)
@@ -72,7 +79,26 @@ def apply_profile(
             )
         )
         audit.record(s, who, "profile.apply", name, revision=profile.latest_revision)
+        if commands:
+            audit.record(
+                s,
+                who,
+                "profile.exec_checks",
+                name,
+                revision=profile.latest_revision,
+                commands=commands,
+            )
         return _public(profile), True
+
+
+def exec_commands(spec: dict[str, Any]) -> list[list[str]]:
+    """The argv of every exec health check in a (valid) profile document."""
+    checks = spec.get("policies", {}).get("health_checks", [])
+    return [c["command"] for c in checks if c["type"] == "exec"]
+
+
+def _argvs(commands: list[list[str]]) -> str:
+    return "; ".join(" ".join(argv) for argv in commands)
 
 
 def check(name: str, spec: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from edgefleet.cli import (
+    agent_status,
     controller,
     devices,
     gitops,
@@ -18,6 +19,7 @@ from edgefleet.cli import (
     registry,
     sites,
     tokens,
+    updates,
     users,
 )
 from edgefleet.cli.common import Globals
@@ -59,6 +61,7 @@ app.add_typer(localfleet.app, name="dev")
 app.add_typer(image.app, name="image")
 app.add_typer(gitops.app, name="gitops")
 app.add_typer(models.app, name="models")
+app.add_typer(updates.app, name="updates")
 app.command("login")(login.login)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)
@@ -68,5 +71,7 @@ agent = typer.Typer(help="The device agent.", no_args_is_help=True)
 def agent_run() -> None:
     """Run the device agent (handled before this app loads; see `edgefleet agent run --help`)."""
 
+
+agent.command("status")(agent_status.status)
 
 app.add_typer(agent, name="agent")

@@ -7,6 +7,7 @@ import typer
 from edgefleet.cli.common import controller, handled
 from edgefleet.cli.gitops import gitops_note
 from edgefleet.cli.output import Format, OutputOpt, show
+from edgefleet.cli.updates import render_slots
 
 app = typer.Typer(help="Devices in the fleet.", no_args_is_help=True)
 COLUMNS = ["id", "state", "site", "profile", "serial", "applied_revision", "last_seen_at"]
@@ -29,7 +30,10 @@ def list_(
 @app.command("show")
 @handled
 def show_(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
-    show(controller(ctx).get(f"/devices/{device_id}"), output, [*COLUMNS, "inventory"])
+    device = controller(ctx).get(f"/devices/{device_id}")
+    show(device, output, [*COLUMNS, "inventory"])
+    if output == Format.table:
+        render_slots(device)
 
 
 def _action(verb: str, doc: str) -> None:

@@ -86,3 +86,38 @@ def test_agent_model_pull_imports_only_the_standard_library_side():
     assert heavy == []
     assert _offenders(modules) == []
     assert "edgefleet.models.pack" not in modules
+
+
+def test_the_slot_update_engine_and_health_checks_import_no_onnxruntime_or_numpy():
+    """The A/B update and its health checks run in the daemon (the probe is compared
+    with the standard library, not ``Probe.compare``)."""
+    modules = _modules_after(
+        "import sys, edgefleet.agent.update.applier, edgefleet.agent.update.machine\n"
+        "import edgefleet.agent.health.suite\n"
+        "print(*sorted(k for k, v in sys.modules.items() if v is not None))"
+    )
+    assert "edgefleet.agent.health.checks" in modules and "edgefleet.agent.update.states" in modules
+    heavy = [m for m in modules if any(m == f or m.startswith(f + ".") for f in RUNNER_ONLY)]
+    assert heavy == []
+    assert _offenders(modules) == []
+
+
+def test_agent_slots_import_only_the_standard_library_and_edgefleet():
+    """Every module of ``edgefleet.agent.slots`` loads in the daemon on each start: nothing
+    from outside the standard library and Edgefleet's own modules."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "before = set(sys.modules)\n"
+        "import edgefleet.agent.slots as slots\n"
+        "for info in pkgutil.iter_modules(slots.__path__):\n"
+        "    importlib.import_module(f'edgefleet.agent.slots.{info.name}')\n"
+        "print(*sorted(k for k, v in sys.modules.items() if v is not None and k not in before))"
+    )
+    modules = _modules_after(code)
+    assert "edgefleet.agent.slots.bootenv" in modules and "edgefleet.agent.slots.image" in modules
+    foreign = [
+        m
+        for m in modules
+        if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "edgefleet"
+    ]
+    assert foreign == []

@@ -1,0 +1,151 @@
+"""``SlotApplier``: the ``Applier`` of direct mode on A/B slots, with health-check rollback.
+
+A drop-in for ``serving.DirectApplier`` (same constructor, with more defaults): each
+revision's models are pulled by digest (site mirrors first), written to the inactive
+slot, read back, tried on candidate sockets beside the running set, checked against the
+profile's health policy and committed or rolled back. Constructing it serves the
+active slot and finishes an update the agent died in, so a restarted agent serves
+before it has spoken to the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.agent.slots.backend import SlotBackend
+from edgefleet.agent.slots.folder import FolderSlots
+from edgefleet.agent.slots.record import Record
+from edgefleet.agent.update.attempt import Outcome, Request
+from edgefleet.agent.update.engine import UpdateEngine
+from edgefleet.agent.update.modelset import StagedModel
+from edgefleet.agent.update.switch import ModelServing
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.wire import DesiredState, ModelRef
+
+if TYPE_CHECKING:  # loaded on the first pull: an agent that pulls nothing carries no OCI client
+    from edgefleet.agent.oci.pull import Puller
+
+log = logging.getLogger("edgefleet.agent")
+
+
+class UpdateFailed(EdgefleetError):
+    """The revision was rolled back or failed; the running set keeps serving."""
+
+    default_code = "update_failed"
+
+
+class SlotApplier:
+    def __init__(
+        self,
+        state_dir: Path,
+        socket_dir: Path,
+        token: Callable[[str], str],
+        mirrors: list[str] | None = None,
+        threads: int = 1,
+        *,
+        slots: SlotBackend | None = None,
+        retry_base: float = 10.0,
+        retry_cap: float = 900.0,
+    ) -> None:
+        """``token(scope)`` gets a registry pull token (from the controller); ``slots``
+        defaults to folders under ``<state_dir>/slots-data``."""
+        self._models = state_dir / "models"
+        self._token = token
+        self._mirrors = mirrors or []
+        self._puller: Puller | None = None
+        serving = ModelServing(
+            socket_dir, state_dir / "results", state_dir / "update" / "results", threads
+        )
+        self.engine = UpdateEngine(
+            state_dir,
+            slots or FolderSlots(state_dir / "slots-data"),
+            serving,
+            self._stage,
+            retry_base=retry_base,
+            retry_cap=retry_cap,
+        )
+        self.engine.recover()
+
+    def apply(self, desired: DesiredState) -> int:
+        """Returns once the revision serves on the main sockets (or already did); raises
+        UpdateFailed (rolled back, or failed before trying), UpdateRefused (failed here
+        before) or UpdateDeferred (retried later), the running set still serving."""
+        record = self.engine.record()
+        if not desired.models:
+            if record.active is None:
+                return desired.revision
+            raise ConfigError(
+                f"revision {desired.revision} names no models, and a slot never holds an "
+                f"empty set; the device keeps serving revision "
+                f"{record.slots[record.active].revision}"
+            )
+        request = Request(
+            desired.revision,
+            [m.model_dump(mode="json") for m in desired.models],
+            _policies(desired),
+        )
+        outcome = self.engine.update(request)
+        if outcome is not None and outcome.outcome != "committed":
+            raise UpdateFailed(
+                f"revision {desired.revision} {outcome.outcome.replace('_', ' ')} in slot "
+                f"{outcome.slot}: {outcome.reason} (evidence: {outcome.evidence})",
+                code=f"update_{outcome.outcome}",
+            )
+        return desired.revision
+
+    def retry(self, revision: int) -> None:
+        """An operator's retry of a revision a slot failed."""
+        self.engine.retry(revision)
+
+    def last_outcome(self) -> Outcome | None:
+        return self.engine.last_outcome()
+
+    def slots(self) -> Record:
+        """The boot-control record: both slots' state, revision and reason, the active one."""
+        return self.engine.record()
+
+    def close(self) -> None:
+        self.engine.close()
+        if self._puller is not None:
+            self._puller.close()
+
+    def _stage(self, request: Request) -> list[StagedModel]:
+        puller = self._puller_once()
+        staged = []
+        for doc in request.models:
+            ref = ModelRef.model_validate(doc)
+            pulled = puller.pull(ref.reference, ref.origin or None)
+            staged.append(
+                StagedModel(
+                    name=ref.name,
+                    path=pulled.path,
+                    digest=pulled.model_digest,
+                    version=pulled.version or "",
+                    reference=pulled.reference,
+                    probe=pulled.probe.to_bytes() if pulled.probe is not None else None,
+                )
+            )
+        return staged
+
+    def _puller_once(self) -> Puller:
+        if self._puller is None:
+            from edgefleet.agent.oci.pull import Puller
+            from edgefleet.agent.oci.store import BlobStore
+
+            self._puller = Puller(BlobStore(self._models), mirrors=self._mirrors, token=self._token)
+        return self._puller
+
+
+def _policies(desired: DesiredState) -> dict[str, Any]:
+    """The profile's health policy in the shape ``health.policy`` reads (``policies``)."""
+    if desired.health is None:
+        return {}
+    health = desired.health.model_dump(mode="json")
+    return {
+        "health_checks": health["checks"],
+        "health_deadline_seconds": health["deadline_seconds"],
+        "max_attempts": health["max_attempts"],
+    }

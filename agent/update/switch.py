@@ -1,0 +1,116 @@
+"""Which runners serve: the active set on the main sockets, a candidate beside it.
+
+The main socket of a model is ``<socket dir>/<name>.sock``, the one applications
+call. A candidate set is served on ``<name>.next.sock`` by new runners while the
+main ones keep serving, so the health checks never take the device's model away; a
+commit restarts the main runners on the new slot's files, a rollback only stops the
+candidates.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from edgefleet.agent.runner.supervisor import Runner, RunnerConfig
+from edgefleet.agent.update.modelset import load_set
+from edgefleet.errors import ConfigError
+
+log = logging.getLogger("edgefleet.agent")
+
+MAX_SOCKET_PATH = 107
+"""Linux's limit on a Unix socket's path (``sun_path`` less its terminator)."""
+CANDIDATE_SUFFIX = ".next.sock"
+
+
+class ModelServing:
+    def __init__(
+        self,
+        socket_dir: Path,
+        results: Path,
+        candidate_results: Path,
+        threads: int = 1,
+        start_timeout: float = 30.0,
+    ) -> None:
+        """``candidate_results`` keeps the health checks' predictions out of the
+        device's own results."""
+        self.socket_dir = socket_dir
+        self.results = results
+        self.candidate_results = candidate_results
+        self.threads = threads
+        self.start_timeout = start_timeout
+        self.main: dict[str, Runner] = {}
+        self.candidates: dict[str, Runner] = {}
+
+    def serve(self, folder: Path | None) -> float:
+        """Make the main sockets serve the set in ``folder`` (None: serve nothing).
+
+        Runners already serving the same file are kept; a changed model's old runner is
+        stopped, then the new one started on the same socket. Returns the longest gap a
+        caller of a main socket saw, in seconds. Raises RunnerStartError."""
+        wanted = self._configs(folder, ".sock", self.results) if folder is not None else {}
+        for name in sorted(set(self.main) - set(wanted)):
+            log.info("model %s is not in the active set; stopping its runner", name)
+            self.main.pop(name).stop()
+        gap = 0.0
+        for name, config in sorted(wanted.items()):
+            running = self.main.get(name)
+            if running is not None and running.config == config:
+                continue
+            started = time.monotonic()
+            if running is not None:
+                running.stop()
+                del self.main[name]
+            runner = Runner(config)
+            runner.start()
+            self.main[name] = runner
+            gap = max(gap, time.monotonic() - started)
+        return gap
+
+    def start_candidates(self, folder: Path) -> dict[str, Runner]:
+        """Runners for the set in ``folder`` on the candidate sockets; RunnerStartError
+        (with the child's last words) if one does not come up."""
+        self.stop_candidates()
+        for name, config in sorted(
+            self._configs(folder, CANDIDATE_SUFFIX, self.candidate_results).items()
+        ):
+            runner = Runner(config)
+            self.candidates[name] = runner
+            runner.start()
+        return dict(self.candidates)
+
+    def stop_candidates(self) -> None:
+        for runner in self.candidates.values():
+            runner.stop()
+        self.candidates.clear()
+        shutil.rmtree(self.candidate_results, ignore_errors=True)
+
+    def close(self) -> None:
+        self.stop_candidates()
+        for runner in self.main.values():
+            runner.stop()
+        self.main.clear()
+
+    def _configs(self, folder: Path, suffix: str, results: Path) -> dict[str, RunnerConfig]:
+        self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        configs = {}
+        for model in load_set(folder).models:
+            socket = self.socket_dir / f"{model.name}{suffix}"
+            if len(str(socket)) > MAX_SOCKET_PATH:
+                raise ConfigError(
+                    f"socket path {socket} is longer than {MAX_SOCKET_PATH} bytes; set a "
+                    "shorter --socket-dir (EDGEFLEET_AGENT_SOCKET_DIR)"
+                )
+            configs[model.name] = RunnerConfig(
+                model=folder / model.file,
+                socket=socket,
+                results=results,
+                name=model.name,
+                version=model.version,
+                digest=model.digest,
+                threads=self.threads,
+                start_timeout=self.start_timeout,
+            )
+        return configs
