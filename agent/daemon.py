@@ -9,27 +9,29 @@ rejected the enrolment, or decommissioned the device.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgefleet.agent import identity, trust
-from edgefleet.agent.apply import Applier
 from edgefleet.agent.backoff import Backoff, jittered
 from edgefleet.agent.client import ControllerClient
 from edgefleet.agent.clock import Clock
 from edgefleet.agent.files import ensure_dir, write_json
 from edgefleet.agent.inventory import collect
 from edgefleet.agent.qrpayload import learn_controller_id
-from edgefleet.agent.serving import DirectApplier
+from edgefleet.agent.reports import Outbox, report_of
 from edgefleet.agent.settings import Settings
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
+from edgefleet.agent.update.applier import SlotApplier
 from edgefleet.errors import (
     ApiError,
     ConfigError,
@@ -48,8 +50,10 @@ from edgefleet.wire import (
     Health,
     Registration,
     RenewRequest,
+    SlotStatus,
     StatusAck,
     StatusReport,
+    UpdateOutcome,
 )
 
 log = logging.getLogger("edgefleet.agent")
@@ -87,7 +91,7 @@ class Agent:
         settings: Settings,
         registration: Registration,
         stop: threading.Event | None = None,
-        applier: Applier | None = None,
+        applier: SlotApplier | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if not registration.token:
@@ -100,7 +104,7 @@ class Agent:
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
         self.state_dir = ensure_dir(settings.state_dir)
-        self.applier = applier or DirectApplier(
+        self.applier = applier or SlotApplier(
             self.state_dir,
             settings.sockets,
             self._registry_token,
@@ -126,6 +130,7 @@ class Agent:
         self._desired_checked = False
         self._inventory_reported = False
         self._apply_error: str | None = None
+        self.outbox = Outbox(self.state_dir)
 
     # -- the loop ---------------------------------------------------------------
 
@@ -407,6 +412,7 @@ class Agent:
             log.info("controller has a new desired state (etag %s)", ack.desired_etag)
             if self._sync_desired():
                 self._report()
+        self._send_reports()
 
     def _sync_desired(self) -> bool:
         """Fetch the desired state unless unchanged (304); apply it if new. True if applied."""
@@ -440,6 +446,8 @@ class Agent:
             log.warning("applying desired revision %s failed: %s", desired.revision, exc.message)
             self.store.update(last_error=self._apply_error)
             return
+        finally:
+            self._queue_report()
         self._apply_error = None
         self.interval = float(desired.interval_seconds)
         self.store.update(
@@ -448,6 +456,55 @@ class Agent:
             interval_seconds=desired.interval_seconds,
         )
         log.info("applied desired state revision=%s profile=%s", revision, desired.profile)
+
+    def _queue_report(self) -> None:
+        """Put the last update attempt's report in the outbox, once per attempt."""
+        outcome = self.applier.last_outcome()
+        if outcome is None:
+            return
+        key = f"{outcome.revision}@{outcome.started_at}"
+        if key == self.store.current.reported_update:
+            return
+        try:
+            bundle = json.loads(Path(outcome.evidence).read_text())
+            self.outbox.put(report_of(bundle))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot report update attempt %s: %s", key, exc)
+        self.store.update(reported_update=key)
+
+    def _send_reports(self) -> None:
+        """Upload waiting update reports; an unreachable controller leaves them for later."""
+        if not self.outbox.pending():
+            return
+        assert self.client is not None and self.enrolment is not None
+        device_id = self.enrolment.device_id
+        sent = self.outbox.flush(
+            lambda r: self._authorized(lambda t: self.client.report_update(device_id, t, r))
+        )
+        log.info("uploaded %d update report(s)", sent)
+
+    def _slots(self) -> dict[str, Any]:
+        record = self.applier.slots()
+        outcome = self.applier.last_outcome()
+        return {
+            "slots": [
+                SlotStatus(
+                    name=name, state=info.state, revision=info.revision, reason=info.reason[:2048]
+                )
+                for name, info in sorted(record.slots.items())
+            ],
+            "active_slot": record.active,
+            "last_update": None
+            if outcome is None
+            else UpdateOutcome(
+                revision=outcome.revision,
+                outcome=outcome.outcome,
+                slot=outcome.slot or None,
+                reason=outcome.reason[:2048],
+                started_at=outcome.started_at,
+                finished_at=outcome.finished_at,
+            ),
+        }
 
     def _health(self) -> Health:
         if self._apply_error is None:
@@ -463,6 +520,7 @@ class Agent:
             applied_revision=self.store.current.applied_revision,
             inventory=None if self._inventory_reported else self.inventory,
             health=self._health(),
+            **self._slots(),
         )
         ack = self._authorized(lambda t: self.client.status(device_id, t, report))
         self._inventory_reported = True

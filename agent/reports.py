@@ -37,6 +37,7 @@ from edgefleet.wire import (
     MAX_PROBE_VALUES,
     MAX_TEXT_CHARS,
     UpdateEvidence,
+    UpdateOutcome,
     UpdateReport,
 )
 
@@ -181,3 +182,47 @@ def _tail(text: str, limit: int) -> str:
 def _size(doc: dict[str, Any]) -> int:
     """A little over pydantic's compact JSON (which writes non-ASCII as UTF-8)."""
     return len(json.dumps(doc, separators=(",", ":"), default=str))
+
+
+def report_of(bundle: Mapping[str, Any]) -> UpdateReport:
+    """The controller's view of an attempt's evidence bundle (``agent/update/evidence``):
+    the outcome, the failed checks with their output, the probe's expected and actual
+    values, the latency samples and the attempt's log lines, cut to the wire's caps."""
+    failed, probe, latency = [], [], []
+    for check in bundle.get("checks", []):
+        found = check.get("evidence") or {}
+        if check["name"] == "probe":
+            probe += [
+                {"model": model, "output": output, **shown, "detail": check["detail"]}
+                for model, outputs in found.items()
+                if isinstance(outputs, dict)
+                for output, shown in outputs.items()
+                if isinstance(shown, dict) and "expected" in shown
+            ]
+        elif check["name"] == "latency":
+            latency += [
+                {"model": model, **stats}
+                for model, stats in found.items()
+                if isinstance(stats, dict)
+            ]
+        if not check["ok"]:
+            output = "\n".join(str(found.get(k, "")) for k in ("stdout", "stderr") if found.get(k))
+            failed.append(
+                {
+                    "name": check["name"],
+                    "detail": check["detail"],
+                    "output": output or json.dumps(found, default=str),
+                }
+            )
+    evidence = fit_evidence(
+        {"failed_checks": failed, "probe": probe, "latency": latency, "log": bundle.get("log", [])}
+    )
+    outcome = UpdateOutcome(
+        revision=bundle["revision"],
+        outcome=bundle["outcome"],
+        slot=bundle.get("slot") or None,
+        reason=str(bundle.get("reason", ""))[:MAX_TEXT_CHARS],
+        started_at=bundle["started_at"],
+        finished_at=bundle["finished_at"],
+    )
+    return UpdateReport(outcome=outcome, evidence=evidence)

@@ -39,6 +39,8 @@ class AgentState:
     desired_etag: str | None = None
     interval_seconds: int | None = None
     last_error: str | None = None
+    reported_update: str | None = None
+    """``<revision>@<started_at>`` of the last update attempt put in the outbox."""
 
 
 class StateStore:

@@ -151,6 +151,38 @@ def test_push_apply_and_agents_serve_the_model(
         results = (tmp_path / "agent-0" / "results" / "results.jsonl").read_text().splitlines()
         assert len(results) >= 2 and json.loads(results[-1])["outputs"]
         assert health["calls"] >= 1
+
+        # A version too slow for the profile's budget: tried beside v2, rolled back with
+        # its evidence, and v2 serves throughout.
+        v3 = affine(tmp_path / "v3.onnx", seed=3)
+        _push(ctl, registry, v3, "3.0")
+        doc = yaml.safe_load(profile.read_text())
+        doc["models"][0]["reference"] = f"{registry.host}/detector:3.0"
+        doc["policies"] = {"health_checks": [{"type": "latency", "p95_ms": 0.001, "samples": 5}]}
+        profile.write_text(yaml.safe_dump(doc))
+        assert ctl.cli("profiles", "apply", str(profile)).returncode == 0
+        with ctl.client() as c:
+
+            def rolled_back() -> list:
+                found = c.get("/updates", params={"outcome": "rolled_back"}).json()
+                return found if len(found) == len(agents) else []
+
+            reports = wait_for(rolled_back, 60, "both agents to report the rollback")
+            detail = c.get(f"/updates/{reports[0]['id']}").json()
+            device = c.get(f"/devices/{reports[0]['device']}").json()
+        assert detail["revision"] == 3 and detail["outcome"] == "rolled_back"
+        assert detail["evidence"]["failed_checks"][0]["name"] == "latency"
+        assert detail["evidence"]["latency"][0]["samples_ms"]
+        assert device["applied_revision"] == 2 and device["last_update"]["outcome"] == "rolled_back"
+        states = {s["name"]: s for s in device["slots"]}
+        assert states[device["active_slot"]]["revision"] == 2
+        for sockets in socket_dirs:
+            client = RunnerClient(sockets / "detector.sock", timeout=10)
+            answer = client.predict({"x": x.tolist()})
+            client.close()
+            assert np.allclose(np.array(answer["outputs"]["y"]), expected(v2, x), atol=1e-5)
+        shown = ctl.cli("updates", "show", str(reports[0]["id"]))
+        assert shown.returncode == 0 and "latency" in shown.stdout
     finally:
         for sockets in socket_dirs:
             shutil.rmtree(sockets, ignore_errors=True)
