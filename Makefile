@@ -53,6 +53,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/gitops_controller.py
 	$(BIN)/python bench/pull.py
 	$(BIN)/python bench/runner.py
+	$(BIN)/python bench/update.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
