@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -31,7 +31,6 @@ from edgefleet.agent.qrpayload import learn_controller_id
 from edgefleet.agent.reports import Outbox, report_of
 from edgefleet.agent.settings import Settings
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
-from edgefleet.agent.update.applier import SlotApplier
 from edgefleet.errors import (
     ApiError,
     ConfigError,
@@ -55,6 +54,9 @@ from edgefleet.wire import (
     StatusReport,
     UpdateOutcome,
 )
+
+if TYPE_CHECKING:
+    from edgefleet.agent.update.applier import SlotApplier
 
 log = logging.getLogger("edgefleet.agent")
 T = TypeVar("T")
@@ -104,13 +106,12 @@ class Agent:
         self.stop = stop or threading.Event()
         self.rng = rng or random.Random()
         self.state_dir = ensure_dir(settings.state_dir)
-        self.applier = applier or SlotApplier(
-            self.state_dir,
-            settings.sockets,
-            self._registry_token,
-            list(settings.registry_mirrors),
-            settings.model_threads,
-        )
+        self._applier = applier
+        if applier is None and any(
+            (self.state_dir / name).exists() for name in ("slots", "update")
+        ):
+            # a slot to serve, or an update to finish, before anything else
+            self._applier = self._load_applier()
         self.store = StateStore(self.state_dir)
         self.clock = Clock()
         self.backoff = Backoff(settings.backoff_base, settings.backoff_cap, rng=self.rng)
@@ -159,7 +160,8 @@ class Agent:
             log.info("stopping")
             return 0
         finally:
-            self.applier.close()
+            if self._applier is not None:
+                self._applier.close()
             if self.client is not None:
                 self.client.close()
 
@@ -426,6 +428,25 @@ class Agent:
         self._apply(desired, new_etag)
         return True
 
+    @property
+    def applier(self) -> SlotApplier:
+        """The A/B slot engine, loaded with the first model (or at start when a slot
+        holds one): an agent that serves none keeps its idle memory budget."""
+        if self._applier is None:
+            self._applier = self._load_applier()
+        return self._applier
+
+    def _load_applier(self) -> SlotApplier:
+        from edgefleet.agent.update.applier import SlotApplier
+
+        return SlotApplier(
+            self.state_dir,
+            self.settings.sockets,
+            self._registry_token,
+            list(self.settings.registry_mirrors),
+            self.settings.model_threads,
+        )
+
     def _registry_token(self, scope: str) -> str:
         """A registry pull token for ``scope``, from the controller (the runner's models)."""
         assert self.client is not None and self.enrolment is not None
@@ -437,8 +458,12 @@ class Agent:
     def _apply(self, desired: DesiredState, etag: str | None) -> None:
         write_json(self.state_dir / DESIRED_FILE, desired.model_dump(mode="json"))
         self._learn_trust(desired.trust_bundle)
+        if desired.update_retries > self.store.current.update_retries:
+            self.applier.retry(desired.revision)
+            self.store.update(update_retries=desired.update_retries)
         try:
-            revision = self.applier.apply(desired)
+            serving = desired.models or self._applier is not None
+            revision = self.applier.apply(desired) if serving else desired.revision
         except EdgefleetError as exc:
             # The running revision keeps serving; the next cycle fetches this one again
             # (its ETag was not recorded) and the status report says why it is not applied.
@@ -459,7 +484,7 @@ class Agent:
 
     def _queue_report(self) -> None:
         """Put the last update attempt's report in the outbox, once per attempt."""
-        outcome = self.applier.last_outcome()
+        outcome = self._applier.last_outcome() if self._applier is not None else None
         if outcome is None:
             return
         key = f"{outcome.revision}@{outcome.started_at}"
@@ -484,8 +509,10 @@ class Agent:
         log.info("uploaded %d update report(s)", sent)
 
     def _slots(self) -> dict[str, Any]:
-        record = self.applier.slots()
-        outcome = self.applier.last_outcome()
+        if self._applier is None:
+            return {}
+        record = self._applier.slots()
+        outcome = self._applier.last_outcome()
         return {
             "slots": [
                 SlotStatus(

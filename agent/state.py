@@ -39,6 +39,8 @@ class AgentState:
     desired_etag: str | None = None
     interval_seconds: int | None = None
     last_error: str | None = None
+    update_retries: int = 0
+    """The operator retries (desired state's ``update_retries``) already acted on."""
     reported_update: str | None = None
     """``<revision>@<started_at>`` of the last update attempt put in the outbox."""
 

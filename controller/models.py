@@ -103,6 +103,9 @@ class Device(SQLModel, table=True):
     status: dict[str, Any] = _json(dict)
     status_digest: str | None = Field(default=None, max_length=64)
     applied_revision: int | None = None
+    update_retries: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Operator retries of a revision the device rolled back: it tries that revision again
+    when it sees the number grow in its desired state."""
     created_at: datetime = _ts(nullable=False)
     enrolled_at: datetime | None = _ts(nullable=True)
     state_changed_at: datetime = _ts(nullable=False)

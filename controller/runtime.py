@@ -139,6 +139,7 @@ class Runtime:
             device = s.get(Device, device_id)
             assert device is not None, "desired state asked for an unknown device"
             profile_name, number, spec = None, 0, {}
+            retries = device.update_retries
             if device.profile_id is not None:
                 profile = s.get(Profile, device.profile_id)
                 assert profile is not None
@@ -173,6 +174,7 @@ class Runtime:
             ),
             trust_bundle=self.authority.trust_bundle,
             health=HealthPolicy.from_policies(policies),
+            update_retries=retries,
         )
         body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

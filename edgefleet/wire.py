@@ -218,6 +218,9 @@ class DesiredState(BaseModel):
     trust_bundle: list[str] = Field(default_factory=list)
     health: HealthPolicy | None = None
     """None when the profile sets no health policy: the agent uses its defaults."""
+    update_retries: int = 0
+    """Grows with each operator retry (``edgefleet devices retry-update``): the device
+    then tries ``revision`` again even where a slot failed it."""
 
 
 SlotName = Literal["A", "B"]

@@ -274,6 +274,16 @@ ROWS: list[Row] = [
     ),
     Row(
         "POST",
+        "/api/v1/devices/{device_id}/retry-update",
+        WRITERS,
+        site_scoped=True,
+        fresh=World.enrolled_device,
+        observe=lambda w, p: w.api.ok("GET", f"/devices/{p['device_id']}", w.api.admin)[
+            "update_retries"
+        ],
+    ),
+    Row(
+        "POST",
         "/api/v1/tokens",
         WRITERS,
         ok=201,

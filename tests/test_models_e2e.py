@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,6 +184,19 @@ def test_push_apply_and_agents_serve_the_model(
             assert np.allclose(np.array(answer["outputs"]["y"]), expected(v2, x), atol=1e-5)
         shown = ctl.cli("updates", "show", str(reports[0]["id"]))
         assert shown.returncode == 0 and "latency" in shown.stdout
+
+        # Not tried again on its own; an operator's retry makes the device try it once more.
+        time.sleep(3)
+        with ctl.client() as c:
+            assert len(c.get("/updates", params={"device": reports[0]["device"]}).json()) == 3
+        retried = ctl.cli("devices", "retry-update", reports[0]["device"])
+        assert retried.returncode == 0, retried.stdout + retried.stderr
+        with ctl.client() as c:
+            wait_for(
+                lambda: len(c.get("/updates", params={"device": reports[0]["device"]}).json()) == 4,
+                60,
+                "the retried attempt's report",
+            )
     finally:
         for sockets in socket_dirs:
             shutil.rmtree(sockets, ignore_errors=True)

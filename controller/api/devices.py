@@ -67,3 +67,9 @@ def decommission(device_id: str, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
 def assign(device_id: str, req: Assign, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     """Give the device a profile: its latest revision, or the one given (pinned)."""
     return devices.assign(rt, who, device_id, req.profile, req.revision)
+
+
+@router.post("/{device_id}/retry-update")
+def retry_update(device_id: str, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    """Try the desired revision again on the device, even where a slot rolled it back."""
+    return devices.retry_update(rt, who, device_id)

@@ -34,6 +34,7 @@ def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
         "serial": device.serial,
         "hardware_id": device.hardware_id,
         "applied_revision": device.applied_revision,
+        "update_retries": device.update_retries,
         "last_seen_at": seen.isoformat() if seen else None,
         "enrolled_at": aware(device.enrolled_at).isoformat() if device.enrolled_at else None,
         "certificate_not_after": (
@@ -230,3 +231,20 @@ def _label(profile: str | None, revision: int | None) -> str:
     if profile is None:
         return "no profile"
     return f"profile {profile}" + (f" revision {revision}" if revision else " (latest)")
+
+
+def retry_update(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
+    """Let the device try its desired revision again where a slot failed it (a fix outside
+    the model, such as a camera reconnected, may make it pass now)."""
+    with session_scope(rt.engine) as s:
+        device = _load(s, who, device_id, lock=True)
+        if device.state == DeviceState.decommissioned:
+            raise Conflict(
+                f"device {device_id} was decommissioned; it runs no updates",
+                code="invalid_transition",
+            )
+        device.update_retries += 1
+        audit.record(s, who, "device.update.retry", device.id, retries=device.update_retries)
+        out = _public_of(s, device)
+    rt.changed()
+    return out

@@ -50,6 +50,10 @@ def _action(verb: str, doc: str) -> None:
 _action("approve", "Approve a device waiting for approval: it is enrolled at once.")
 _action("reject", "Reject a waiting device: it can never enrol with that key.")
 _action("decommission", "Decommission a device: its credentials stop working at once.")
+_action(
+    "retry-update",
+    "Let a device try its desired revision again where a slot rolled it back.",
+)
 
 
 @app.command("assign")
