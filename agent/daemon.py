@@ -437,14 +437,17 @@ class Agent:
         return self._applier
 
     def _load_applier(self) -> SlotApplier:
+        from edgefleet.agent.slots.image import ImageSlots
         from edgefleet.agent.update.applier import SlotApplier
 
+        images = dict(self.settings.slot_images)
         return SlotApplier(
             self.state_dir,
             self.settings.sockets,
             self._registry_token,
             list(self.settings.registry_mirrors),
             self.settings.model_threads,
+            slots=ImageSlots(images, self.state_dir / "slots-mnt") if images else None,
         )
 
     def _registry_token(self, scope: str) -> str:

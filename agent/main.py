@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(EDGEFLEET_AGENT_REGISTRY_MIRRORS)",
     )
     p.add_argument(
+        "--slot-images",
+        dest="slot_images",
+        metavar="A=PATH,B=PATH",
+        help="keep the A/B slots on block devices or image files instead of folders "
+        "(EDGEFLEET_AGENT_SLOT_IMAGES)",
+    )
+    p.add_argument(
         "--model-threads",
         dest="model_threads",
         type=int,

@@ -58,6 +58,9 @@ class Settings:
     before the model's own registry; comma-separated in the environment."""
     model_threads: int = 1
     """onnxruntime compute threads per model."""
+    slot_images: tuple[tuple[str, Path], ...] = ()
+    """Slots on block devices or image files, ``A=/dev/mmcblk0p5,B=/dev/mmcblk0p6``; empty
+    keeps the slots in folders under the state directory (the default)."""
 
     @property
     def sockets(self) -> Path:
@@ -81,7 +84,21 @@ _CONVERT: dict[str, Any] = {
         m.strip() for m in (v.split(",") if isinstance(v, str) else v) if m.strip()
     ),
     "model_threads": int,
+    "slot_images": lambda v: _slot_images(v),
 }
+
+
+def _slot_images(value: Any) -> tuple[tuple[str, Path], ...]:
+    """``A=PATH,B=PATH`` (or a mapping in the config file) -> ((A, path), (B, path))."""
+    pairs = (
+        value.items()
+        if isinstance(value, Mapping)
+        else (item.split("=", 1) for item in str(value).split(",") if item.strip())
+    )
+    found = {str(k).strip(): Path(str(v).strip()) for k, v in pairs}
+    if sorted(found) != ["A", "B"]:
+        raise ValueError("name both slots, e.g. A=/dev/mmcblk0p5,B=/dev/mmcblk0p6")
+    return tuple(sorted(found.items()))
 
 
 def _load_config_file(path: Path) -> dict[str, Any]:

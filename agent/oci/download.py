@@ -14,7 +14,9 @@ Only when every source failed is the pull refused, with each source's reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,7 @@ def download_blob(
     with store.exclusive(digest):
         if store.has(digest):
             return store.path(digest)
+        _check_room(store, digest, size)
         reasons = []
         for source in sources:
             try:
@@ -81,6 +84,11 @@ def _from(store: BlobStore, source: Source, digest: str, size: int, retries: int
             if refetched:
                 raise
             refetched = True
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            partial.unlink(missing_ok=True)  # a full disk is no place to resume into
+            raise _no_space(store, digest, size) from exc
         except RegistryUnreachable:
             stalled = 0 if _length(partial) > before else stalled + 1
             if stalled > retries:
@@ -159,6 +167,24 @@ def _starts_at(content_range: str | None, offset: int) -> bool:
         return False
     unit, _, spec = content_range.partition(" ")
     return unit == "bytes" and spec.split("-", 1)[0].strip() == str(offset)
+
+
+def _check_room(store: BlobStore, digest: str, size: int) -> None:
+    """Refuse before writing a byte when the blob cannot fit: staging that fills the disk
+    would starve everything else on the device."""
+    needed = size - _length(store.partial(digest))
+    if needed > shutil.disk_usage(store.ingest).free:
+        raise _no_space(store, digest, size)
+
+
+def _no_space(store: BlobStore, digest: str, size: int) -> OciError:
+    free = shutil.disk_usage(store.ingest).free
+    return OciError(
+        f"staging blob {digest}: {size} bytes do not fit in {store.root} ({free} bytes free); "
+        "nothing was kept: free space on the device (or use a smaller model) and the update "
+        "is tried again",
+        code="no_space",
+    )
 
 
 def _length(path: Path) -> int:

@@ -8,37 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from edgefleet.agent.slots import FolderSlots, SlotCorrupt, SlotWriteError
 from tests.agent.slotsets import make_set
-
-FS_SIZE = 8 << 20
-
-
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MB ext4 file system mounted at a temporary folder."""
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 not found: install Debian's e2fsprogs")
-    image, mountpoint = tmp_path / "fs.img", tmp_path / "mnt"
-    with image.open("wb") as fh:
-        fh.truncate(FS_SIZE)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    mountpoint.mkdir()
-    done = subprocess.run(
-        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot loop-mount a small ext4 (needs root and loop devices): {done.stderr}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_a_slot_write_that_fills_the_disk_fails_cleanly(small_fs: Path, tmp_path: Path) -> None:

@@ -16,8 +16,11 @@ from pathlib import Path
 import pytest
 
 from edgefleet.agent.runner.client import RunnerClient
+from edgefleet.agent.settings import load_settings
+from edgefleet.agent.slots.image import ImageSlots
 from edgefleet.agent.update.applier import SlotApplier, UpdateFailed
 from edgefleet.agent.update.engine import UpdateRefused
+from edgefleet.errors import ConfigError
 from edgefleet.models.artifact import file_annotations
 from edgefleet.models.pack import pack, push_model
 from edgefleet.oci import mediatypes as mt
@@ -146,5 +149,54 @@ def test_slot_applier_reads_the_health_policy_from_the_desired_state(
         with pytest.raises(UpdateFailed, match="latency"):
             applier.apply(fleet.desired(2, fleet.push(2, "2.0"), slow))
         assert _version(sockets) == "1.0"
+    finally:
+        applier.close()
+
+
+def test_slots_on_image_files_commit_and_roll_back_like_folders(
+    fleet: Fleet, tmp_path: Path, sockets: Path
+) -> None:
+    images = {}
+    for slot in ("A", "B"):
+        images[slot] = tmp_path / f"slot-{slot}.img"
+        with images[slot].open("wb") as f:
+            f.truncate(8 << 20)  # the image's size is the slot's capacity
+    settings = load_settings({"slot_images": f"A={images['A']},B={images['B']}"}, env={})
+    assert dict(settings.slot_images) == images
+    slots = ImageSlots(dict(settings.slot_images), tmp_path / "mnt")
+    applier = SlotApplier(tmp_path / "state", sockets, lambda scope: "", slots=slots)
+    try:
+        assert applier.apply(fleet.desired(1, fleet.push(1, "1.0"))) == 1
+        assert applier.apply(fleet.desired(2, fleet.push(2, "2.0"))) == 2
+        with pytest.raises(UpdateFailed, match="probe"):
+            applier.apply(fleet.desired(3, fleet.push_mismatched(3, 4, "3.0")))
+        assert _version(sockets) == "2.0"
+        record = applier.slots()
+        assert record.slots[record.active].revision == 2  # type: ignore[index]
+        assert b"EFSLOT01" in images[record.active].read_bytes()[:4096]  # type: ignore[index]
+    finally:
+        applier.close()
+    with pytest.raises(ConfigError, match="name both slots"):
+        load_settings({"slot_images": "A=/dev/sdb1"}, env={})
+
+
+def test_a_model_too_big_for_the_disk_fails_cleanly_and_the_old_one_serves(
+    fleet: Fleet, small_fs: Path, sockets: Path, tmp_path: Path
+) -> None:
+    state = small_fs / "state"
+    applier = SlotApplier(state, sockets, lambda scope: "")
+    try:
+        assert applier.apply(fleet.desired(1, fleet.push(1, "1.0"))) == 1
+        free = shutil.disk_usage(small_fs).free
+        big = affine(tmp_path / "big.onnx", seed=9, pad_bytes=12 << 20)
+        [pushed] = push_model(fleet.client, big, REPO, "9.0")
+        with pytest.raises(UpdateFailed, match=r"do not fit .* nothing was kept"):
+            applier.apply(fleet.desired(2, pushed.digest))
+        assert _version(sockets) == "1.0"
+        record = applier.slots()
+        assert record.active == "A" and record.slots["A"].state == "good"
+        assert record.slots["B"].state in ("empty", "bad")  # never half a set
+        assert not list((state / "models" / "ingest").glob("*.partial"))
+        assert shutil.disk_usage(small_fs).free >= free - (64 << 10)  # staging cleaned
     finally:
         applier.close()
