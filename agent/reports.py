@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgefleet.agent.files import atomic_write, ensure_dir
+from edgefleet.agent.files import atomic_write, ensure_dir, fsync_dir
 from edgefleet.errors import ApiError
 from edgefleet.wire import (
     MAX_EVIDENCE_BYTES,
@@ -100,21 +100,13 @@ class Outbox:
     def _set_aside(self, path: Path, why: str) -> None:
         refused = ensure_dir(self.folder / REFUSED_DIR)
         os.replace(path, refused / path.name)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         log.warning("update report %s set aside in %s: %s", path.name, refused, why)
 
 
 def _remove(path: Path) -> None:
     path.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def fit_evidence(raw: Mapping[str, Any]) -> UpdateEvidence:

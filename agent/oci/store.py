@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from edgefleet.agent.files import fsync_dir
 from edgefleet.oci import digest as dg
 from edgefleet.oci.reference import check_digest
 
@@ -66,7 +67,7 @@ class BlobStore:
                 os.fsync(f.fileno())
         os.replace(source, target)
         if self.fsync:
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
         return target
 
     def put(self, digest: str, data: bytes) -> Path:
@@ -78,11 +79,3 @@ class BlobStore:
                 tmp.write_bytes(data)
                 self.commit(digest, tmp)
         return self.path(digest)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,7 +18,7 @@ import os
 import shutil
 from pathlib import Path
 
-from edgefleet.agent.files import atomic_write
+from edgefleet.agent.files import atomic_write, fsync_dir
 from edgefleet.agent.slots.backend import SlotCorrupt, SlotWriteError, check_slot
 from edgefleet.agent.slots.manifest import (
     ManifestError,
@@ -26,7 +26,7 @@ from edgefleet.agent.slots.manifest import (
     check_manifest,
     manifest_digest,
 )
-from edgefleet.agent.slots.medium import CHUNK, fsync_dir, medium_sha256
+from edgefleet.agent.slots.medium import CHUNK, medium_sha256
 
 
 class FolderSlots:

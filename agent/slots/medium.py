@@ -21,15 +21,6 @@ CHUNK = 1 << 20
 ALIGN = 4096
 
 
-def fsync_dir(path: Path) -> None:
-    """Make the folder's entries (creations, renames, removals) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_medium(path: Path, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
     """The bytes of ``path`` in ``[offset, offset + length)``, read from the device.
 

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from edgefleet.agent.files import atomic_write
-from edgefleet.agent.slots.medium import fsync_dir
+from edgefleet.agent.files import atomic_write, fsync_dir
 
 SlotState = Literal["empty", "good", "bad", "trying"]
 SLOTS = ("A", "B")
