@@ -54,6 +54,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/pull.py
 	$(BIN)/python bench/runner.py
 	$(BIN)/python bench/update.py
+	$(BIN)/python bench/buffer.py
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

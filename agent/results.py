@@ -1,9 +1,9 @@
 """Where inference results go: the agent's result store.
 
 The runner hands every prediction to a :class:`ResultStore` before it answers
-the caller. The interface is the contract; the implementation here is a stopgap
-that the durable offline buffer (SQLite, local and remote acks) replaces
-without changing a caller.
+the caller. The interface is the contract; :class:`BufferStore` keeps each record
+in the durable offline buffer (:mod:`edgefleet.agent.buffer`) until the
+controller has it.
 
 A record is a JSON-able dict, one per prediction::
 
@@ -16,13 +16,12 @@ A record is a JSON-able dict, one per prediction::
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-RESULTS_FILE = "results.jsonl"
+from edgefleet.agent.buffer import Buffer
+
+RESULTS_DB = "results.db"
 
 
 class ResultStore(Protocol):
@@ -31,28 +30,24 @@ class ResultStore(Protocol):
     def append(self, record: dict[str, Any]) -> None: ...
 
 
-class JsonLinesStore:
-    """One JSON line per record, appended to ``folder/results.jsonl``.
+class BufferStore:
+    """Each record in ``folder/results.db``, on disk (fsynced) before ``append`` returns.
 
-    Durable against a crash of the runner (each record reaches the kernel in
-    one ``write`` before ``append`` returns), not against power loss: there is
-    no fsync per record, which would cost milliseconds on an SD card. The file
-    is opened for each record so that a folder that went away (storage
-    unmounted, removed) fails loudly instead of feeding an unlinked file.
+    The file is checked on every record so that a folder that went away (storage
+    unmounted, removed) fails loudly instead of feeding an unlinked database; a
+    folder that came back gets a new database, with a new buffer epoch.
     """
 
     def __init__(self, folder: Path) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = folder / RESULTS_FILE
-        self._lock = threading.Lock()
+        self.folder = folder
+        self.buffer = Buffer(folder / RESULTS_DB)
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
-        with self._lock:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                written = os.write(fd, line)
-            finally:
-                os.close(fd)
-        if written != len(line):
-            raise OSError(f"short write to {self.path}: {written} of {len(line)} bytes")
+        if not self.buffer.path.exists():
+            if not self.folder.is_dir():
+                raise FileNotFoundError(f"the results folder {self.folder} is gone")
+            self.buffer.close()
+            self.buffer = Buffer(self.folder / RESULTS_DB)
+        digest = record.get("model", {}).get("digest") or ""
+        self.buffer.append({"payload": record, "digest": digest})

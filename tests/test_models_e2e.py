@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import yaml
 
+from edgefleet.agent.buffer import Buffer
+from edgefleet.agent.results import RESULTS_DB
 from edgefleet.agent.runner.client import RunnerClient
 from tests.support.onnxmodels import affine, expected
 from tests.support.processes import EDGEFLEET, AgentProcess, ControllerProcess, wait_for
@@ -149,8 +151,9 @@ def test_push_apply_and_agents_serve_the_model(
             client.close()
             assert np.allclose(np.array(answer["outputs"]["y"]), expected(v2, x), atol=1e-5)
             assert digest2 != digest
-        results = (tmp_path / "agent-0" / "results" / "results.jsonl").read_text().splitlines()
-        assert len(results) >= 2 and json.loads(results[-1])["outputs"]
+        with Buffer(tmp_path / "agent-0" / "results" / RESULTS_DB) as buffer:
+            results = buffer.read_from(0)
+        assert len(results) >= 2 and results[-1].payload["outputs"]  # type: ignore[index]
         assert health["calls"] >= 1
 
         # A version too slow for the profile's budget: tried beside v2, rolled back with

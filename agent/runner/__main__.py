@@ -14,12 +14,13 @@ import logging
 import os
 import signal
 import socketserver
+import sqlite3
 import sys
 import threading
 import time
 from pathlib import Path
 
-from edgefleet.agent.results import JsonLinesStore
+from edgefleet.agent.results import BufferStore
 from edgefleet.agent.runner import model, server
 
 log = logging.getLogger("edgefleet.runner")
@@ -108,12 +109,12 @@ def _release_free_memory() -> None:
         trim(0)
 
 
-def _store(folder: Path) -> JsonLinesStore:
+def _store(folder: Path) -> BufferStore:
     try:
-        return JsonLinesStore(folder)
-    except OSError as exc:
+        return BufferStore(folder)
+    except (OSError, sqlite3.Error) as exc:
         raise server.SetupError(
-            f"cannot use the results folder {folder}: {exc.strerror or exc}"
+            f"cannot use the results folder {folder}: {getattr(exc, 'strerror', None) or exc}"
         ) from exc
 
 

@@ -102,6 +102,19 @@ def test_the_slot_update_engine_and_health_checks_import_no_onnxruntime_or_numpy
     assert _offenders(modules) == []
 
 
+def test_the_result_buffer_imports_only_the_standard_library_and_edgefleet():
+    """The runner child and the daemon (its uploader) both open the buffer."""
+    modules = _modules_after(
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import edgefleet.agent.buffer, edgefleet.agent.results\n"
+        "print(*sorted(k for k, v in sys.modules.items() if v is not None and k not in before))"
+    )
+    assert "sqlite3" in modules and "edgefleet.agent.buffer" in modules
+    foreign = [m for m in modules if m.split(".")[0] not in (*sys.stdlib_module_names, "edgefleet")]
+    assert foreign == []
+
+
 def test_agent_slots_import_only_the_standard_library_and_edgefleet():
     """Every module of ``edgefleet.agent.slots`` loads in the daemon on each start: nothing
     from outside the standard library and Edgefleet's own modules."""

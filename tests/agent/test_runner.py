@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.agent.results import RESULTS_FILE
+from edgefleet.agent.buffer import Buffer
+from edgefleet.agent.results import RESULTS_DB
 from edgefleet.agent.runner.client import UnixHTTPConnection
 from edgefleet.agent.runner.errors import RunnerStartError, RunnerUnavailable
 from edgefleet.agent.runner.supervisor import Runner, RunnerConfig
@@ -73,8 +74,8 @@ def raw_post(socket_path: Path, body: bytes) -> tuple[int, dict]:
 
 
 def stored(short_dir: Path) -> list[dict]:
-    path = short_dir / "results" / RESULTS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    with Buffer(short_dir / "results" / RESULTS_DB) as buffer:
+        return [row.payload for row in buffer.read_from(0)]  # type: ignore[misc]
 
 
 def test_predictions_equal_the_numpy_reference(runner: Runner, model: Path) -> None:
