@@ -18,6 +18,7 @@ from edgefleet.controller.gitops import render, repository
 from edgefleet.controller.gitops import sync as gitops
 from edgefleet.controller.gitops.model import Device, FleetState, GitopsParams, Revision, Site
 from edgefleet.controller.gitops.repository import Repository
+from tests.support.git import git as _git
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 KUBECTL = shutil.which("kubectl")
@@ -71,12 +72,6 @@ def _state() -> FleetState:
     return FleetState(
         [Site("shop-a"), Site("shop-b"), Site("empty")], devices, revisions, assignments
     )
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", f"--git-dir={repo}", *args], capture_output=True, text=True, check=True
-    ).stdout
 
 
 def _checkout(repo: Path, rev: str, into: Path) -> Path:

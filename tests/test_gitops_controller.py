@@ -23,6 +23,7 @@ from edgefleet.controller.app import create_app
 from edgefleet.controller.bootstrap import prepare
 from edgefleet.controller.settings import Settings, load_settings
 from tests.support.apiclient import Api
+from tests.support.git import git as _git
 from tests.support.processes import wait_for
 
 DIGEST = "sha256:" + "cd" * 32
@@ -45,12 +46,6 @@ def _spec(n: int, mode: str = "k3s") -> dict[str, Any]:
         ],
         "config": {"fps": n},
     }
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", f"--git-dir={repo}", *args], capture_output=True, text=True, check=True
-    ).stdout
 
 
 def _repo(settings: Settings, site: str = "shop-1") -> Path:
@@ -231,7 +226,8 @@ def test_restore_brings_back_assignments_as_a_new_commit_that_sticks(
 
     # It sticks: the next full write and the next revision leave the pinned devices be.
     rt = api.client.app.state.rt
-    rt.gitops.publish(None, "test", "full rewrite")
+    with rt.gitops.change("test") as full:
+        full.why, full.sites = "full rewrite", None
     assert _git(repo, "rev-parse", "main").strip() == head
     api.ok("POST", "/profiles", api.admin, json={"name": "vision", "spec": _spec(3)})
     assert _desired(repo, devices[0].id)["revision"] == "1"

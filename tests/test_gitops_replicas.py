@@ -12,15 +12,10 @@ import pytest
 import yaml
 
 from tests.support.apiclient import csr_for, new_key
+from tests.support.git import git as _git
 from tests.support.processes import ControllerProcess, wait_for
 
 pytestmark = pytest.mark.usefixtures("postgres_available")
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", f"--git-dir={repo}", *args], capture_output=True, text=True, check=True
-    ).stdout
 
 
 def test_concurrent_changes_on_two_replicas_are_one_linear_commit_each(

@@ -31,7 +31,6 @@ from sqlalchemy.engine import Engine
 
 from edgefleet.controller.gitops import fleet
 from edgefleet.controller.gitops.model import GitopsParams, repository_root
-from edgefleet.controller.gitops.render import repository_name
 from edgefleet.controller.gitops.sync import repository, sync
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.settings import Settings
@@ -40,6 +39,8 @@ log = logging.getLogger("edgefleet.controller.gitops")
 SYSTEM = "Edgefleet"
 MAX_BACKOFF = 60.0
 NOT_WRITER = "this controller does not write the fleet repositories"
+FULL_WRITE_STAMP = ".last-full-write"
+"""Touched after every whole-fleet write: a worker's own resync skips when it is newer."""
 
 
 @dataclass
@@ -65,8 +66,6 @@ class _Batch:
     reasons: list[tuple[str, str]]
     title: str | None
     due: float
-    done: threading.Event = field(default_factory=threading.Event)
-    outcome: Outcome = field(default_factory=Outcome)
     attempts: int = 0
     resync: bool = False
     """A whole-fleet write of the writer's own: skipped when another process finished
@@ -131,16 +130,14 @@ class GitopsWriter:
         change = Change(who)
         if not self.enabled:
             yield change
-            change.outcome = Outcome(
-                pending="this controller does not write the fleet repositories"
-            )
+            change.outcome = Outcome(pending=NOT_WRITER)
             return
         with self._exclusive(self._wait) as held:
             yield change
             if change.sites is not None and not change.sites:
                 return  # nothing the repositories show changed
             if not held:
-                self.publish(change.sites, who, change.why, wait=False, title=change.title)
+                self.queue(change.sites, who, change.why, title=change.title)
                 change.outcome = Outcome(
                     pending=f"another write held the repositories for over {self._wait:g} s; queued"
                 )
@@ -149,44 +146,25 @@ class GitopsWriter:
                 change.outcome = self._attempt(change.sites, who, change.why, change.title)
             except Exception as exc:
                 batch = _Batch(change.sites, [(who, change.why)], change.title, time.monotonic())
-                self._failed(batch, exc)
-                change.outcome = batch.outcome
+                change.outcome = self._failed(batch, exc)
 
-    def publish(
-        self,
-        sites: Collection[str] | None,
-        who: str,
-        why: str,
-        *,
-        wait: bool = True,
-        title: str | None = None,
-    ) -> Outcome:
-        """Write the repositories of ``sites`` (None: all) from the database.
-
-        ``wait``: an operator's change, written at once; the call returns the commits, or
-        ``pending`` with the reason when the write failed or took longer than the wait.
-        Otherwise the write is debounced and the call returns at once.
-        """
+    def queue(
+        self, sites: Collection[str] | None, who: str, why: str, *, title: str | None = None
+    ) -> None:
+        """Write the repositories of ``sites`` (None: all) from the database, debounced
+        (``gitops_debounce_seconds``): a change nobody waits for, such as an enrolment."""
         if not self.enabled:
-            return Outcome(pending=NOT_WRITER)
-        names = None if sites is None or not self.params.per_site else set(sites)
-        batch = _Batch(
-            names, [(who, why)], title, time.monotonic() + (0 if wait else self._debounce)
-        )
+            return
+        names = None if sites is None else set(sites)
+        batch = _Batch(names, [(who, why)], title, time.monotonic() + self._debounce)
         with self._cond:
             self._ensure_thread()
             last = self._queue[-1] if self._queue else None
             if last is not None and last.title is None and title is None and last.attempts == 0:
                 last.absorb(batch)
-                batch = last
             else:
                 self._queue.append(batch)
             self._cond.notify_all()
-        if not wait:
-            return Outcome(pending="queued")
-        if not batch.done.wait(self._wait):
-            return Outcome(pending=f"not written within {self._wait:g} s; still queued")
-        return batch.outcome
 
     def status(self) -> dict[str, Any]:
         with self._cond:
@@ -203,9 +181,6 @@ class GitopsWriter:
             "failing_since": self._failing_since.isoformat() if self._failing_since else None,
             "last_commits": {k: v for k, v in self._last_commits.items() if v},
         }
-
-    def repository_for(self, site: str) -> str:
-        return repository_name(site, self.params)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -270,22 +245,18 @@ class GitopsWriter:
         why = "; ".join(whys[:5]) + (f"; and {len(whys) - 5} more" if len(whys) > 5 else "")
         if len({w for w, _ in batch.reasons}) > 1:
             why += " (asked by " + ", ".join(sorted({w for w, _ in batch.reasons})) + ")"
-        stamp = self.root / ".last-full-write"
+        stamp = self.root / FULL_WRITE_STAMP
         try:
             with self._exclusive():
-                if batch.resync and stamp.exists() and stamp.stat().st_mtime >= batch.asked_at:
-                    outcome = Outcome()
-                else:
-                    outcome = self._attempt(batch.sites, who, why, batch.title)
+                if not (
+                    batch.resync and stamp.exists() and stamp.stat().st_mtime >= batch.asked_at
+                ):
+                    self._attempt(batch.sites, who, why, batch.title)
         except Exception as exc:
+            self._failed(batch, exc)
+        finally:
             with self._cond:
                 self._writing = False
-            self._failed(batch, exc)
-            return
-        with self._cond:
-            self._writing = False
-        batch.outcome = outcome
-        batch.done.set()
 
     def _attempt(
         self, sites: Collection[str] | None, who: str, why: str, title: str | None
@@ -296,7 +267,7 @@ class GitopsWriter:
         state = fleet.load(self._engine, names)
         commits = sync(self.root, self.params, state, who, why, title)
         if names is None:
-            (self.root / ".last-full-write").touch()
+            (self.root / FULL_WRITE_STAMP).touch()
         heads = {n: repository(self.root, n, self.params.branch).head() for n in commits}
         self._metrics.gitops_seconds.observe(time.perf_counter() - started)
         made = sum(1 for c in commits.values() if c)
@@ -308,7 +279,8 @@ class GitopsWriter:
             self._last_commits.update(commits)
         return Outcome(commits, heads)
 
-    def _failed(self, batch: _Batch, exc: Exception) -> None:
+    def _failed(self, batch: _Batch, exc: Exception) -> Outcome:
+        """Record the failure and queue the batch again after a backoff."""
         batch.attempts += 1
         delay = min(MAX_BACKOFF, 2.0 ** (batch.attempts - 1))
         message = f"{exc.__class__.__name__}: {exc}"
@@ -322,8 +294,7 @@ class GitopsWriter:
                 self._queue.insert(0, batch)
                 self._ensure_thread()
                 self._cond.notify_all()
-        batch.outcome = Outcome(pending=f"{message}; retrying")
-        batch.done.set()
+        return Outcome(pending=f"{message}; retrying")
 
     @contextmanager
     def _exclusive(self, timeout: float | None = None) -> Iterator[bool]:

@@ -16,7 +16,7 @@ from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import audit
 from edgefleet.controller.services.enrolment import certificate_fields
-from edgefleet.controller.services.profiles import profile_by_name
+from edgefleet.controller.services.profiles import profile_by_name, revision_or_404
 from edgefleet.errors import BadRequest, Conflict, NotFound
 from edgefleet.labels import parse_labels
 from edgefleet.wire import DeviceState
@@ -98,6 +98,16 @@ def _load(s: Session, who: Operator, device_id: str, lock: bool = False) -> Devi
     device = s.get(Device, device_id, with_for_update=lock)
     if device is None or not who.may_act_at(device.site_id):
         raise NotFound(f"no device {device_id}", code="unknown_device")
+    return device
+
+
+def _load_serving(s: Session, who: Operator, device_id: str, refusal: str) -> Device:
+    """The device, locked, unless it was decommissioned (409 ending with ``refusal``)."""
+    device = _load(s, who, device_id, lock=True)
+    if device.state == DeviceState.decommissioned:
+        raise Conflict(
+            f"device {device_id} was decommissioned; {refusal}", code="invalid_transition"
+        )
     return device
 
 
@@ -194,19 +204,10 @@ def assign(
     state (and ETag) changes at once and the fleet repository gets one commit."""
     with rt.gitops.change(who.username) as change:
         with session_scope(rt.engine) as s:
-            device = _load(s, who, device_id, lock=True)
-            if device.state == DeviceState.decommissioned:
-                raise Conflict(
-                    f"device {device_id} was decommissioned; it takes no profile",
-                    code="invalid_transition",
-                )
+            device = _load_serving(s, who, device_id, "it takes no profile")
             profile = profile_by_name(s, profile_name)
-            if revision is not None and not 1 <= revision <= profile.latest_revision:
-                raise NotFound(
-                    f"profile {profile_name!r} has no revision {revision} "
-                    f"(revisions 1 to {profile.latest_revision})",
-                    code="no_revision",
-                )
+            if revision is not None:
+                revision_or_404(s, profile, revision)
             before = s.get(Profile, device.profile_id) if device.profile_id else None
             was = _label(before.name if before else None, device.profile_revision)
             device.profile_id, device.profile_revision = profile.id, revision
@@ -237,12 +238,7 @@ def retry_update(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
     """Let the device try its desired revision again where a slot failed it (a fix outside
     the model, such as a camera reconnected, may make it pass now)."""
     with session_scope(rt.engine) as s:
-        device = _load(s, who, device_id, lock=True)
-        if device.state == DeviceState.decommissioned:
-            raise Conflict(
-                f"device {device_id} was decommissioned; it runs no updates",
-                code="invalid_transition",
-            )
+        device = _load_serving(s, who, device_id, "it runs no updates")
         device.update_retries += 1
         audit.record(s, who, "device.update.retry", device.id, retries=device.update_retries)
         out = _public_of(s, device)

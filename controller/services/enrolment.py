@@ -168,7 +168,7 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
         return _again_by_pin(rt, key_pin, cred)
     if row["state"] == DeviceState.enrolled:
         why = f"device {row['id']} enrolled with token {token.kid}"
-        rt.gitops.publish([token.site_name], "enrolment", why, wait=False)
+        rt.gitops.queue([token.site_name], "enrolment", why)
     return _answer(rt, row["id"], row["state"], row["certificate_pem"], token.profile_name)
 
 

@@ -138,7 +138,7 @@ def _revision_public(profile: Profile, rev: ProfileRevision) -> dict[str, Any]:
     }
 
 
-def _revision_or_404(s: Session, profile: Profile, number: int) -> ProfileRevision:
+def revision_or_404(s: Session, profile: Profile, number: int) -> ProfileRevision:
     rev = _revision(s, profile, number)
     if rev is None:
         raise NotFound(
@@ -154,7 +154,7 @@ def get_profile(engine: Any, name: str, revision: int | None = None) -> dict[str
     with Session(engine) as s:
         profile = profile_by_name(s, name)
         number = profile.latest_revision if revision is None else revision
-        return _revision_public(profile, _revision_or_404(s, profile, number))
+        return _revision_public(profile, revision_or_404(s, profile, number))
 
 
 def diff_profile(engine: Any, name: str, a: int | None, b: int | None) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def diff_profile(engine: Any, name: str, a: int | None, b: int | None) -> dict[s
         profile = profile_by_name(s, name)
         b = profile.latest_revision if b is None else b
         a = max(b - 1, 1) if a is None else a
-        specs = [_revision_or_404(s, profile, n).spec for n in (a, b)]
+        specs = [revision_or_404(s, profile, n).spec for n in (a, b)]
     texts = [profilespec.canonical_yaml(document(name, spec)) for spec in specs]
     lines = difflib.unified_diff(
         texts[0].splitlines(keepends=True),
