@@ -15,6 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,7 +29,7 @@ from edgefleet.agent.clock import Clock
 from edgefleet.agent.files import ensure_dir, write_json
 from edgefleet.agent.inventory import collect
 from edgefleet.agent.qrpayload import learn_controller_id
-from edgefleet.agent.reports import Outbox, report_of
+from edgefleet.agent.reports import Outbox, outcome_of, report_of
 from edgefleet.agent.settings import Settings
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
 from edgefleet.errors import (
@@ -41,6 +42,7 @@ from edgefleet.errors import (
 )
 from edgefleet.signing import make_assertion, renewal_proof
 from edgefleet.wire import (
+    MAX_TEXT_CHARS,
     AccessToken,
     CheckResult,
     DesiredState,
@@ -52,7 +54,6 @@ from edgefleet.wire import (
     SlotStatus,
     StatusAck,
     StatusReport,
-    UpdateOutcome,
 )
 
 if TYPE_CHECKING:
@@ -519,28 +520,23 @@ class Agent:
         return {
             "slots": [
                 SlotStatus(
-                    name=name, state=info.state, revision=info.revision, reason=info.reason[:2048]
+                    name=name,
+                    state=info.state,
+                    revision=info.revision,
+                    reason=info.reason[:MAX_TEXT_CHARS],
                 )
                 for name, info in sorted(record.slots.items())
             ],
             "active_slot": record.active,
-            "last_update": None
-            if outcome is None
-            else UpdateOutcome(
-                revision=outcome.revision,
-                outcome=outcome.outcome,
-                slot=outcome.slot or None,
-                reason=outcome.reason[:2048],
-                started_at=outcome.started_at,
-                finished_at=outcome.finished_at,
-            ),
+            "last_update": None if outcome is None else outcome_of(asdict(outcome)),
         }
 
     def _health(self) -> Health:
         if self._apply_error is None:
             return Health(ok=True)
         return Health(
-            ok=False, checks=[CheckResult(name="apply", ok=False, detail=self._apply_error[:2048])]
+            ok=False,
+            checks=[CheckResult(name="apply", ok=False, detail=self._apply_error[:MAX_TEXT_CHARS])],
         )
 
     def _report(self) -> StatusAck:

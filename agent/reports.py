@@ -209,12 +209,17 @@ def report_of(bundle: Mapping[str, Any]) -> UpdateReport:
     evidence = fit_evidence(
         {"failed_checks": failed, "probe": probe, "latency": latency, "log": bundle.get("log", [])}
     )
-    outcome = UpdateOutcome(
-        revision=bundle["revision"],
-        outcome=bundle["outcome"],
-        slot=bundle.get("slot") or None,
-        reason=str(bundle.get("reason", ""))[:MAX_TEXT_CHARS],
-        started_at=bundle["started_at"],
-        finished_at=bundle["finished_at"],
+    return UpdateReport(outcome=outcome_of(bundle), evidence=evidence)
+
+
+def outcome_of(attempt: Mapping[str, Any]) -> UpdateOutcome:
+    """How an attempt ended, in the wire's shape: from an evidence bundle, or the
+    engine's last outcome as a dict (``dataclasses.asdict``)."""
+    return UpdateOutcome(
+        revision=attempt["revision"],
+        outcome=attempt["outcome"],
+        slot=attempt.get("slot") or None,
+        reason=str(attempt.get("reason", ""))[:MAX_TEXT_CHARS],
+        started_at=attempt["started_at"],
+        finished_at=attempt["finished_at"],
     )
-    return UpdateReport(outcome=outcome, evidence=evidence)
