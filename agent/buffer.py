@@ -88,6 +88,16 @@ class Policy(enum.StrEnum):
     SAMPLE = "sampled"
     """Thin the oldest records to one in two: a backlog keeps its whole time span."""
 
+    @classmethod
+    def of_profile(cls, name: str) -> Policy:
+        """The profile's words (``drop_oldest``, ``drop_newest``, ``sample``)."""
+        words = {
+            "drop_oldest": cls.DROP_OLDEST,
+            "drop_newest": cls.DROP_NEWEST,
+            "sample": cls.SAMPLE,
+        }
+        return words.get(name) or cls(name)
+
 
 class RecordTooLarge(EdgefleetError):
     default_code = "record_too_large"
@@ -128,6 +138,14 @@ class Stats:
     bytes: int
     oldest_age_seconds: float | None
     drops: dict[str, int]
+    cap_bytes: int = 0
+    capacity_hours: float | None = None
+    """How long the cap holds results at the configured rate and the rows' mean size."""
+
+
+RawRow = tuple[int, float, float, str, str, "str | None", "int | None", int, "str | bytes"]
+"""(seq, wall, mono, boot_id, digest, slot, revision, size, payload as stored): JSON
+payloads stay text, so the uploader sends them without decoding them."""
 
 
 @dataclass
@@ -157,7 +175,7 @@ class Buffer:
         self.max_payload_bytes = max_payload_bytes
         self._reserve = path.with_name(path.name + ".reserve")
         self._reserve_bytes = reserve_bytes
-        self._boot_id = _boot_id()
+        self._boot_id = boot_id()
         self._lock = threading.Lock()  # the connection and the commit
         self._pending_lock = threading.Lock()
         self._pending: list[_Job] = []
@@ -174,15 +192,46 @@ class Buffer:
         os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
-        self._db.execute(f"PRAGMA max_page_count={max(self.cap_bytes // page_size, 64)}")
         epoch = os.urandom(8).hex()
         self._db.executescript(
             f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR IGNORE INTO meta VALUES ('epoch', '{epoch}');"
             f"INSERT OR IGNORE INTO meta VALUES ('device', '{UNENROLLED}'); COMMIT;"
         )
         self.epoch: str = self._meta("epoch") or epoch
+        self.rate: float | None = None
+        self._pages = 0
+        self._load_config()
         self._keep_reserve()
+
+    def configure(self, cap_bytes: int, policy: Policy, rate: float | None = None) -> None:
+        """Set the cap, policy and expected rate (the profile's) for every process that
+        opens this buffer: producers read them at each commit."""
+        values = {"cap": str(cap_bytes), "policy": policy.value, "rate": str(rate or "")}
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+                "excluded.value",
+                values.items(),
+            )
+            self._db.execute("COMMIT")
+            self._load_config()
+
+    def _load_config(self) -> None:
+        """Apply the configuration stored by :meth:`configure`, if any; the caller holds
+        the connection (at setup, or inside a write transaction)."""
+        config = dict(
+            self._db.execute("SELECT key, value FROM meta WHERE key IN ('cap', 'policy', 'rate')")
+        )
+        if "policy" in config:
+            self.policy = Policy(config["policy"])
+        self.rate = float(config["rate"]) if config.get("rate") else None
+        cap = int(config.get("cap") or self.cap_bytes)
+        if cap != self.cap_bytes or not self._pages:
+            self.cap_bytes = cap
+            page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+            self._pages = max(cap // page_size, 64)
+            self._db.execute(f"PRAGMA max_page_count={self._pages}")
 
     @property
     def device(self) -> str:
@@ -223,7 +272,7 @@ class Buffer:
             )
         return (
             time.time(),
-            _monotonic(),
+            monotonic(),
             self._boot_id,
             record.get("digest", ""),
             record.get("slot"),
@@ -276,6 +325,7 @@ class Buffer:
     def _commit(self, batch: list[_Job], shed: bool = False) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
+        self._load_config()
         incoming = sum(row[6] for job in batch for row in job.rows)
         stored = db.execute("SELECT bytes FROM totals").fetchone()[0]
         over = stored + incoming - int(self.cap_bytes * FILL)
@@ -331,7 +381,18 @@ class Buffer:
 
     def read_from(self, seq: int, limit_count: int = 1000, limit_bytes: int = 1 << 20) -> list[Row]:
         """Records with sequence >= ``seq``, in order, up to either limit (at least one)."""
-        rows: list[Row] = []
+        return [
+            Row(s, self.epoch, wall, mono, boot, digest, slot, rev, size, _decoded(payload))
+            for s, wall, mono, boot, digest, slot, rev, size, payload in self.read_raw(
+                seq, limit_count, limit_bytes
+            )
+        ]
+
+    def read_raw(
+        self, seq: int, limit_count: int = 1000, limit_bytes: int = 1 << 20
+    ) -> list[RawRow]:
+        """As :meth:`read_from`, with payloads as stored (JSON text, or bytes)."""
+        rows: list[RawRow] = []
         total = 0
         with self._lock:
             cursor = self._db.execute(
@@ -339,34 +400,65 @@ class Buffer:
                 "FROM results WHERE seq >= ? ORDER BY seq LIMIT ?",
                 (seq, limit_count),
             )
-            for s, wall, mono, boot, digest, slot, rev, size, payload in cursor:
-                if rows and total + size > limit_bytes:
+            for row in cursor:
+                if rows and total + row[7] > limit_bytes:
                     break
-                total += size
-                value = payload if isinstance(payload, bytes) else json.loads(payload)
-                rows.append(Row(s, self.epoch, wall, mono, boot, digest, slot, rev, size, value))
+                total += row[7]
+                rows.append(row)
+            cursor.close()
         return rows
 
+    @property
+    def acked(self) -> int:
+        """The highest sequence the controller acked (and this buffer deleted through)."""
+        with self._lock:
+            return int(self._meta("acked") or 0)
+
     def delete_through(self, seq: int) -> int:
-        """Forget what the controller acked (sequences <= ``seq``); returns how many."""
+        """Forget what the controller acked (sequences <= ``seq``); returns how many.
+        The ack is kept with the delete, in the same transaction."""
         with self._lock:
             try:
-                return self._db.execute("DELETE FROM results WHERE seq <= ?", (seq,)).rowcount
+                return self._delete_through(seq)
             except sqlite3.OperationalError as exc:
+                self._rollback()
                 if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
                     raise
                 self._reserve.unlink(missing_ok=True)
-                return self._db.execute("DELETE FROM results WHERE seq <= ?", (seq,)).rowcount
+                return self._delete_through(seq)
             finally:
                 self._keep_reserve()
 
+    def _delete_through(self, seq: int) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        count = db.execute("DELETE FROM results WHERE seq <= ?", (seq,)).rowcount
+        db.execute(
+            "INSERT INTO meta VALUES ('acked', ?) ON CONFLICT (key) DO UPDATE SET value = "
+            "max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+            (str(seq),),
+        )
+        db.execute("COMMIT")
+        return int(count)
+
     def stats(self) -> Stats:
         with self._lock:
+            self._load_config()
             depth, size = self._db.execute("SELECT depth, bytes FROM totals").fetchone()
             oldest = self._db.execute("SELECT wall FROM results ORDER BY seq LIMIT 1").fetchone()
             drops = dict(self._db.execute("SELECT reason, count FROM drops ORDER BY reason"))
         age = max(time.time() - oldest[0], 0.0) if oldest else None
-        return Stats(depth=depth, bytes=size, oldest_age_seconds=age, drops=drops)
+        hours = None
+        if self.rate and depth:
+            hours = self.cap_bytes * FILL / (self.rate * size / depth) / 3600
+        return Stats(
+            depth=depth,
+            bytes=size,
+            oldest_age_seconds=age,
+            drops=drops,
+            cap_bytes=self.cap_bytes,
+            capacity_hours=hours,
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -405,7 +497,11 @@ class Buffer:
         os.close(fd)
 
 
-def _boot_id() -> str:
+def _decoded(payload: str | bytes) -> dict[str, Any] | bytes:
+    return payload if isinstance(payload, bytes) else json.loads(payload)  # type: ignore[no-any-return]
+
+
+def boot_id() -> str:
     """Monotonic timestamps compare only within one boot; this says which boot."""
     try:
         return BOOT_ID_FILE.read_text().strip()
@@ -413,7 +509,7 @@ def _boot_id() -> str:
         return ""
 
 
-def _monotonic() -> float:
+def monotonic() -> float:
     """Time since boot, counting suspend where the system can (``CLOCK_BOOTTIME``)."""
     clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
     return time.clock_gettime(clock)

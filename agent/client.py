@@ -41,6 +41,7 @@ from edgefleet.wire import (
     EnrolResponse,
     RegistryToken,
     RenewRequest,
+    ResultAck,
     StatusAck,
     StatusReport,
     TokenRequest,
@@ -261,14 +262,16 @@ class ControllerClient:
         *,
         json: BaseModel | Callable[[], BaseModel] | None = None,
         headers: dict[str, str] | None = None,
+        raw: Callable[[], bytes] | None = None,
     ) -> Response:
         """Send one request; return a 2xx/304 answer or raise an Edgefleet error.
 
         ``json`` may be a callable that builds the model, called again if the
-        request has to be resent.
+        request has to be resent; ``raw`` builds a body already encoded (its
+        headers say how).
         """
         all_headers = {**self._headers, **(headers or {})}
-        body: Callable[[], bytes] | None = None
+        body: Callable[[], bytes] | None = raw
         if json is not None:
             all_headers["Content-Type"] = "application/json"
             model = json
@@ -354,6 +357,16 @@ class ControllerClient:
             "POST", f"/devices/{device_id}/status", json=report, headers=self._bearer(token)
         )
         return self._parse(resp, StatusAck)
+
+    def upload_results(self, device_id: str, token: str, body: Callable[[], bytes]) -> ResultAck:
+        """One gzipped ResultBatch (``body`` builds it per attempt, with fresh clocks)."""
+        headers = {
+            **self._bearer(token),
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
+        resp = self.request("POST", f"/devices/{device_id}/results", raw=body, headers=headers)
+        return self._parse(resp, ResultAck)
 
     def report_update(self, device_id: str, token: str, report: UpdateReport) -> UpdateAck:
         """Upload one update attempt's outcome and evidence; safe to send again."""

@@ -30,8 +30,10 @@ from edgefleet.agent.files import ensure_dir, write_json
 from edgefleet.agent.inventory import collect
 from edgefleet.agent.qrpayload import learn_controller_id
 from edgefleet.agent.reports import Outbox, outcome_of, report_of
+from edgefleet.agent.results import RESULTS_DB, RESULTS_FOLDER
 from edgefleet.agent.settings import Settings
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
+from edgefleet.agent.uploader import Uploader
 from edgefleet.errors import (
     ApiError,
     ConfigError,
@@ -44,6 +46,7 @@ from edgefleet.signing import make_assertion, renewal_proof
 from edgefleet.wire import (
     MAX_TEXT_CHARS,
     AccessToken,
+    BufferStats,
     CheckResult,
     DesiredState,
     DeviceState,
@@ -51,6 +54,7 @@ from edgefleet.wire import (
     Health,
     Registration,
     RenewRequest,
+    ResultAck,
     SlotStatus,
     StatusAck,
     StatusReport,
@@ -133,6 +137,11 @@ class Agent:
         self._inventory_reported = False
         self._apply_error: str | None = None
         self.outbox = Outbox(self.state_dir)
+        self._token_lock = threading.Lock()
+        self.uploader = Uploader(self.state_dir / RESULTS_FOLDER / RESULTS_DB, self._post_results)
+        self._upload_thread: threading.Thread | None = None
+        self._upload_client: ControllerClient | None = None
+        self._upload_roots = ""
 
     # -- the loop ---------------------------------------------------------------
 
@@ -154,6 +163,8 @@ class Agent:
                     continue
                 self.backoff.reset()
                 self.token_backoff.reset()
+                if self.uploader.failing:
+                    self.uploader.wake()  # the controller answers again: upload now
                 if self.settings.once:
                     return 0
                 self._wait(jittered(self.interval, self.rng))
@@ -161,6 +172,11 @@ class Agent:
             log.info("stopping")
             return 0
         finally:
+            if self._upload_thread is not None:
+                self.uploader.wake()
+                self._upload_thread.join()
+            if self._upload_client is not None:
+                self._upload_client.close()
             if self._applier is not None:
                 self._applier.close()
             if self.client is not None:
@@ -337,27 +353,32 @@ class Agent:
 
     # -- access token -----------------------------------------------------------
 
-    def _bearer(self) -> str:
-        """A valid access token, refreshed at 80% of its lifetime."""
+    def _bearer(self, client: ControllerClient | None = None) -> str:
+        """A valid access token, refreshed at 80% of its lifetime. The uploader thread
+        passes its own ``client``; only the main loop renews an expired certificate."""
         assert self.client is not None and self.enrolment is not None
-        if self._access_token is None or time.monotonic() >= self._token_refresh_at:
-            enrolment = self.enrolment
-            try:
-                token = self._exchange(enrolment)
-            except Unauthorized as exc:
-                if exc.code != "certificate_expired":
-                    raise
-                log.warning("certificate expired while offline; re-enrolling with the device key")
-                self._renew()
-                token = self._exchange(enrolment)
-            self._access_token = token.access_token
-            self._token_refresh_at = time.monotonic() + TOKEN_REFRESH_FRACTION * token.expires_in
-            log.debug("access token refreshed, valid %ss", token.expires_in)
-        return self._access_token
+        with self._token_lock:
+            if self._access_token is None or time.monotonic() >= self._token_refresh_at:
+                enrolment = self.enrolment
+                try:
+                    token = self._exchange(enrolment, client or self.client)
+                except Unauthorized as exc:
+                    if exc.code != "certificate_expired" or client is not None:
+                        raise
+                    log.warning(
+                        "certificate expired while offline; re-enrolling with the device key"
+                    )
+                    self._renew()
+                    token = self._exchange(enrolment, self.client)
+                self._access_token = token.access_token
+                self._token_refresh_at = (
+                    time.monotonic() + TOKEN_REFRESH_FRACTION * token.expires_in
+                )
+                log.debug("access token refreshed, valid %ss", token.expires_in)
+            return self._access_token
 
-    def _exchange(self, enrolment: identity.Enrolment) -> AccessToken:
-        assert self.client is not None
-        return self.client.token(
+    def _exchange(self, enrolment: identity.Enrolment, client: ControllerClient) -> AccessToken:
+        return client.token(
             lambda: make_assertion(
                 self.key,
                 enrolment.device_id,
@@ -393,14 +414,48 @@ class Agent:
         self._access_token = None
         log.info("certificate renewed with a new key device_id=%s (%s)", device_id, resp.message)
 
-    def _authorized(self, call: Callable[[str], T]) -> T:
+    def _authorized(self, call: Callable[[str], T], client: ControllerClient | None = None) -> T:
         """Run ``call(token)``; after a 401, refresh the token once and retry once."""
         try:
-            return call(self._bearer())
+            return call(self._bearer(client))
         except Unauthorized:
             log.info("access token refused; getting a new one")
             self._access_token = None
-            return call(self._bearer())
+            return call(self._bearer(client))
+
+    # -- results ----------------------------------------------------------------
+
+    def _start_uploads(self) -> None:
+        """The uploader thread, once enrolled and once there are results to send (a
+        device that serves no model keeps its idle memory)."""
+        if self._upload_thread is not None:
+            return
+        if not (self.uploader.path.exists() or self._applier is not None):
+            return
+        assert self.enrolment is not None
+        self.uploader.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._upload_thread = threading.Thread(
+            target=self.uploader.run, args=(self.stop,), name="uploader", daemon=True
+        )
+        self._upload_thread.start()
+
+    def _post_results(self, body: Callable[[], bytes]) -> ResultAck:
+        """The uploader's call, on its own connection (the main loop keeps its own)."""
+        assert self.enrolment is not None
+        roots = self._roots
+        if self._upload_client is None or self._upload_roots != roots:
+            if self._upload_client is not None:
+                self._upload_client.close()
+            self._upload_client = ControllerClient(
+                self.registration.controller_url,
+                trust.ssl_context(roots),
+                self.clock,
+                self.settings.http_timeout,
+            )
+            self._upload_roots = roots
+        client = self._upload_client
+        device_id = self.enrolment.device_id
+        return self._authorized(lambda t: client.upload_results(device_id, t, body), client)
 
     # -- desired state and status -----------------------------------------------
 
@@ -410,6 +465,7 @@ class Agent:
             self._renew()
         if not self._desired_checked:
             self._sync_desired()
+        self._start_uploads()
         ack = self._report()
         if ack.desired_etag != self.store.current.desired_etag:
             log.info("controller has a new desired state (etag %s)", ack.desired_etag)
@@ -462,6 +518,7 @@ class Agent:
     def _apply(self, desired: DesiredState, etag: str | None) -> None:
         write_json(self.state_dir / DESIRED_FILE, desired.model_dump(mode="json"))
         self._learn_trust(desired.trust_bundle)
+        self.uploader.configure(desired.results)
         if desired.update_retries > self.store.current.update_retries:
             self.applier.retry(desired.revision)
             self.store.update(update_retries=desired.update_retries)
@@ -531,6 +588,19 @@ class Agent:
             "last_update": None if outcome is None else outcome_of(asdict(outcome)),
         }
 
+    def _buffer_stats(self) -> BufferStats:
+        stats = self.uploader.stats()
+        if stats is None:
+            return BufferStats()
+        return BufferStats(
+            depth=stats.depth,
+            bytes=stats.bytes,
+            oldest_age_seconds=stats.oldest_age_seconds,
+            drops=stats.drops,
+            cap_bytes=stats.cap_bytes,
+            capacity_hours=stats.capacity_hours,
+        )
+
     def _health(self) -> Health:
         if self._apply_error is None:
             return Health(ok=True)
@@ -546,6 +616,7 @@ class Agent:
             applied_revision=self.store.current.applied_revision,
             inventory=None if self._inventory_reported else self.inventory,
             health=self._health(),
+            buffer=self._buffer_stats(),
             **self._slots(),
         )
         ack = self._authorized(lambda t: self.client.status(device_id, t, report))

@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 from edgefleet.agent.buffer import Buffer
 
+RESULTS_FOLDER = "results"
+"""Under the agent's state directory; the runners write, the uploader drains."""
 RESULTS_DB = "results.db"
 
 
@@ -38,9 +40,11 @@ class BufferStore:
     folder that came back gets a new database, with a new buffer epoch.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, slot: str | None = None, revision: int | None = None) -> None:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.folder = folder
+        self.slot = slot
+        self.revision = revision
         self.buffer = Buffer(folder / RESULTS_DB)
 
     def append(self, record: dict[str, Any]) -> None:
@@ -50,4 +54,6 @@ class BufferStore:
             self.buffer.close()
             self.buffer = Buffer(self.folder / RESULTS_DB)
         digest = record.get("model", {}).get("digest") or ""
-        self.buffer.append({"payload": record, "digest": digest})
+        self.buffer.append(
+            {"payload": record, "digest": digest, "slot": self.slot, "revision": self.revision}
+        )

@@ -21,6 +21,7 @@ from edgefleet.controller.api import (
     devices,
     gitops,
     registry,
+    results,
     sites,
     tokens,
     updates,
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
     app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
-    for module in (device_api, devices, tokens, sites, users, gitops, registry, updates):
+    for module in (device_api, devices, tokens, sites, users, gitops, registry, updates, results):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         metrics=rt.metrics,
         max_body=rt.settings.max_body_bytes,
         max_inflight=rt.settings.max_inflight_requests,
+        max_result_body=rt.settings.max_result_body_bytes,
     )
     return app
 

@@ -13,10 +13,19 @@ Scope = dict[str, Any]
 
 
 class Guard:
-    def __init__(self, app: Any, metrics: Metrics, max_body: int, max_inflight: int) -> None:
+    def __init__(
+        self,
+        app: Any,
+        metrics: Metrics,
+        max_body: int,
+        max_inflight: int,
+        max_result_body: int | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
+        self.max_result_body = max_result_body or max_body
+        """Result batches (``POST .../results``, gzipped) may be larger than other bodies."""
         self.max_inflight = max_inflight
         self.inflight = 0
 
@@ -26,9 +35,10 @@ class Guard:
             return
         started = time.perf_counter()
         status = [500]
+        limit = self._limit(scope)
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_body:
-                await _reject(send, 413, "payload_too_large", self._too_large_msg())
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await _reject(send, 413, "payload_too_large", self._too_large_msg(limit))
                 self._observe(scope, 413, started)
                 return
         if self.inflight >= self.max_inflight:
@@ -48,8 +58,8 @@ class Guard:
             if message["type"] != "http.request":
                 break
             received += len(message.get("body", b""))
-            if received > self.max_body:
-                await _reject(send, 413, "payload_too_large", self._too_large_msg())
+            if received > limit:
+                await _reject(send, 413, "payload_too_large", self._too_large_msg(limit))
                 self._observe(scope, 413, started)
                 return
             if not message.get("more_body", False):
@@ -72,8 +82,14 @@ class Guard:
             self.inflight -= 1
             self._observe(scope, status[0], started)
 
-    def _too_large_msg(self) -> str:
-        return f"request bodies are limited to {self.max_body} bytes"
+    def _limit(self, scope: Scope) -> int:
+        if scope.get("method") == "POST" and scope.get("path", "").endswith("/results"):
+            return self.max_result_body
+        return self.max_body
+
+    @staticmethod
+    def _too_large_msg(limit: int) -> str:
+        return f"request bodies are limited to {limit} bytes"
 
     def _observe(self, scope: Scope, status: int, started: float) -> None:
         route = scope.get("route")

@@ -1,16 +1,17 @@
 """Prometheus metrics: enrolments by outcome, requests by endpoint and status, latency
-histograms, rate-limit refusals by endpoint, devices by state.
+histograms, rate-limit refusals by endpoint, devices by state, results stored and
+each device's result lag and buffer.
 
 With several worker processes, prometheus-client's multiprocess mode is used
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``edgefleet controller serve``), so a scrape
-answered by any worker covers all of them. Devices by state are counted from the
-database at scrape time, so they are right whichever worker answers.
+answered by any worker covers all of them. Devices by state and their buffers are read from
+the database at scrape time, so they are right whichever worker answers.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +23,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from edgefleet.controller.buffers import DeviceBuffer
 
 
 class _DevicesByState(Collector):
@@ -37,10 +40,42 @@ class _DevicesByState(Collector):
         yield family
 
 
+class _DeviceBuffers(Collector):
+    """Per device, from its last status: one series per device (and drop reason)."""
+
+    def __init__(self, buffers: Callable[[], Sequence[DeviceBuffer]]) -> None:
+        self._buffers = buffers
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        lag = GaugeMetricFamily(
+            "edgefleet_results_lag_seconds",
+            "Age of the device's oldest result the controller does not hold yet",
+            labels=["device"],
+        )
+        depth = GaugeMetricFamily(
+            "edgefleet_buffer_depth", "Results waiting in the device's buffer", labels=["device"]
+        )
+        drops = GaugeMetricFamily(
+            "edgefleet_buffer_drops",
+            "Results the device's buffer dropped, by reason (its policy when full)",
+            labels=["device", "reason"],
+        )
+        for b in self._buffers():
+            lag.add_metric([b.device_id], b.lag_seconds)
+            depth.add_metric([b.device_id], b.depth)
+            for reason, n in sorted(b.drops.items()):
+                drops.add_metric([b.device_id, reason], n)
+        yield from (lag, depth, drops)
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, count_by_state: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        count_by_state: Callable[[], dict[str, int]],
+        buffers: Callable[[], Sequence[DeviceBuffer]] = list,
+    ) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         self.enrolments = Counter(
@@ -90,7 +125,27 @@ class Metrics:
             ["caller", "write"],
             registry=self._registry,
         )
+        self.results_stored = Counter(
+            "edgefleet_results_stored", "Results stored (new keys)", registry=self._registry
+        )
+        self.results_duplicates = Counter(
+            "edgefleet_results_duplicates",
+            "Results sent again that the controller already held (same payload)",
+            registry=self._registry,
+        )
+        self.results_refused = Counter(
+            "edgefleet_results_refused",
+            "Results refused: their key was held with another payload (kept aside)",
+            registry=self._registry,
+        )
+        self.results_skipped = Counter(
+            "edgefleet_results_skipped",
+            "Result sequences devices declared they will never send, by reason",
+            ["reason"],
+            registry=self._registry,
+        )
         self._devices = _DevicesByState(count_by_state)
+        self._buffers = _DeviceBuffers(buffers)
 
     def render(self) -> bytes:
         if self._multiprocess:
@@ -100,6 +155,7 @@ class Metrics:
             scrape = CollectorRegistry()
             scrape.register(_Forward(self._registry))
         scrape.register(self._devices)
+        scrape.register(self._buffers)
         return generate_latest(scrape)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -25,6 +25,10 @@ def _ts(*, nullable: bool, index: bool = False) -> Any:
     if nullable:
         return Field(default=None, sa_column=col)
     return Field(default_factory=utcnow, sa_column=col)
+
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+"""64-bit on PostgreSQL; SQLite's INTEGER is 64-bit already and only it is a rowid alias."""
 
 
 def _json(default: Any) -> Any:
@@ -180,3 +184,79 @@ class UpdateRecord(SQLModel, table=True):
     finished_at: datetime = _ts(nullable=False)
     received_at: datetime = _ts(nullable=False, index=True)
     evidence: dict[str, Any] = _json(dict)
+
+
+class Result(SQLModel, table=True):
+    """One inference result, stored once per key (device, epoch, seq). ``time`` is the
+    device's wall clock corrected by its boot's offset where the controller knows it
+    (``corrected``); ``id`` is the order of arrival."""
+
+    __table_args__ = (
+        UniqueConstraint("device_id", "epoch", "seq"),
+        Index("ix_result_device_time", "device_id", "time"),
+        Index("ix_result_time", "time"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    device_id: str = Field(foreign_key="device.id", max_length=40)
+    epoch: str = Field(max_length=16)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    time: datetime = _ts(nullable=False)
+    device_time: float
+    corrected: bool = False
+    boot_id: str = Field(default="", max_length=64)
+    digest: str = Field(default="", max_length=256)
+    slot: str | None = Field(default=None, max_length=1)
+    revision: int | None = None
+    encoding: str = Field(default="json", max_length=8)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = _ts(nullable=False)
+
+
+class ResultStream(SQLModel, table=True):
+    """A device buffer's series (one per buffer epoch): how far the controller holds it."""
+
+    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=40)
+    epoch: str = Field(primary_key=True, max_length=16)
+    acked: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    stored: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    duplicates: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    refused: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    skipped: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class ResultGap(SQLModel, table=True):
+    """Sequences a device declared it will never send, and why (evicted, sampled...)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="device.id", index=True, max_length=40)
+    epoch: str = Field(max_length=16)
+    first: int = Field(sa_column=Column(BigInteger, nullable=False))
+    last: int = Field(sa_column=Column(BigInteger, nullable=False))
+    reason: str = Field(max_length=32)
+    received_at: datetime = _ts(nullable=False)
+
+
+class ResultConflict(SQLModel, table=True):
+    """A record refused because its key was already stored with another payload: kept
+    here, not lost, for an operator to look at."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(foreign_key="device.id", index=True, max_length=40)
+    epoch: str = Field(max_length=16)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    encoding: str = Field(max_length=8)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = _ts(nullable=False)
+
+
+class DeviceBoot(SQLModel, table=True):
+    """When one boot of a device began, by the controller's clock: a result's monotonic
+    time plus this is when it happened, whatever the device's wall clock said."""
+
+    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=40)
+    boot_id: str = Field(primary_key=True, max_length=64)
+    started: float
+    """Seconds since the epoch (controller clock) at the boot's monotonic zero."""
+    seen_at: datetime = _ts(nullable=False)

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from edgefleet.controller.access import AccessTokens, load_or_create_key
+from edgefleet.controller.buffers import device_buffers
 from edgefleet.controller.cachebus import epoch_for
 from edgefleet.controller.db import make_engine
 from edgefleet.controller.gitops.writer import GitopsWriter
@@ -29,7 +30,7 @@ from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.registry_tokens import RegistryTokens
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import ConfigError
-from edgefleet.wire import DesiredState, DeviceState, HealthPolicy, ModelRef
+from edgefleet.wire import DesiredState, DeviceState, HealthPolicy, ModelRef, ResultPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +75,7 @@ class Runtime:
             settings.clock_tolerance_seconds,
         )
         self.last_seen = LastSeen(self.engine)
-        self.metrics = Metrics(self.count_devices_by_state)
+        self.metrics = Metrics(self.count_devices_by_state, lambda: device_buffers(self.engine))
         self._auth: dict[str, DeviceAuth] = {}
         self._desired: dict[str, DesiredEntry] = {}
         self.status_digests: dict[str, tuple[str, DeviceState]] = {}
@@ -174,6 +175,7 @@ class Runtime:
             ),
             trust_bundle=self.authority.trust_bundle,
             health=HealthPolicy.from_policies(policies),
+            results=ResultPolicy.model_validate(spec.get("results", {})),
             update_retries=retries,
         )
         body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()

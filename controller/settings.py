@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     clock_tolerance_seconds: int = 2 * 3600
     assertion_leeway_seconds: int = 60
     max_body_bytes: int = 64 * 1024
+    max_result_body_bytes: int = 2 * 1024 * 1024
+    """A result batch as sent (gzipped); unpacked it may be at most 4 MiB."""
     max_inflight_requests: int = 512
     """Above this many requests in flight a worker answers 503 with Retry-After."""
     last_seen_flush_seconds: float = 2.0

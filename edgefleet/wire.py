@@ -205,6 +205,21 @@ class HealthPolicy(BaseModel):
         )
 
 
+class ResultPolicy(BaseModel):
+    """The profile's ``results``: how much the device's offline buffer keeps."""
+
+    rate_per_second: float = Field(default=2.0, gt=0)
+    """Results the site expects to produce; with the mean record size it says how many
+    hours ``max_bytes`` holds (``capacity_hours`` in the status)."""
+    retention_hours: float = Field(default=48.0, ge=1)
+    """How long a site may be offline without losing results: a warning is shown when
+    ``max_bytes`` holds less at ``rate_per_second``."""
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    policy: Literal["drop_oldest", "drop_newest", "sample"] = "drop_oldest"
+    """What a full buffer gives up: the oldest results, new ones, or every other of the
+    oldest (keeping the whole time span, thinner)."""
+
+
 class DesiredState(BaseModel):
     """What a device should run; its ETag is a digest of this object."""
 
@@ -218,6 +233,7 @@ class DesiredState(BaseModel):
     trust_bundle: list[str] = Field(default_factory=list)
     health: HealthPolicy | None = None
     """None when the profile sets no health policy: the agent uses its defaults."""
+    results: ResultPolicy = Field(default_factory=ResultPolicy)
     update_retries: int = 0
     """Grows with each operator retry (``edgefleet devices retry-update``): the device
     then tries ``revision`` again even where a slot failed it."""
@@ -278,6 +294,10 @@ class BufferStats(Strict):
     bytes: int = Field(default=0, ge=0)
     oldest_age_seconds: float | None = Field(default=None, ge=0)
     drops: dict[Short, int] = Field(default_factory=dict, max_length=16)
+    cap_bytes: int = Field(default=0, ge=0)
+    """The buffer's size cap (the profile's ``results.max_bytes``)."""
+    capacity_hours: float | None = Field(default=None, ge=0)
+    """How long the cap holds results at the profile's rate and the records' mean size."""
 
 
 class InferenceStats(Strict):
@@ -402,3 +422,75 @@ class RegistryToken(BaseModel):
     """The same token again: OAuth 2 clients read this name, docker clients ``token``."""
     expires_in: int
     issued_at: datetime
+
+
+MAX_BATCH_RECORDS = 5000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+"""A result batch's size limit as JSON, after gzip is undone (the controller refuses more)."""
+Epoch = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+BootId = Annotated[str, StringConstraints(max_length=64)]
+
+
+class PayloadEncoding(StrEnum):
+    json = "json"
+    """``payload`` is the result as compact JSON text, stored and returned as sent."""
+    base64 = "base64"
+    """``payload`` is a binary result, base64-encoded."""
+
+
+class ResultRecord(Strict):
+    """One inference result as the device's buffer holds it; (device, epoch, seq) is its key."""
+
+    seq: int = Field(ge=1)
+    wall: float = Field(allow_inf_nan=False)
+    """The device's wall clock when the result was stored (seconds since the epoch)."""
+    mono: float = Field(ge=0, allow_inf_nan=False)
+    """Seconds since ``boot_id``'s boot: the controller corrects ``wall`` with it."""
+    boot_id: BootId = ""
+    digest: Short = ""
+    slot: SlotName | None = None
+    revision: int | None = Field(default=None, ge=0)
+    encoding: PayloadEncoding = PayloadEncoding.json
+    payload: str
+
+
+class SkippedRange(Strict):
+    """Sequences the device will never send (evicted, sampled, or deleted after an ack
+    the controller no longer has): the controller acks past them."""
+
+    first: int = Field(ge=1)
+    last: int = Field(ge=1)
+    reason: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SkippedRange:
+        if self.last < self.first:
+            raise ValueError(f"skipped range {self.first}-{self.last} ends before it starts")
+        return self
+
+
+class ResultBatch(Strict):
+    """``POST /devices/{id}/results`` (gzip allowed): records in sequence order, and the
+    ranges skipped before and between them, so together they cover every sequence from
+    their first to their last."""
+
+    epoch: Epoch
+    boot_id: BootId = ""
+    wall: float = Field(allow_inf_nan=False)
+    mono: float = Field(ge=0, allow_inf_nan=False)
+    """The device's clocks as it sent the batch: the controller learns the boot's offset."""
+    records: list[ResultRecord] = Field(default_factory=list, max_length=MAX_BATCH_RECORDS)
+    skipped: list[SkippedRange] = Field(default_factory=list, max_length=1000)
+
+
+class ResultAck(BaseModel):
+    """The remote ack: the device may delete every record of ``epoch`` up to ``acked``."""
+
+    epoch: str
+    acked: int
+    """The highest sequence up to which the controller holds (or was told to skip) all."""
+    stored: int = 0
+    duplicates: int = 0
+    """Records the controller already held with the same payload (a resend)."""
+    refused: list[int] = Field(default_factory=list)
+    """Sequences it already held with another payload: kept aside, counted, acked."""

@@ -195,6 +195,12 @@ def _update_body(w: World) -> dict[str, Any]:
     return {"outcome": {"revision": 2, "outcome": "rolled_back", "slot": "B", **times}}
 
 
+def _results_body(w: World) -> dict[str, Any]:
+    """The same record every time: stored once, a duplicate after."""
+    record = {"seq": 1, "wall": 1.9e9, "mono": 5.0, "payload": '{"y":1}'}
+    return {"epoch": "00000000000000aa", "wall": 1.9e9, "mono": 6.0, "records": [record]}
+
+
 def _update_id(w: World) -> dict[str, str]:
     ack = w.api.ok(
         "POST", f"/devices/{w.device.id}/updates", w.device.access_token, json=_update_body(w)
@@ -233,6 +239,7 @@ ROWS: list[Row] = [
     ),
     Row("GET", "/api/v1/devices/{device_id}/registry-token", ONLY_SELF),
     Row("POST", "/api/v1/devices/{device_id}/updates", ONLY_SELF, body=_update_body),
+    Row("POST", "/api/v1/devices/{device_id}/results", ONLY_SELF, body=_results_body),
     # The registry's token realm: an operator API token (Basic or Bearer); installers
     # get no registry access at all.
     Row("GET", "/api/v1/registry/token", READERS),
@@ -347,6 +354,7 @@ ROWS: list[Row] = [
     ),
     Row("GET", "/api/v1/audit", ADMINS),
     Row("GET", "/api/v1/updates", READERS),
+    Row("GET", "/api/v1/results", READERS),
     Row("GET", "/api/v1/updates/{update_id}", READERS, site_scoped=True, fresh=_update_id),
     Row("GET", "/api/v1/controller", READERS),
 ]

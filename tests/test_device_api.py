@@ -278,7 +278,12 @@ def test_metrics_show_enrolments_requests_by_route_latency_and_devices_by_state(
     assert len(status_routes) == 1, status_routes
     route = status_routes.pop()
     assert route.endswith("/devices/{device_id}/status")
-    assert not any(i in text for i in ids.values()), "a device id became a label value"
+    # Device ids label only the per-device buffer gauges (result lag, depth, drops).
+    per_device = {"edgefleet_results_lag_seconds", "edgefleet_buffer_depth"}
+    assert {s.labels["device"] for s in samples if s.name in per_device} == set(ids.values())
+    labelled = (*per_device, "edgefleet_buffer_drops")
+    others = [line for line in text.splitlines() if not line.startswith(labelled)]
+    assert not any(i in line for i in ids.values() for line in others), "a device id label"
     assert (
         _value(samples, "edgefleet_http_requests_total", method="POST", route=route, status="200")
         == 1

@@ -151,10 +151,21 @@ def test_push_apply_and_agents_serve_the_model(
             client.close()
             assert np.allclose(np.array(answer["outputs"]["y"]), expected(v2, x), atol=1e-5)
             assert digest2 != digest
-        with Buffer(tmp_path / "agent-0" / "results" / RESULTS_DB) as buffer:
-            results = buffer.read_from(0)
-        assert len(results) >= 2 and results[-1].payload["outputs"]  # type: ignore[index]
         assert health["calls"] >= 1
+        # Every prediction reaches the controller, naming the slot and revision it came from.
+        device = agents[0].state()["device_id"]
+
+        def uploaded() -> list[dict]:
+            with ctl.client() as c:
+                found = c.get("/results", params={"device": device, "order": "arrival"})
+            return found.json()["results"] if len(found.json()["results"]) >= 2 else []
+
+        results = wait_for(uploaded, 30, "the predictions at the controller")
+        assert [r["revision"] for r in results[-2:]] == [1, 2]
+        assert results[-1]["slot"] in ("A", "B") and results[-1]["payload"]["outputs"]
+        assert results[-1]["digest"].startswith("sha256:")
+        with Buffer(tmp_path / "agent-0" / "results" / RESULTS_DB) as buffer:
+            wait_for(lambda: buffer.stats().depth == 0, 30, "the device to drop what was acked")
 
         # A version too slow for the profile's budget: tried beside v2, rolled back with
         # its evidence, and v2 serves throughout.

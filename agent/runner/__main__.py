@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", default="", help="model version reported with every answer")
     p.add_argument("--digest", help="refuse to serve unless the file's digest is this sha256:<hex>")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime compute threads (default 1)")
+    p.add_argument("--slot", choices=["A", "B"], help="the A/B slot the model came from")
+    p.add_argument("--revision", type=int, help="the profile revision the model came from")
     p.add_argument(
         "--watch-stdin",
         action="store_true",
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         loaded = model.load(
             args.model, args.name or args.model.stem, args.version, args.digest, args.threads
         )
-        service = server.Service(loaded, _store(args.results))
+        service = server.Service(loaded, _store(args.results, args.slot, args.revision))
         servers.append(server.bind_unix(args.socket, service))
         if args.port is not None:
             servers.append(server.bind_tcp(args.port, service))
@@ -109,9 +111,9 @@ def _release_free_memory() -> None:
         trim(0)
 
 
-def _store(folder: Path) -> BufferStore:
+def _store(folder: Path, slot: str | None, revision: int | None) -> BufferStore:
     try:
-        return BufferStore(folder)
+        return BufferStore(folder, slot, revision)
     except (OSError, sqlite3.Error) as exc:
         raise server.SetupError(
             f"cannot use the results folder {folder}: {getattr(exc, 'strerror', None) or exc}"

@@ -57,6 +57,9 @@ class RunnerConfig:
     """``sha256:<hex>``: the child refuses a file with any other content."""
     port: int | None = None
     """Also serve the API on this 127.0.0.1 port."""
+    slot: str | None = None
+    revision: int | None = None
+    """The A/B slot and profile revision the model came from, kept with each result."""
     threads: int = 1
     start_timeout: float = 30.0
     stop_timeout: float = 5.0
@@ -90,6 +93,10 @@ class RunnerConfig:
             cmd += ["--digest", self.digest]
         if self.port is not None:
             cmd += ["--port", str(self.port)]
+        if self.slot is not None:
+            cmd += ["--slot", self.slot]
+        if self.revision is not None:
+            cmd += ["--revision", str(self.revision)]
         return cmd
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.agent.results import RESULTS_FOLDER
 from edgefleet.agent.slots.backend import SlotBackend
 from edgefleet.agent.slots.folder import FolderSlots
 from edgefleet.agent.slots.record import Record
@@ -57,7 +58,7 @@ class SlotApplier:
         self._mirrors = mirrors or []
         self._puller: Puller | None = None
         serving = ModelServing(
-            socket_dir, state_dir / "results", state_dir / "update" / "results", threads
+            socket_dir, state_dir / RESULTS_FOLDER, state_dir / "update" / RESULTS_FOLDER, threads
         )
         self.engine = UpdateEngine(
             state_dir,

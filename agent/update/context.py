@@ -44,4 +44,4 @@ class Context:
         """The main sockets serve the record's active slot (nothing on a first install)."""
         active = record.active
         good = active is not None and record.slots[active].state == "good"
-        self.serving.serve(self.slots.open(active) if good and active else None)
+        self.serving.serve(self.slots.open(active) if good and active else None, active)

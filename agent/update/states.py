@@ -124,7 +124,7 @@ class Trying:
         folder = ctx.slots.open(a.slot)
         started = time.monotonic()
         try:
-            runners = ctx.serving.start_candidates(folder)
+            runners = ctx.serving.start_candidates(folder, a.slot)
         except RunnerError as exc:
             result = CheckResult("model_load", False, exc.message, time.monotonic() - started)
             a.checks = [result.to_json()]
@@ -170,7 +170,7 @@ class Committing:
         a = ctx.attempt
         ctx.serving.stop_candidates()
         ctx.candidates = []
-        gap = ctx.serving.serve(ctx.slots.open(a.slot))
+        gap = ctx.serving.serve(ctx.slots.open(a.slot), a.slot)
         a.commit_gap_ms = round(gap * 1000, 3)
         record = ctx.boot.load()
         record.slots[a.slot] = replace(record.slots[a.slot], state="good", reason="")

@@ -44,13 +44,14 @@ class ModelServing:
         self.main: dict[str, Runner] = {}
         self.candidates: dict[str, Runner] = {}
 
-    def serve(self, folder: Path | None) -> float:
-        """Make the main sockets serve the set in ``folder`` (None: serve nothing).
+    def serve(self, folder: Path | None, slot: str | None = None) -> float:
+        """Make the main sockets serve the set in ``folder`` (None: serve nothing), slot
+        ``slot``'s: results name the slot and revision they came from.
 
         Runners already serving the same file are kept; a changed model's old runner is
         stopped, then the new one started on the same socket. Returns the longest gap a
         caller of a main socket saw, in seconds. Raises RunnerStartError."""
-        wanted = self._configs(folder, ".sock", self.results) if folder is not None else {}
+        wanted = self._configs(folder, ".sock", self.results, slot) if folder is not None else {}
         for name in sorted(set(self.main) - set(wanted)):
             log.info("model %s is not in the active set; stopping its runner", name)
             self.main.pop(name).stop()
@@ -69,12 +70,12 @@ class ModelServing:
             gap = max(gap, time.monotonic() - started)
         return gap
 
-    def start_candidates(self, folder: Path) -> dict[str, Runner]:
+    def start_candidates(self, folder: Path, slot: str | None = None) -> dict[str, Runner]:
         """Runners for the set in ``folder`` on the candidate sockets; RunnerStartError
         (with the child's last words) if one does not come up."""
         self.stop_candidates()
         for name, config in sorted(
-            self._configs(folder, CANDIDATE_SUFFIX, self.candidate_results).items()
+            self._configs(folder, CANDIDATE_SUFFIX, self.candidate_results, slot).items()
         ):
             runner = Runner(config)
             self.candidates[name] = runner
@@ -93,10 +94,13 @@ class ModelServing:
             runner.stop()
         self.main.clear()
 
-    def _configs(self, folder: Path, suffix: str, results: Path) -> dict[str, RunnerConfig]:
+    def _configs(
+        self, folder: Path, suffix: str, results: Path, slot: str | None
+    ) -> dict[str, RunnerConfig]:
         self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         configs = {}
-        for model in load_set(folder).models:
+        modelset = load_set(folder)
+        for model in modelset.models:
             socket = self.socket_dir / f"{model.name}{suffix}"
             if len(str(socket)) > MAX_SOCKET_PATH:
                 raise ConfigError(
@@ -112,5 +116,7 @@ class ModelServing:
                 digest=model.digest,
                 threads=self.threads,
                 start_timeout=self.start_timeout,
+                slot=slot,
+                revision=modelset.revision,
             )
         return configs

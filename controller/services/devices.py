@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlmodel import Session
 
 from edgefleet.controller import lifecycle
+from edgefleet.controller.buffers import lag_of
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Device, Profile, Site, aware
 from edgefleet.controller.roles import Operator
@@ -22,7 +23,9 @@ from edgefleet.labels import parse_labels
 from edgefleet.wire import DeviceState
 
 
-def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
+def public(
+    device: Device, site: str, profile: str | None, now: datetime | None = None
+) -> dict[str, Any]:
     seen = aware(device.last_seen_at)
     return {
         "id": device.id,
@@ -50,6 +53,24 @@ def public(device: Device, site: str, profile: str | None) -> dict[str, Any]:
         "slots": device.status.get("slots", []),
         "active_slot": device.status.get("active_slot"),
         "last_update": device.status.get("last_update"),
+        **buffer_fields(device, seen, now or datetime.now(UTC)),
+    }
+
+
+def buffer_fields(device: Device, seen: datetime | None, now: datetime) -> dict[str, Any]:
+    """The device's result buffer as it last reported it, and the lag: how old the oldest
+    result the controller does not hold yet is now (``controller.buffers.lag_of``). None
+    where the device never reported a status, or was decommissioned (it sends no more)."""
+    buffer = (device.status or {}).get("buffer")
+    if not isinstance(buffer, dict) or seen is None:
+        return {"result_lag_seconds": None, "buffer_depth": None, "buffer_drops": {}}
+    lag: float | None = round(lag_of(device.status, seen, now), 1)
+    if device.state == DeviceState.decommissioned:
+        lag = None
+    return {
+        "result_lag_seconds": lag,
+        "buffer_depth": int(buffer.get("depth") or 0),
+        "buffer_drops": {str(k): int(v) for k, v in (buffer.get("drops") or {}).items()},
     }
 
 
@@ -81,10 +102,11 @@ def list_devices(
             q = q.where(Device.state == state)
         rows = s.execute(q).all()
     out = []
+    now = datetime.now(UTC)
     for device, site_name, profile_name in rows:
         if any(device.labels.get(k) != v for k, v in wanted.items()):
             continue
-        out.append(public(device, site_name, profile_name))
+        out.append(public(device, site_name, profile_name, now))
     return out[offset : offset + limit]
 
 

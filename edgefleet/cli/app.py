@@ -17,6 +17,7 @@ from edgefleet.cli import (
     models,
     pki,
     registry,
+    results,
     sites,
     tokens,
     updates,
@@ -62,6 +63,7 @@ app.add_typer(image.app, name="image")
 app.add_typer(gitops.app, name="gitops")
 app.add_typer(models.app, name="models")
 app.add_typer(updates.app, name="updates")
+app.add_typer(results.app, name="results")
 app.command("login")(login.login)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from edgefleet.cli.common import controller, handled
@@ -10,7 +12,35 @@ from edgefleet.cli.output import Format, OutputOpt, show
 from edgefleet.cli.updates import render_slots
 
 app = typer.Typer(help="Devices in the fleet.", no_args_is_help=True)
-COLUMNS = ["id", "state", "site", "profile", "serial", "applied_revision", "last_seen_at"]
+COLUMNS = ["id", "state", "site", "profile", "serial", "applied_revision", "last_seen_at", "lag"]
+
+
+def duration(seconds: float | None) -> str:
+    """A lag as people read it: 0s, 45s, 3m, 2h5m, 3d4h; "-" for none."""
+    if seconds is None:
+        return "-"
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    big, small, unit, sub = (s // 3600, s % 3600 // 60, "h", "m")
+    if s >= 86400:
+        big, small, unit, sub = (s // 86400, s % 86400 // 3600, "d", "h")
+    return f"{big}{unit}{small}{sub}" if small else f"{big}{unit}"
+
+
+def _readable(row: dict[str, Any]) -> dict[str, Any]:
+    """Table cells: ``lag`` is the result lag (age of the oldest result the controller does
+    not hold yet) in words; JSON keeps ``result_lag_seconds`` as the API gives it."""
+    drops = row.get("buffer_drops") or None
+    return {**row, "lag": duration(row.get("result_lag_seconds")), "buffer_drops": drops}
+
+
+def _show(rows: list[dict[str, Any]] | dict[str, Any], output: Format, columns: list[str]) -> None:
+    if output == Format.table:
+        rows = [_readable(r) for r in rows] if isinstance(rows, list) else _readable(rows)
+    show(rows, output, columns)
 
 
 @app.command("list")
@@ -24,14 +54,14 @@ def list_(
 ) -> None:
     """List devices, optionally filtered by site, state and labels."""
     rows = controller(ctx).get("/devices", site=site, state=state, label=label or None)
-    show(rows, output, COLUMNS)
+    _show(rows, output, COLUMNS)
 
 
 @app.command("show")
 @handled
 def show_(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
     device = controller(ctx).get(f"/devices/{device_id}")
-    show(device, output, [*COLUMNS, "inventory"])
+    _show(device, output, [*COLUMNS, "buffer_depth", "buffer_drops", "inventory"])
     if output == Format.table:
         render_slots(device)
 
@@ -40,7 +70,7 @@ def _action(verb: str, doc: str) -> None:
     @handled
     def command(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
         result = controller(ctx).post(f"/devices/{device_id}/{verb}")
-        show(result, output, COLUMNS)
+        _show(result, output, COLUMNS)
         gitops_note(result, output)
 
     command.__doc__ = doc
@@ -70,5 +100,5 @@ def assign(
     """Give a device a profile; its desired state and the fleet repository follow at once."""
     body = {"profile": profile, "revision": revision}
     result = controller(ctx).post(f"/devices/{device_id}/assign", body)
-    show(result, output, COLUMNS)
+    _show(result, output, COLUMNS)
     gitops_note(result, output)

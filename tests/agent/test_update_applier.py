@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from edgefleet.agent.buffer import Buffer
+from edgefleet.agent.results import RESULTS_DB, RESULTS_FOLDER
 from edgefleet.agent.runner.client import RunnerClient
 from edgefleet.agent.settings import load_settings
 from edgefleet.agent.slots.image import ImageSlots
@@ -110,6 +112,9 @@ def test_slot_applier_commits_a_good_revision_and_rolls_back_a_bad_one_with_evid
         assert applier.apply(fleet.desired(1, fleet.push(1, "1.0"))) == 1
         assert applier.apply(fleet.desired(2, fleet.push(2, "2.0"))) == 2
         assert _version(sockets) == "2.0"
+        with Buffer(state / RESULTS_FOLDER / RESULTS_DB) as results:
+            [row] = results.read_from(0)  # the health checks' calls are not the device's
+        assert (row.slot, row.revision) == ("B", 2)
         assert applier.last_outcome().outcome == "committed"  # type: ignore[union-attr]
 
         bad = fleet.desired(3, fleet.push_mismatched(3, 4, "3.0"))
