@@ -278,6 +278,11 @@ def _held(
     return {seq: (enc, payload) for seq, enc, payload in rows if seq in wanted}
 
 
+_KEEP_FIRST = "ON CONFLICT (device_id, epoch, seq) DO NOTHING"
+_PG_TYPES = (
+    "varchar", "varchar", "bigint", "timestamptz", "float8", "bool", "varchar", "varchar",
+    "varchar", "int", "varchar", "text", "timestamptz",
+)  # fmt: skip
 _COLUMNS = (
     "device_id, epoch, seq, time, device_time, corrected, boot_id, digest, slot, revision, "
     "encoding, payload, received_at"
@@ -322,11 +327,20 @@ def _insert(
                 at,
             )
         )
-    marks = ", ".join([mark] * 13)
+    row_marks = f"({', '.join([mark] * len(rows[0]))})"
+    if sqlite_db:  # in-process: executemany costs nothing per row
+        conn.exec_driver_sql(
+            f"INSERT INTO result ({_COLUMNS}) VALUES {row_marks} {_KEEP_FIRST}",
+            rows,  # type: ignore[arg-type]
+        )
+        return
+    # PostgreSQL: one statement, a column an array; executemany pays a round trip per
+    # row, and a statement of many VALUES rows costs the driver more than the database.
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    arrays = ", ".join(f"%b::{kind}[]" for kind in _PG_TYPES)
     conn.exec_driver_sql(
-        f"INSERT INTO result ({_COLUMNS}) VALUES ({marks}) "
-        "ON CONFLICT (device_id, epoch, seq) DO NOTHING",
-        rows,  # type: ignore[arg-type]
+        f"INSERT INTO result ({_COLUMNS}) SELECT * FROM unnest({arrays}) {_KEEP_FIRST}",
+        tuple(columns),
     )
 
 
