@@ -17,9 +17,10 @@ A record is a JSON-able dict, one per prediction::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from edgefleet.agent.buffer import Buffer
+if TYPE_CHECKING:
+    from edgefleet.agent.buffer import Buffer
 
 RESULTS_FOLDER = "results"
 """Under the agent's state directory; the runners write, the uploader drains."""
@@ -45,15 +46,20 @@ class BufferStore:
         self.folder = folder
         self.slot = slot
         self.revision = revision
-        self.buffer = Buffer(folder / RESULTS_DB)
+        self.buffer = self._open()
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.buffer.path.exists():
             if not self.folder.is_dir():
                 raise FileNotFoundError(f"the results folder {self.folder} is gone")
             self.buffer.close()
-            self.buffer = Buffer(self.folder / RESULTS_DB)
+            self.buffer = self._open()
         digest = record.get("model", {}).get("digest") or ""
         self.buffer.append(
             {"payload": record, "digest": digest, "slot": self.slot, "revision": self.revision}
         )
+
+    def _open(self) -> Buffer:
+        from edgefleet.agent.buffer import Buffer  # SQLite only where results are kept
+
+        return Buffer(self.folder / RESULTS_DB)

@@ -19,11 +19,16 @@ import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefleet.agent.backoff import Backoff
-from edgefleet.agent.buffer import Buffer, Policy, RawRow, Stats, boot_id, monotonic
 from edgefleet.errors import ApiError, EdgefleetError
 from edgefleet.wire import ResultAck, ResultPolicy
+
+if TYPE_CHECKING:
+    # Imported when the buffer is first opened: an agent with no results to send keeps
+    # SQLite out of its idle memory.
+    from edgefleet.agent.buffer import Buffer, RawRow, Stats
 
 log = logging.getLogger("edgefleet.agent.uploader")
 
@@ -180,6 +185,8 @@ class Uploader:
             self.close()
         with self._lock:
             if self._buffer is None:
+                from edgefleet.agent.buffer import Buffer
+
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._buffer = Buffer(self.path)
                 self._cursor = self._buffer.acked
@@ -191,6 +198,8 @@ class Uploader:
         policy = self._policy
         if self._buffer is None or policy is None or policy == self._applied:
             return
+        from edgefleet.agent.buffer import Policy
+
         self._buffer.configure(
             policy.max_bytes, Policy.of_profile(policy.policy), policy.rate_per_second
         )
@@ -218,6 +227,8 @@ def _encode(epoch: str, rows: list[RawRow], skipped: list[dict[str, object]]) ->
     """The batch as gzipped JSON, with the clocks as of now (the controller dates the
     boot by them). Written piece by piece into the compressor: a batch never exists as
     a tree of dicts, which keeps the agent's peak memory down while it drains."""
+    from edgefleet.agent.buffer import boot_id, monotonic
+
     out = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     head = {"epoch": epoch, "boot_id": boot_id(), "wall": time.time(), "mono": monotonic()}
     parts = [json.dumps(head, separators=(",", ":"))[:-1], ',"skipped":', _dumps(skipped)]
