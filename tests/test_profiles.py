@@ -137,6 +137,9 @@ def test_every_example_validates_and_applies(path: Path, api: Api) -> None:
             "duplicate name 'm'",
         ),
         ({"labels": {"tier": 3}}, "/labels/tier", "is not of type 'string'"),
+        ({"results": {"retention_hours": 0}}, "/results/retention_hours", "less than the minimum"),
+        ({"results": {"policy": "random"}}, "/results/policy", "is not one of"),
+        ({"results": {"max_bytes": 1000}}, "/results/max_bytes", "less than the minimum"),
     ],
 )
 def test_schema_refuses_with_path_and_reason_and_stores_nothing(
