@@ -199,6 +199,8 @@ class Buffer:
         )
         self.epoch: str = self._meta("epoch") or epoch
         self.rate: float | None = None
+        self._mean_row = 0.0
+        """The stored rows' mean size when last seen: an emptied buffer still knows it."""
         self._pages = 0
         self._load_config()
         self._keep_reserve()
@@ -448,9 +450,11 @@ class Buffer:
             oldest = self._db.execute("SELECT wall FROM results ORDER BY seq LIMIT 1").fetchone()
             drops = dict(self._db.execute("SELECT reason, count FROM drops ORDER BY reason"))
         age = max(time.time() - oldest[0], 0.0) if oldest else None
+        if depth:
+            self._mean_row = size / depth
         hours = None
-        if self.rate and depth:
-            hours = self.cap_bytes * FILL / (self.rate * size / depth) / 3600
+        if self.rate and self._mean_row:
+            hours = self.cap_bytes * FILL / (self.rate * self._mean_row) / 3600
         return Stats(
             depth=depth,
             bytes=size,

@@ -55,6 +55,7 @@ from edgefleet.wire import (
     Registration,
     RenewRequest,
     ResultAck,
+    ResultPolicy,
     SlotStatus,
     StatusAck,
     StatusReport,
@@ -142,6 +143,7 @@ class Agent:
         self._upload_thread: threading.Thread | None = None
         self._upload_client: ControllerClient | None = None
         self._upload_roots = ""
+        self._capacity_warned: ResultPolicy | None = None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -592,6 +594,7 @@ class Agent:
         stats = self.uploader.stats()
         if stats is None:
             return BufferStats()
+        self._check_capacity(stats.capacity_hours)
         return BufferStats(
             depth=stats.depth,
             bytes=stats.bytes,
@@ -599,6 +602,24 @@ class Agent:
             drops=stats.drops,
             cap_bytes=stats.cap_bytes,
             capacity_hours=stats.capacity_hours,
+        )
+
+    def _check_capacity(self, hours: float | None) -> None:
+        """Say once per profile when the buffer cannot hold the retention it asks for."""
+        policy = self.uploader.policy
+        if policy is None or hours is None or hours >= policy.retention_hours:
+            return
+        if self._capacity_warned == policy:
+            return
+        self._capacity_warned = policy
+        log.warning(
+            "the result buffer holds about %.1f h of results at %g a second (the records' "
+            "mean size), less than the profile's retention of %g h: raise results.max_bytes "
+            "or the device drops results (policy %s) during a long outage",
+            hours,
+            policy.rate_per_second,
+            policy.retention_hours,
+            policy.policy,
         )
 
     def _health(self) -> Health:

@@ -95,6 +95,11 @@ class Uploader:
         with self._lock:
             self._apply_policy()
 
+    @property
+    def policy(self) -> ResultPolicy | None:
+        """The profile's capacity and policy, once the desired state named them."""
+        return self._policy
+
     def stats(self) -> Stats | None:
         """The buffer's depth, size, oldest age and drops; None before it exists."""
         with self._lock:

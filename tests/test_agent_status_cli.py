@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from edgefleet.agent.buffer import Buffer, Policy
 from edgefleet.agent.files import write_json
 from edgefleet.agent.slots.record import BootControl, Record, SlotInfo
 
@@ -58,12 +59,31 @@ def test_agent_status_shows_both_slots_the_active_one_and_the_last_outcome(
     assert "A * │ good │ 3" in text and "B │ bad │ 4 │ probe differs" in text
     assert "last update: revision 4 in slot B rolled_back at 2030-03-01T10:00:09+00:00" in text
     assert "health check probe failed" in text and "probe: scores differ by 0.41" in text
+    assert "results: none stored yet" in text
 
     as_json = json.loads(
         run("agent", "status", "--state-dir", str(tmp_path / "state"), "-o", "json").stdout
     )
     assert as_json["active_slot"] == "A" and as_json["last_update"]["revision"] == 4
     assert [(s["name"], s["state"]) for s in as_json["slots"]] == [("A", "good"), ("B", "bad")]
+
+
+def test_agent_status_shows_what_waits_in_the_result_buffer(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    with Buffer(tmp_path / "results" / "results.db") as buffer:
+        buffer.configure(1024 * 1024, Policy.DROP_OLDEST, rate=2.0)
+        for start in range(0, 6000, 1000):
+            batch = range(start, start + 1000)
+            buffer.append_many([{"payload": {"i": i, "pad": "x" * 200}} for i in batch])
+        buffer.delete_through(buffer.read_from(0)[9].seq)
+        stats = buffer.stats()
+    out = run("agent", "status", "--state-dir", str(tmp_path), "-o", "json")
+    found = json.loads(out.stdout)["buffer"]
+    assert found["depth"] == stats.depth and found["drops"] == stats.drops
+    assert found["drops"]["oldest"] > 0 and found["acked"] > 0 and found["cap_bytes"] == 1 << 20
+    text = " ".join(run("agent", "status", "--state-dir", str(tmp_path)).stdout.split())
+    assert f"results: {stats.depth} waiting for the controller" in text
+    assert f"dropped: {stats.drops['oldest']} oldest" in text and "holds about" in text
 
 
 def test_agent_status_of_a_fresh_device_and_of_a_wrong_folder(tmp_path: Path) -> None:

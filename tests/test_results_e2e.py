@@ -73,25 +73,39 @@ def test_two_days_offline_arrive_in_order_exactly_once(
 
             total = 100 + TWO_DAYS
             wait_for(lambda: stored() == total, 240, f"{total} results", every=1)
-        with db.connect() as conn:
-            keys, first, last = conn.execute(
-                text("SELECT count(DISTINCT (epoch, seq)), min(seq), max(seq) FROM result")
-            ).one()
-            assert (keys, first, last) == (total, 1, total)
-            disorder = conn.execute(
-                text(
-                    "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (ORDER BY id) AS prev "
-                    "FROM result) AS arrival WHERE seq <= prev"
-                )
-            ).scalar_one()
-            assert disorder == 0, "results were stored out of sequence order"
-            wrong = conn.execute(
-                text("SELECT count(*) FROM result WHERE (payload::json->>'i')::int + 1 <> seq")
-            ).scalar_one()
-            assert wrong == 0, "a stored payload is not the one written under its key"
-        with Buffer(path) as buf:
-            wait_for(lambda: buf.stats().depth == 0, 30, "the device to drop what was acked")
-            assert buf.acked == total
+            with db.connect() as conn:
+                keys, first, last = conn.execute(
+                    text("SELECT count(DISTINCT (epoch, seq)), min(seq), max(seq) FROM result")
+                ).one()
+                assert (keys, first, last) == (total, 1, total)
+                disorder = conn.execute(
+                    text(
+                        "SELECT count(*) FROM (SELECT seq, lag(seq) OVER (ORDER BY id) AS prev "
+                        "FROM result) AS arrival WHERE seq <= prev"
+                    )
+                ).scalar_one()
+                assert disorder == 0, "results were stored out of sequence order"
+                wrong = conn.execute(
+                    text("SELECT count(*) FROM result WHERE (payload::json->>'i')::int + 1 <> seq")
+                ).scalar_one()
+                assert wrong == 0, "a stored payload is not the one written under its key"
+            with Buffer(path) as buf:
+                wait_for(lambda: buf.stats().depth == 0, 30, "the device to drop what was acked")
+                assert buf.acked == total
+                buf.append_many(_records(total, 10))  # a mean size to estimate capacity from
+
+            # A smaller cap in a new revision reaches the buffer, and the agent says that it
+            # no longer holds the profile's 48 hours.
+            small = {**results, "max_bytes": 1024 * 1024, "policy": "drop_newest"}
+            profile.write_text(yaml.safe_dump({"name": "offline", "results": small}))
+            assert ctl.cli("profiles", "apply", str(profile)).returncode == 0
+            wait_for(
+                lambda: "less than the profile's retention of 48 h" in agent.log.read_text(),
+                30,
+                "the agent's warning about its capacity",
+            )
+            with Buffer(path) as buf:
+                assert (buf.cap_bytes, buf.policy) == (1024 * 1024, Policy.DROP_NEWEST)
     finally:
         ctl.close()
         db.dispose()

@@ -1,10 +1,12 @@
-"""``edgefleet agent status``: the A/B slots and the last update, read on the device.
+"""``edgefleet agent status``: the A/B slots, the last update and the result buffer,
+read on the device.
 
 It reads the agent's state directory and never talks to the controller, so it works
 offline, on the device, while the agent runs: the boot-control record
 (``<state dir>/slots/boot.0.json`` and ``boot.1.json``; the newest valid copy wins,
 exactly as the agent reads it) and the newest evidence bundle of an update attempt
-(``<state dir>/evidence/*.json``).
+(``<state dir>/evidence/*.json``), and the result buffer's depth, age and drops
+(``<state dir>/results/results.db``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from edgefleet.agent.buffer import Buffer
+from edgefleet.agent.results import RESULTS_DB, RESULTS_FOLDER
 from edgefleet.agent.settings import DEFAULT_STATE_DIR
 from edgefleet.agent.slots.record import SLOTS, BootControl, Record
 from edgefleet.cli.common import handled
@@ -62,7 +66,26 @@ def read_status(state_dir: Path) -> dict[str, Any]:
             for name in SLOTS
         ],
         "last_update": _last_bundle(state_dir / EVIDENCE_DIR),
+        "buffer": _buffer(state_dir / RESULTS_FOLDER / RESULTS_DB),
     }
+
+
+def _buffer(path: Path) -> dict[str, Any] | None:
+    """What waits for the controller; None on a device that never stored a result."""
+    if not path.exists():
+        return None
+    with Buffer(path) as buffer:
+        stats = buffer.stats()
+        return {
+            "depth": stats.depth,
+            "bytes": stats.bytes,
+            "oldest_age_seconds": stats.oldest_age_seconds,
+            "drops": stats.drops,
+            "acked": buffer.acked,
+            "cap_bytes": stats.cap_bytes,
+            "policy": buffer.policy.value,
+            "capacity_hours": stats.capacity_hours,
+        }
 
 
 def _last_bundle(folder: Path) -> dict[str, Any] | None:
@@ -79,6 +102,26 @@ def _last_bundle(folder: Path) -> dict[str, Any] | None:
 
 
 def _render(found: dict[str, Any]) -> None:
+    _render_slots(found)
+    buffer = found["buffer"]
+    if buffer is None:
+        console.print("results: none stored yet")
+        return
+    age = buffer["oldest_age_seconds"]
+    waiting = f", oldest {age:.0f} s old" if age is not None else ""
+    drops = ", ".join(f"{n} {reason}" for reason, n in buffer["drops"].items()) or "none"
+    hours = buffer["capacity_hours"]
+    holds = f", holds about {hours:.0f} h at the profile's rate" if hours is not None else ""
+    console.print(
+        f"results: {buffer['depth']} waiting for the controller ({buffer['bytes']} bytes"
+        f"{waiting}), acked through {buffer['acked']}; cap {buffer['cap_bytes']} bytes"
+        f"{holds}, drop policy {buffer['policy']}; dropped: {drops}",
+        highlight=False,
+        markup=False,
+    )
+
+
+def _render_slots(found: dict[str, Any]) -> None:
     active = found["active_slot"]
     table = Table("slot", "state", "revision", "reason", title=f"slots (active: {active or '-'})")
     for slot in found["slots"]:
