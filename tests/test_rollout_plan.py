@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from edgefleet.controller.rollouts.plan import Member, Step, assign, parse_steps
 from edgefleet.controller.rollouts.windows import is_open, next_open, parse_window, zone
 from edgefleet.errors import BadRequest
+from tests.support.apiclient import Api
 
 
 def fleet(n: int, start: int = 0) -> list[Member]:
@@ -100,3 +103,38 @@ def test_bad_windows_are_refused(text: str, reason: str) -> None:
         parse_window(text)
     with pytest.raises(BadRequest, match="unknown time zone"):
         zone("Mars/Olympus")
+
+
+def test_members_are_the_profiles_rendered_devices_narrowed_by_labels_and_sites(
+    api: Api,
+) -> None:
+    from edgefleet.controller.rollouts.members import select_members
+
+    api.site("shop-1")
+    api.site("shop-2")
+    api.profile("vision", {"config": {}})
+    api.profile("other", {"config": {}})
+    ids = {}
+    for name, site, tier, profile in [
+        ("a", "shop-1", "gold", "vision"),
+        ("b", "shop-2", "gold", "vision"),
+        ("c", "shop-1", "silver", "vision"),
+        ("d", "shop-1", "gold", "other"),
+    ]:
+        token = api.token(site=site, labels={"tier": tier}, profile=profile)["token"]
+        ids[name] = api.device(token).id
+    engine = api.client.app.state.rt.engine  # type: ignore[attr-defined]
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # "a" was heard from just now; the others never
+        conn.execute(
+            text("UPDATE device SET last_seen_at = :now WHERE id = :id"),
+            {"now": now, "id": ids["a"]},
+        )
+
+    def chosen(**kw: Any) -> dict[str, bool]:
+        found = select_members(engine, "vision", now=now, interval_seconds=10, **kw)
+        return {next(k for k, v in ids.items() if v == m.device_id): m.online for m in found}
+
+    assert chosen() == {"a": True, "b": False, "c": False}
+    assert chosen(labels={"tier": "gold"}) == {"a": True, "b": False}
+    assert chosen(labels={"tier": "gold"}, sites=["shop-2"]) == {"b": False}
