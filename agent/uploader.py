@@ -69,7 +69,6 @@ class Uploader:
         self.batch_records = batch_records
         self.batch_bytes = batch_bytes
         self.poll_seconds = poll_seconds
-        self.sent = 0
         self._buffer: Buffer | None = None
         self._lock = threading.Lock()  # the buffer's opening and closing
         self._cursor = 0
@@ -174,7 +173,6 @@ class Uploader:
         self._cursor = ack.acked
         if ack.acked > local_ack:
             buffer.delete_through(ack.acked)
-        self.sent += ack.stored
         return True
 
     def close(self) -> None:
