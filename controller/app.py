@@ -22,6 +22,7 @@ from edgefleet.controller.api import (
     gitops,
     registry,
     results,
+    rollouts,
     sites,
     tokens,
     updates,
@@ -62,7 +63,18 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
     app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
-    for module in (device_api, devices, tokens, sites, users, gitops, registry, updates, results):
+    for module in (
+        device_api,
+        devices,
+        tokens,
+        sites,
+        users,
+        gitops,
+        registry,
+        updates,
+        results,
+        rollouts,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]

@@ -40,6 +40,12 @@ class Site(SQLModel, table=True):
     name: str = Field(unique=True, index=True, max_length=128)
     timezone: str = Field(default="UTC", max_length=64)
     labels: dict[str, str] = _json(dict)
+    maintenance_windows: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(JSON, nullable=False, server_default="[]"),
+    )
+    """When rollouts may update the site's devices, in its own time zone, as the operator
+    wrote them (``rollouts/windows.py`` reads them); none: at any time."""
     created_at: datetime = _ts(nullable=False)
 
 

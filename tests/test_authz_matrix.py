@@ -95,6 +95,7 @@ class World:
             OTHER_DEVICE: self.other_device,
             DECOMMISSIONED: self.decommissioned,
         }
+        self.follower: str | None = None
 
     def unique(self, stem: str) -> str:
         return f"{stem}-{next(self._n)}"
@@ -124,6 +125,18 @@ class World:
         self.api.user(username, "viewer")
         return {"username": username}
 
+    def fresh_site(self) -> dict[str, str]:
+        name = self.unique("site")
+        self.api.site(name)
+        return {"name": name}
+
+    def rollout_spec(self) -> dict[str, Any]:
+        """A plan needs a device following the profile: enrolled at the first call."""
+        if self.follower is None:
+            token = self.api.token(site="shop-a", profile="matrix")["token"]
+            self.follower = self.api.device(token).id
+        return {"profile": "matrix", "seed": "matrix"}
+
     def first_commit(self) -> dict[str, str]:
         log = self.api.ok("GET", "/gitops/shop-a/log", self.api.admin)
         return {"commit": log[-1]["commit"]}
@@ -143,6 +156,10 @@ class World:
     def restores(self, params: dict[str, str]) -> int:
         audit = self.api.ok("GET", "/audit", self.api.admin)
         return sum(a["action"] == "gitops.restore" for a in audit)
+
+    def site_windows(self, params: dict[str, str]) -> list[str]:
+        sites = self.api.ok("GET", "/sites", self.api.admin)
+        return next(s for s in sites if s["name"] == params["name"])["maintenance_windows"]
 
     def user_disabled(self, params: dict[str, str]) -> bool:
         users = self.api.ok("GET", "/users", self.api.admin)
@@ -314,6 +331,16 @@ ROWS: list[Row] = [
         observe=_count("/sites"),
     ),
     Row("GET", "/api/v1/sites", READERS),
+    Row(
+        "PUT",
+        "/api/v1/sites/{name}/maintenance-windows",
+        WRITERS,
+        body=lambda w: {"windows": ["Sat,Sun 00:00-24:00"]},
+        fresh=World.fresh_site,
+        observe=World.site_windows,
+    ),
+    # A dry run changes nothing: readers may plan.
+    Row("POST", "/api/v1/rollouts/plan", READERS, body=World.rollout_spec),
     Row(
         "POST",
         "/api/v1/profiles",

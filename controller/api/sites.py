@@ -17,10 +17,20 @@ from edgefleet.wire import Strict
 router = APIRouter(tags=["sites", "profiles"])
 
 
+Window = Annotated[str, Field(min_length=1, max_length=64)]
+
+
 class SiteCreate(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     timezone: str = "UTC"
     labels: dict[str, str] = Field(default_factory=dict)
+    maintenance_windows: list[Window] = Field(default_factory=list)
+    """``Mon-Fri 01:00-05:00`` etc. in the site's time zone; none: any time."""
+
+
+class SiteWindows(Strict):
+    windows: list[Window]
+    """The site's new windows, replacing the old; an empty list clears them."""
 
 
 class ProfileApply(Strict):
@@ -32,7 +42,9 @@ class ProfileApply(Strict):
 @router.post("/sites", status_code=201)
 def create_site(req: SiteCreate, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     with rt.gitops.change(who.username) as change:
-        site = sites.create_site(rt.engine, who, req.name, req.timezone, req.labels)
+        site = sites.create_site(
+            rt.engine, who, req.name, req.timezone, req.labels, req.maintenance_windows
+        )
         change.why, change.sites = f"{who.username} created site {req.name}", {req.name}
     return {**site, "gitops": change.outcome.public()}
 
@@ -40,6 +52,12 @@ def create_site(req: SiteCreate, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
 @router.get("/sites")
 def list_sites(who: Reader, rt: RuntimeDep) -> list[dict[str, Any]]:
     return sites.list_sites(rt.engine)
+
+
+@router.put("/sites/{name}/maintenance-windows")
+def set_site_windows(name: str, req: SiteWindows, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    """No GitOps change: windows shape when rollouts run, not what devices are told."""
+    return sites.set_windows(rt.engine, who, name, req.windows)
 
 
 @router.post("/profiles")

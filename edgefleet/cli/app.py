@@ -18,6 +18,7 @@ from edgefleet.cli import (
     pki,
     registry,
     results,
+    rollouts,
     sites,
     tokens,
     updates,
@@ -64,6 +65,7 @@ app.add_typer(gitops.app, name="gitops")
 app.add_typer(models.app, name="models")
 app.add_typer(updates.app, name="updates")
 app.add_typer(results.app, name="results")
+app.add_typer(rollouts.app, name="rollouts")
 app.command("login")(login.login)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)

@@ -1,8 +1,10 @@
-"""``edgefleet sites create | list`` and ``edgefleet profiles apply | list | show | diff``."""
+"""``edgefleet sites create | list | windows`` and ``edgefleet profiles apply | list | show |
+diff``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
@@ -16,6 +18,19 @@ from edgefleet.labels import parse_labels
 
 app = typer.Typer(help="Sites: where devices live.", no_args_is_help=True)
 profiles = typer.Typer(help="Cluster profiles (numbered revisions).", no_args_is_help=True)
+COLUMNS = ["name", "timezone", "labels", "windows"]
+WINDOW_HELP = "Maintenance window in the site's time zone, e.g. 'Mon-Fri 01:00-05:00' (repeat)"
+
+
+def _show_sites(rows: list[dict[str, Any]] | dict[str, Any], output: Format) -> None:
+    """Windows are joined with '; ' in tables: a window may hold commas (Sat,Sun ...)."""
+    if output == Format.table:
+        items = rows if isinstance(rows, list) else [rows]
+        rows = [
+            {**r, "windows": "; ".join(r.get("maintenance_windows") or []) or "any time"}
+            for r in items
+        ]
+    show(rows, output, COLUMNS)
 
 
 @app.command()
@@ -25,16 +40,42 @@ def create(
     name: str,
     timezone: str = typer.Option("UTC", help="IANA time zone, e.g. Europe/Berlin"),
     label: list[str] = typer.Option([], help="key=value (repeat)"),
+    window: list[str] = typer.Option([], help=WINDOW_HELP),
     output: Format = OutputOpt,
 ) -> None:
-    body = {"name": name, "timezone": timezone, "labels": parse_labels(label)}
-    show(controller(ctx).post("/sites", body), output, ["name", "timezone", "labels"])
+    """Create a site; without --window, rollouts may update its devices at any time."""
+    body = {
+        "name": name,
+        "timezone": timezone,
+        "labels": parse_labels(label),
+        "maintenance_windows": window,
+    }
+    _show_sites(controller(ctx).post("/sites", body), output)
 
 
 @app.command("list")
 @handled
 def list_(ctx: typer.Context, output: Format = OutputOpt) -> None:
-    show(controller(ctx).get("/sites"), output, ["name", "timezone", "labels"])
+    _show_sites(controller(ctx).get("/sites"), output)
+
+
+@app.command("windows")
+@handled
+def windows(
+    ctx: typer.Context,
+    name: str,
+    window: list[str] = typer.Option([], help=WINDOW_HELP),
+    clear: bool = typer.Option(False, "--clear", help="Remove every window: any time"),
+    output: Format = OutputOpt,
+) -> None:
+    """Replace a site's maintenance windows (--window, repeated), or --clear them."""
+    if bool(window) == clear:
+        raise EdgefleetError(
+            "give the new windows with --window (repeat), or --clear to allow any time",
+            code="usage",
+        )
+    path = f"/sites/{name}/maintenance-windows"
+    _show_sites(controller(ctx).request("PUT", path, json={"windows": window}), output)
 
 
 @profiles.command()
