@@ -86,11 +86,18 @@ def is_open(windows: list[Window], tz: ZoneInfo, now: datetime) -> bool:
 
 
 def next_open(windows: list[Window], tz: ZoneInfo, now: datetime) -> datetime:
-    """When the site's next window opens (``now`` if one is open): minute steps over a
-    week at most, for the plan's expected duration."""
-    probe = now.replace(second=0, microsecond=0)
-    for _ in range(7 * 1440 + 1):
-        if is_open(windows, tz, probe):
-            return max(probe, now)
-        probe += timedelta(minutes=1)
-    return now
+    """When the site's next window opens (``now`` if one is open): the earliest window
+    start over the coming week, in the site's zone (its daylight-saving changes too)."""
+    if is_open(windows, tz, now):
+        return now
+    local = now.astimezone(tz)
+    midnight = local.replace(hour=0, minute=0, second=0, microsecond=0, tzinfo=None)
+    starts = []
+    for offset in range(8):
+        day = midnight + timedelta(days=offset)
+        for w in windows:
+            if day.weekday() in w.days:
+                start = (day + timedelta(minutes=w.start)).replace(tzinfo=tz)
+                if start > now:
+                    starts.append(start.astimezone(now.tzinfo))
+    return min(starts, default=now)
