@@ -46,6 +46,19 @@ SLACK = 64
 """An eviction frees this share of the cap more than it must, so a full buffer does
 not evict on every commit."""
 
+WAL_PAGES = 1000
+"""Checkpoint the WAL every 1000 pages (SQLite's default, 4 MiB at 4 KiB pages): the
+WAL, and what a checkpoint may add to the database file, stay inside LOW_DISK_BYTES.
+Checkpointing more often costs a third of the ingest rate (more fsyncs)."""
+
+LOW_DISK_BYTES = 8 * 1024 * 1024
+"""With less free space than this on its file system, the buffer is full whatever its
+cap: it stores only in the pages that evictions (and the uploader's deletes) freed in
+its file, which stops growing, so its WAL can still be checkpointed and reused and a
+delete needs no new space. Without it, a disk filled to the last block takes every
+later write, deletes included, once the reserve is spent: the buffer could neither
+drain nor store."""
+
 UNENROLLED = "unenrolled"
 """The device id in the key until the agent is enrolled and says which it is."""
 
@@ -192,6 +205,7 @@ class Buffer:
         os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         epoch = os.urandom(8).hex()
         self._db.executescript(
             f"BEGIN IMMEDIATE; {_SCHEMA} INSERT OR IGNORE INTO meta VALUES ('epoch', '{epoch}');"
@@ -331,6 +345,14 @@ class Buffer:
         incoming = sum(row[6] for job in batch for row in job.rows)
         stored = db.execute("SELECT bytes FROM totals").fetchone()[0]
         over = stored + incoming - int(self.cap_bytes * FILL)
+        slack = self.cap_bytes // SLACK
+        if _free_bytes(self.path.parent) < LOW_DISK_BYTES:
+            # The disk is the limit: store in the pages evictions freed, not in new ones.
+            pages, free, page_size = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in _GEOMETRY)
+            used = (pages - free) * page_size
+            room = free * page_size * stored // used if used else free * page_size
+            over = max(over, incoming - room)
+            slack = min(slack, pages * page_size // SLACK)
         if shed:
             over = max(over, stored // 8, 1)
         for job in batch:
@@ -344,7 +366,7 @@ class Buffer:
                 )
                 continue
             if over > 0:
-                over -= self._evict(over + self.cap_bytes // SLACK)
+                over -= self._evict(over + slack)
             for row in job.rows:
                 cursor = db.execute(
                     "INSERT INTO results (wall, mono, boot_id, digest, slot, revision, size, "
@@ -499,6 +521,18 @@ class Buffer:
             self._reserve.unlink(missing_ok=True)
             return
         os.close(fd)
+
+
+_GEOMETRY = ("page_count", "freelist_count", "page_size")
+
+
+def _free_bytes(folder: Path) -> int:
+    """Space left to unprivileged writers (root's reserved blocks are the system's)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return st.f_bavail * st.f_frsize
 
 
 def _decoded(payload: str | bytes) -> dict[str, Any] | bytes:

@@ -73,6 +73,7 @@ class Uploader:
         self._lock = threading.Lock()  # the buffer's opening and closing
         self._cursor = 0
         """The controller's ack, as far as this uploader knows."""
+        self._epoch = ""
         self._policy: ResultPolicy | None = None
         self._applied: ResultPolicy | None = None
         self._wake = threading.Event()
@@ -192,7 +193,11 @@ class Uploader:
 
                 self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 self._buffer = Buffer(self.path)
-                self._cursor = self._buffer.acked
+                # Reopened after a failure (a delete on a full disk): the controller's ack
+                # still holds; a new file (a new epoch) starts from its own.
+                same = self._buffer.epoch == self._epoch
+                self._cursor = max(self._cursor if same else 0, self._buffer.acked)
+                self._epoch = self._buffer.epoch
                 self._applied = None
             self._apply_policy()
             return self._buffer

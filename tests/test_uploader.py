@@ -4,6 +4,7 @@ ack is behind what the device already deleted."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -181,3 +182,33 @@ def test_an_ack_that_does_not_cover_the_batch_is_an_error_and_nothing_is_deleted
     other.close()
     with Buffer(path) as buf:
         assert buf.stats().depth == 10
+
+
+def test_a_failed_delete_does_not_send_what_the_controller_acked_again(
+    api: Api, device: TestDevice, tmp_path: Path
+) -> None:
+    """A full disk can refuse the delete after an ack: the next batch starts after the ack
+    all the same, and the delete is done with the next one."""
+    path = tmp_path / "results.db"
+    with Buffer(path) as buf:
+        buf.append_many(_records(0, 30))
+    up = Uploader(path, _post(api, device), batch_records=10)
+    assert up.step()
+    buffer = up._buffer
+    assert buffer is not None
+
+    def disk_full(seq: int) -> int:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    buffer.delete_through = disk_full  # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        up.step()  # acked 11-20 at the controller, but not deleted here
+    up.close()  # the thread's loop reopens the buffer after such an error
+    _drain(up)
+    up.close()
+    assert [r["seq"] for r in _stored(api, device)] == list(range(1, 31))
+    with api.client.app.state.rt.engine.connect() as conn:  # type: ignore[attr-defined]
+        duplicates = conn.execute(text("SELECT duplicates FROM resultstream")).scalar_one()
+    assert duplicates == 0
+    with Buffer(path) as buf:
+        assert buf.stats().depth == 0 and buf.acked == 30
