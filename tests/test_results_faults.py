@@ -32,7 +32,6 @@ import shutil
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from sqlalchemy import create_engine, text
 
 from tests.support.faultproxy import FaultProxy, _Conn
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
+from tests.support.smallfs import mounted_ext4
 
 WRITER = Path(__file__).resolve().parent / "support" / "resultwriter.py"
 UPLOAD_FAILED = "result upload failed"
@@ -576,6 +576,8 @@ class CuttingProxy(FaultProxy):
     """FaultProxy, plus :meth:`cut_requests`: each connection then forwards a random
     number of bytes (in ``cut_range``) towards the controller, and is cut there."""
 
+    connection = _CutConn
+
     def __init__(self, upstream_port: int, rng: random.Random) -> None:
         self.rng = rng
         self.cutting = False
@@ -594,21 +596,6 @@ class CuttingProxy(FaultProxy):
             for conn in self._conns:
                 conn.budget = None  # type: ignore[attr-defined]
         self.cutting = True
-
-    def _admit(self, client: socket.socket) -> None:
-        client.setblocking(True)
-        if self.mode in ("refuse", "drop"):
-            if self.mode == "refuse":
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.close()
-            return
-        try:
-            upstream = socket.create_connection(self.upstream, timeout=2)
-        except OSError:
-            client.close()
-            return
-        with self._lock:
-            self._conns.add(_CutConn(self, client, upstream))
 
 
 BIG_CHUNK = 16 * 1024
@@ -874,22 +861,9 @@ SMALL_FS_BYTES = 24 << 20
 def results_fs(tmp_path: Path) -> Iterator[Path]:
     """A 24 MB ext4 (mkfs defaults: 1 KiB blocks at this size) mounted where the agent
     keeps its results, ``tmp_path/state/results``: a data partition to fill."""
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 not found: install Debian's e2fsprogs")
-    image, mountpoint = tmp_path / "results.img", tmp_path / "state" / "results"
-    with image.open("wb") as fh:
-        fh.truncate(SMALL_FS_BYTES)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    mountpoint.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot loop-mount a small ext4 (needs root and loop devices): {done.stderr}")
-    try:
+    results = tmp_path / "state" / "results"
+    with mounted_ext4(tmp_path / "results.img", results, SMALL_FS_BYTES) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=True)
 
 
 def _fill_the_disk(folder: Path) -> None:

@@ -7,8 +7,6 @@ The repository root goes on sys.path so ``tests.agent.*`` and
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -27,6 +25,7 @@ from edgefleet.agent.settings import Settings  # noqa: E402
 from edgefleet.wire import Registration  # noqa: E402
 from tests.agent.fakecontroller import FakeController  # noqa: E402
 from tests.agent.pki import TestPKI  # noqa: E402
+from tests.support.smallfs import mounted_ext4  # noqa: E402
 
 FAST_ENV = {
     "EDGEFLEET_AGENT_BACKOFF_BASE": "0.05",
@@ -171,19 +170,5 @@ SMALL_FS_SIZE = 8 << 20
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """An 8 MB ext4 file system mounted at a temporary folder."""
-    if shutil.which("mkfs.ext4") is None:
-        pytest.skip("mkfs.ext4 not found: install Debian's e2fsprogs")
-    image, mountpoint = tmp_path / "fs.img", tmp_path / "mnt"
-    with image.open("wb") as fh:
-        fh.truncate(SMALL_FS_SIZE)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    mountpoint.mkdir()
-    done = subprocess.run(
-        ["mount", "-o", "loop", str(image), str(mountpoint)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot loop-mount a small ext4 (needs root and loop devices): {done.stderr}")
-    try:
+    with mounted_ext4(tmp_path / "fs.img", tmp_path / "mnt", SMALL_FS_SIZE) as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)

@@ -80,6 +80,9 @@ class _Conn:
 class FaultProxy:
     """Forward 127.0.0.1:``port`` to ``upstream_host:upstream_port`` with switchable faults."""
 
+    connection: type[_Conn] = _Conn
+    """A proxied connection; a subclass may give one that cuts or counts."""
+
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> None:
         self.upstream = (upstream_host, upstream_port)
         self.mode = "pass"
@@ -154,7 +157,7 @@ class FaultProxy:
             client.close()
             return
         with self._lock:
-            self._conns.add(_Conn(self, client, upstream))
+            self._conns.add(self.connection(self, client, upstream))
 
     def _forget(self, conn: _Conn) -> None:
         with self._lock:
