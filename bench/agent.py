@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,31 +20,9 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import EDGEFLEET, median, start_controller
+from harness import median, spawn_agent, start_controller
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _spawn(reg: Path, state: Path, serial: str) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-    return subprocess.Popen(
-        [
-            *EDGEFLEET,
-            "agent",
-            "run",
-            "--registration",
-            str(reg),
-            "--state-dir",
-            str(state),
-            "--serial",
-            serial,
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 def _device_id(state: Path) -> str | None:
@@ -88,7 +65,7 @@ def main() -> None:
         for i in range(args.starts):
             state = work / f"start-{i}"
             t0 = time.perf_counter()
-            proc = _spawn(reg, state, f"start-{i}")
+            proc = spawn_agent(reg, state, f"start-{i}")
             while _device_id(state) is None:
                 if proc.poll() is not None or time.perf_counter() - t0 > 30:
                     raise SystemExit(f"agent {i} did not enrol")
@@ -102,7 +79,7 @@ def main() -> None:
         )
 
         state = work / "idle"
-        proc = _spawn(reg, state, "idle")
+        proc = spawn_agent(reg, state, "idle")
         while _device_id(state) is None:
             time.sleep(0.05)
         time.sleep(5)

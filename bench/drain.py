@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +22,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import EDGEFLEET, median, start_controller
+from harness import median, spawn_agent, start_controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgefleet.agent.buffer import Buffer, Record
@@ -88,26 +86,8 @@ def main() -> None:
                 state = work / f"device-{run}"
                 fill(state / "results" / "results.db", args.records)
                 before = stored(c.get(ctl.url + "/metrics").content)
-                env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
                 t0 = time.perf_counter()
-                proc = subprocess.Popen(
-                    [
-                        *EDGEFLEET,
-                        "agent",
-                        "run",
-                        "--registration",
-                        str(reg),
-                        "--state-dir",
-                        str(state),
-                        "--serial",
-                        f"drain-{run}",
-                        "--log-level",
-                        "warning",
-                    ],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                proc = spawn_agent(reg, state, f"drain-{run}")
                 peak = 0.0
                 last_poll = 0.0
                 while True:

@@ -27,6 +27,29 @@ ROOT = Path(__file__).resolve().parent.parent
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
+def spawn_agent(reg: Path, state: Path, serial: str) -> subprocess.Popen[bytes]:
+    """``edgefleet agent run`` as a device starts it, quiet, with none of our settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    return subprocess.Popen(
+        [
+            *EDGEFLEET,
+            "agent",
+            "run",
+            "--registration",
+            str(reg),
+            "--state-dir",
+            str(state),
+            "--serial",
+            serial,
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
