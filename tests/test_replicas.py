@@ -264,8 +264,11 @@ def test_replica_whose_listener_is_killed_reconnects_and_never_serves_stale(
         for c in clients:
             assert _desired(c, doomed, etag).status_code == 304
         workers = _worker_pids(b)
-        before = _listener_backends(postgres_url, workers)
-        assert len(before) == b.workers, (before, workers)  # one listener per worker
+        before = wait_for(  # one listener per worker, each connected once its worker runs
+            lambda: len(found := _listener_backends(postgres_url, workers)) == b.workers and found,
+            10,
+            "a listener from each of B's workers",
+        )
         _terminate(postgres_url, before)
         with a.client() as op:  # at once: B's listeners are down or reconnecting
             op.post(f"/devices/{doomed.id}/decommission").raise_for_status()
