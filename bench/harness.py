@@ -28,7 +28,9 @@ EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
 def spawn_agent(reg: Path, state: Path, serial: str) -> subprocess.Popen[bytes]:
-    """``edgefleet agent run`` as a device starts it, quiet, with none of our settings."""
+    """``edgefleet agent run`` as a device starts it, quiet, with none of our settings;
+    ``serial`` is its hardware id too, or every agent on this machine would claim the
+    same hardware (and the second would wait for an operator to approve a new key)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     return subprocess.Popen(
         [
@@ -40,6 +42,8 @@ def spawn_agent(reg: Path, state: Path, serial: str) -> subprocess.Popen[bytes]:
             "--state-dir",
             str(state),
             "--serial",
+            serial,
+            "--hardware-id",
             serial,
             "--log-level",
             "warning",
