@@ -536,40 +536,22 @@ class _CutConn(_Conn):
 
     budget: int | None = None
 
-    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
-        if downstream:
-            super()._pump(src, dst, downstream)
-            return
+    def _send(self, data: bytes, dst: socket.socket, downstream: bool) -> bool:
         proxy = self.proxy
         assert isinstance(proxy, CuttingProxy)
-        while not self.closed.is_set():
-            try:
-                data = src.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                with contextlib.suppress(OSError):
-                    dst.shutdown(socket.SHUT_WR)
-                return
-            if proxy._delay_s:
-                time.sleep(proxy._delay_s)
-            try:
-                if proxy.cutting:
-                    if self.budget is None:
-                        self.budget = proxy.rng.randint(*proxy.cut_range)
-                    if len(data) > self.budget:
-                        dst.sendall(data[: self.budget])
-                        # Only a result batch comes in chunks this large (a status report
-                        # or a token request is a few kB): a batch cut in the middle.
-                        proxy.batches_cut += len(data) >= BIG_CHUNK and self.budget > 0
-                        break
-                    self.budget -= len(data)
-                dst.sendall(data)
-            except OSError:
-                break
-        self.close()
+        if downstream or not proxy.cutting:
+            return super()._send(data, dst, downstream)
+        if self.budget is None:
+            self.budget = proxy.rng.randint(*proxy.cut_range)
+        if len(data) > self.budget:
+            dst.sendall(data[: self.budget])
+            # Only a result batch comes in chunks this large (a status report or a token
+            # request is a few kB): a batch cut in the middle.
+            proxy.batches_cut += len(data) >= BIG_CHUNK and self.budget > 0
+            return False
+        self.budget -= len(data)
+        dst.sendall(data)
+        return True
 
 
 class CuttingProxy(FaultProxy):

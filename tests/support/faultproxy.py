@@ -51,20 +51,26 @@ class _Conn:
                 with contextlib.suppress(OSError):
                     dst.shutdown(socket.SHUT_WR)
                 return
-            delay_s, cut = self.proxy._delay_s, self.proxy._cut_after
-            if delay_s:
-                time.sleep(delay_s)
+            if self.proxy._delay_s:
+                time.sleep(self.proxy._delay_s)
             try:
-                if downstream and cut is not None:
-                    room = cut - self.from_upstream
-                    self.from_upstream += len(data)
-                    if len(data) >= room:
-                        dst.sendall(data[: max(room, 0)])
-                        break
-                dst.sendall(data)
+                if not self._send(data, dst, downstream):
+                    break
             except OSError:
                 break
         self.close()
+
+    def _send(self, data: bytes, dst: socket.socket, downstream: bool) -> bool:
+        """Forward one chunk; False once the connection is to be cut here."""
+        cut = self.proxy._cut_after
+        if downstream and cut is not None:
+            room = cut - self.from_upstream
+            self.from_upstream += len(data)
+            if len(data) >= room:
+                dst.sendall(data[: max(room, 0)])
+                return False
+        dst.sendall(data)
+        return True
 
     def close(self, reset: bool = False) -> None:
         self.closed.set()
