@@ -52,6 +52,7 @@ from edgefleet.wire import (
     DeviceState,
     EnrolRequest,
     Health,
+    InferenceStats,
     Registration,
     RenewRequest,
     ResultAck,
@@ -630,6 +631,14 @@ class Agent:
             checks=[CheckResult(name="apply", ok=False, detail=self._apply_error[:MAX_TEXT_CHARS])],
         )
 
+    def _inference(self) -> InferenceStats:
+        """From the runners serving the active set; none serve before the first model."""
+        if self._applier is None:
+            return InferenceStats()
+        from edgefleet.agent.inference import collect  # loaded with the first model
+
+        return collect(self._applier.engine.ctx.serving.main.values())
+
     def _report(self) -> StatusAck:
         assert self.client is not None and self.enrolment is not None
         device_id = self.enrolment.device_id
@@ -638,6 +647,7 @@ class Agent:
             inventory=None if self._inventory_reported else self.inventory,
             health=self._health(),
             buffer=self._buffer_stats(),
+            inference=self._inference(),
             **self._slots(),
         )
         ack = self._authorized(lambda t: self.client.status(device_id, t, report))

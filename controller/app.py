@@ -30,6 +30,7 @@ from edgefleet.controller.api import (
 )
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
+from edgefleet.controller.rollouts.driver import Driver
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.settings import Settings, load_settings
 from edgefleet.errors import ApiError
@@ -41,6 +42,7 @@ log = logging.getLogger("edgefleet.controller")
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None) -> FastAPI:
     """Build the app over a prepared data directory (see ``bootstrap.prepare``)."""
     rt = runtime or Runtime(settings or load_settings())
+    driver = Driver(rt)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -50,9 +52,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         task = asyncio.create_task(_flush_last_seen(rt))
         rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
         rt.gitops.start()  # the fleet repositories, brought up to date in the background
+        driver.start()  # drives rollouts while this process holds the lease
         try:
             yield
         finally:
+            await run_in_threadpool(driver.stop)
             await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
             task.cancel()
@@ -62,6 +66,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
+    app.state.rollout_driver = driver
     app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
     for module in (
         device_api,

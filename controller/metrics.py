@@ -1,6 +1,7 @@
 """Prometheus metrics: enrolments by outcome, requests by endpoint and status, latency
 histograms, rate-limit refusals by endpoint, devices by state, results stored and
-each device's result lag and buffer.
+each device's result lag and buffer, rollouts by state, their devices per wave and
+outcome, and how long waves take.
 
 With several worker processes, prometheus-client's multiprocess mode is used
 (``PROMETHEUS_MULTIPROC_DIR``, set by ``edgefleet controller serve``), so a scrape
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -68,6 +70,35 @@ class _DeviceBuffers(Collector):
         yield from (lag, depth, drops)
 
 
+@dataclass(frozen=True)
+class RolloutCounts:
+    by_state: dict[str, int]
+    """Rollouts per state."""
+    devices: list[tuple[int, int, str, int]]
+    """(rollout, wave, outcome, devices) of running and paused rollouts."""
+
+
+class _Rollouts(Collector):
+    """Read from the database at scrape time, like devices by state."""
+
+    def __init__(self, counts: Callable[[], RolloutCounts]) -> None:
+        self._counts = counts
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        found = self._counts()
+        states = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state", labels=["state"])
+        for state, n in sorted(found.by_state.items()):
+            states.add_metric([state], n)
+        devices = GaugeMetricFamily(
+            "edgefleet_rollout_devices",
+            "Devices of running and paused rollouts, per wave and outcome",
+            labels=["rollout", "wave", "outcome"],
+        )
+        for rollout, wave, outcome, n in found.devices:
+            devices.add_metric([str(rollout), str(wave), outcome], n)
+        yield from (states, devices)
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -75,6 +106,7 @@ class Metrics:
         self,
         count_by_state: Callable[[], dict[str, int]],
         buffers: Callable[[], Sequence[DeviceBuffer]] = list,
+        rollouts: Callable[[], RolloutCounts] = lambda: RolloutCounts({}, []),
     ) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -144,8 +176,15 @@ class Metrics:
             ["reason"],
             registry=self._registry,
         )
+        self.rollout_wave_seconds = Histogram(
+            "edgefleet_rollout_wave_duration_seconds",
+            "Time from a wave's start to its gates passing",
+            buckets=(1, 10, 30, 60, 300, 600, 1800, 3600, 4 * 3600, 12 * 3600, 86400),
+            registry=self._registry,
+        )
         self._devices = _DevicesByState(count_by_state)
         self._buffers = _DeviceBuffers(buffers)
+        self._rollouts = _Rollouts(rollouts)
 
     def render(self) -> bytes:
         if self._multiprocess:
@@ -156,6 +195,7 @@ class Metrics:
             scrape.register(_Forward(self._registry))
         scrape.register(self._devices)
         scrape.register(self._buffers)
+        scrape.register(self._rollouts)
         return generate_latest(scrape)
 
 

@@ -53,7 +53,15 @@ class Profile(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True, index=True, max_length=128)
     latest_revision: int = 0
+    released_revision: int | None = None
+    """The revision devices that follow the profile get; None: the latest. Set by
+    ``profiles apply --hold`` and by rollouts, which move it when they complete."""
     created_at: datetime = _ts(nullable=False)
+
+    @property
+    def followed_revision(self) -> int:
+        """What a device without a pinned revision runs."""
+        return self.released_revision or self.latest_revision
 
 
 class ProfileRevision(SQLModel, table=True):
@@ -266,3 +274,83 @@ class DeviceBoot(SQLModel, table=True):
     started: float
     """Seconds since the epoch (controller clock) at the boot's monotonic zero."""
     seen_at: datetime = _ts(nullable=False)
+
+
+class Rollout(SQLModel, table=True):
+    """A move of a profile's selected devices to ``target_revision`` in waves. Its
+    devices and waves are fixed at creation (``rolloutdevice``, ``rolloutwave``)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    profile_id: int = Field(foreign_key="profile.id", index=True)
+    target_revision: int
+    from_revision: int
+    """What the profile's followers got when the rollout was created: a rollback's goal."""
+    spec: dict[str, Any] = _json(dict)
+    state: str = Field(index=True, max_length=16)
+    reason: str = Field(default="", max_length=1024)
+    current_wave: int = 1
+    waves_total: int
+    accepted_failures: int = 0
+    """Failures an operator accepted by resuming after a gate failed; gates count beyond."""
+    created_by: str = Field(default="", max_length=128)
+    created_at: datetime = _ts(nullable=False)
+    updated_at: datetime = _ts(nullable=False)
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class RolloutWave(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("rollout_id", "number"),)
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(foreign_key="rollout.id", index=True)
+    number: int
+    step: str = Field(max_length=64)
+    state: str = Field(default="pending", max_length=16)
+    started_at: datetime | None = _ts(nullable=True)
+    bake_until: datetime | None = _ts(nullable=True)
+    finished_at: datetime | None = _ts(nullable=True)
+    commits: dict[str, Any] = _json(dict)
+    """The fleet repositories' commits that moved this wave's devices."""
+    gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class RolloutDevice(SQLModel, table=True):
+    """One selected device of a rollout: its wave and how its update went."""
+
+    __table_args__ = (Index("ix_rolloutdevice_state", "rollout_id", "state", "wave"),)
+    rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
+    device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=40, index=True)
+    wave: int
+    state: str = Field(default="pending", max_length=16)
+    previous_revision: int | None = None
+    """The device's pinned revision before the rollout moved it (None: it followed the
+    profile), put back by a rollback."""
+    offline: bool = False
+    """It was offline when moved: its deadline is the offline one."""
+    known_attempt: str | None = Field(default=None, max_length=64)
+    """When the device's last attempt at the target started, if it had one before it was
+    moved: that old failure is not this rollout's outcome."""
+    moved_at: datetime | None = _ts(nullable=True)
+    resolved_at: datetime | None = _ts(nullable=True)
+    reason: str = Field(default="", max_length=1024)
+
+
+class RolloutEvent(SQLModel, table=True):
+    """Every state change of a rollout, with who and why."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: int = Field(foreign_key="rollout.id", index=True)
+    at: datetime = _ts(nullable=False)
+    actor: str = Field(max_length=128)
+    action: str = Field(max_length=32)
+    reason: str = Field(default="", max_length=1024)
+    detail: dict[str, Any] = _json(dict)
+
+
+class EngineLease(SQLModel, table=True):
+    """Which worker process drives rollouts, until when: one row per engine."""
+
+    name: str = Field(primary_key=True, max_length=32)
+    holder: str = Field(default="", max_length=128)
+    expires_at: float = 0.0
+    """Unix time (the holder's clock; replicas keep NTP time)."""
+    acquired_at: float = 0.0

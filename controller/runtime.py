@@ -28,6 +28,9 @@ from edgefleet.controller.model_pins import origin
 from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.registry_tokens import RegistryTokens
+from edgefleet.controller.rollouts.nudge import Nudge
+from edgefleet.controller.rollouts.store import rollout_counts
+from edgefleet.controller.rollouts.watch import Watch
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import ConfigError
 from edgefleet.wire import DesiredState, DeviceState, HealthPolicy, ModelRef, ResultPolicy
@@ -75,10 +78,18 @@ class Runtime:
             settings.clock_tolerance_seconds,
         )
         self.last_seen = LastSeen(self.engine)
-        self.metrics = Metrics(self.count_devices_by_state, lambda: device_buffers(self.engine))
+        self.metrics = Metrics(
+            self.count_devices_by_state,
+            lambda: device_buffers(self.engine),
+            lambda: rollout_counts(self.engine),
+        )
         self._auth: dict[str, DeviceAuth] = {}
         self._desired: dict[str, DesiredEntry] = {}
         self.status_digests: dict[str, tuple[str, DeviceState]] = {}
+        self.watch = Watch(self.engine)
+        """Devices rollouts wait on, for the status hook."""
+        self.nudge = Nudge(self.engine)
+        """Wakes the rollout driver, in whichever process it runs."""
         self.epoch = epoch_for(settings, self.engine)
         self.epoch.subscribe(self._drop_caches)
         self.gitops = GitopsWriter(settings, self.engine, self.metrics)
@@ -88,6 +99,7 @@ class Runtime:
         self._auth = {}
         self._desired = {}
         self.status_digests = {}
+        self.watch.drop()
 
     def changed(self) -> None:
         """Call after committing a change to credentials, state or desired state."""
@@ -148,7 +160,7 @@ class Runtime:
                     select(ProfileRevision).where(
                         ProfileRevision.profile_id == profile.id,
                         ProfileRevision.number
-                        == (device.profile_revision or profile.latest_revision),
+                        == (device.profile_revision or profile.followed_revision),
                     )
                 ).first()
                 profile_name = profile.name

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     gitops_resync_seconds: float = Field(default=300.0, ge=0)
     """Write the whole fleet again this often (0: only at start); no commit if unchanged."""
 
+    # -- wave rollouts (controller/rollouts/driver.py) ---------------------------------
+    rollout_engine: bool = True
+    """This process may drive rollouts; one worker of one replica does at a time."""
+    rollout_lease_seconds: float = Field(default=15.0, gt=0.5, le=600)
+    """How long the driver's lease lasts: a dead driver's successor takes over after this."""
+    rollout_tick_seconds: float = Field(default=5.0, gt=0, le=600)
+    """The engine's timer: bakes, windows and deadlines are checked at least this often."""
+
     # -- rate limits (controller/ratelimit.py; README "Rate limits") ---------------------
     # Per client address and per worker process, on the two endpoints open to anyone.
     # Defaults: a site whose devices all power on at once behind one NAT address (and

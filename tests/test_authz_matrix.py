@@ -137,6 +137,37 @@ class World:
             self.follower = self.api.device(token).id
         return {"profile": "matrix", "seed": "matrix"}
 
+    def rollout_body(self) -> dict[str, Any]:
+        """A profile of its own with a follower, so that each call may start a rollout."""
+        name = self.unique("wave")
+        self.api.profile(name, {"config": {"n": 1}})
+        self.api.profile(name, {"config": {"n": 2}})
+        token = self.api.token(site="shop-a", profile=name)["token"]
+        self.api.device(token)
+        return {"profile": name, "bake_seconds": 3600}
+
+    def fresh_rollout(self) -> dict[str, str]:
+        r = self.api.ok("POST", "/rollouts", self.api.admin, json=self.rollout_body())
+        return {"rollout_id": str(r["id"])}
+
+    def paused_rollout(self) -> dict[str, str]:
+        params = self.fresh_rollout()
+        self.api.ok("POST", f"/rollouts/{params['rollout_id']}/pause", self.api.admin, json={})
+        return params
+
+    def rollout_state(self, params: dict[str, str]) -> str:
+        return self.api.ok("GET", f"/rollouts/{params['rollout_id']}", self.api.admin)["state"]
+
+    def held_profile(self) -> dict[str, str]:
+        name = self.unique("held")
+        self.api.profile(name, {"config": {"n": 1}})
+        return {"name": name}
+
+    def released(self, params: dict[str, str]) -> int | None:
+        return self.api.ok("GET", f"/profiles/{params['name']}", self.api.admin)[
+            "released_revision"
+        ]
+
     def first_commit(self) -> dict[str, str]:
         log = self.api.ok("GET", "/gitops/shop-a/log", self.api.admin)
         return {"commit": log[-1]["commit"]}
@@ -341,6 +372,36 @@ ROWS: list[Row] = [
     ),
     # A dry run changes nothing: readers may plan.
     Row("POST", "/api/v1/rollouts/plan", READERS, body=World.rollout_spec),
+    Row(
+        "POST",
+        "/api/v1/rollouts",
+        WRITERS,
+        ok=201,
+        body=World.rollout_body,
+        observe=_count("/rollouts"),
+    ),
+    Row("GET", "/api/v1/rollouts", READERS),
+    Row("GET", "/api/v1/rollouts/engine", READERS),
+    Row("GET", "/api/v1/rollouts/{rollout_id}", READERS, fresh=World.fresh_rollout),
+    *(
+        Row(
+            "POST",
+            f"/api/v1/rollouts/{{rollout_id}}/{action}",
+            WRITERS,
+            body=lambda w: {"reason": "matrix"},
+            fresh=World.paused_rollout if action == "resume" else World.fresh_rollout,
+            observe=World.rollout_state,
+        )
+        for action in ("pause", "resume", "abort", "rollback")
+    ),
+    Row(
+        "POST",
+        "/api/v1/profiles/{name}/release",
+        WRITERS,
+        body=lambda w: {"revision": 1},
+        fresh=World.held_profile,
+        observe=World.released,
+    ),
     Row(
         "POST",
         "/api/v1/profiles",

@@ -136,8 +136,11 @@ def test_push_apply_and_agents_serve_the_model(
             client.close()
             assert np.allclose(np.array(answer["outputs"]["y"]), expected(v1, x), atol=1e-5)
         with ctl.client() as c:
-            devices = c.get("/devices").json()
-        assert {d["applied_revision"] for d in devices} == {1}
+
+            def reported() -> bool:
+                return {d["applied_revision"] for d in c.get("/devices").json()} == {1}
+
+            wait_for(reported, 30, "both agents to report revision 1")
 
         # A new version: push, apply the new tag, and every agent serves it.
         digest2 = _push(ctl, registry, v2, "2.0")

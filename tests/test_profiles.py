@@ -201,7 +201,7 @@ def test_cli_apply_list_show_diff(api: Api, tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(source))
     assert json.loads(cli(api, "profiles", "apply", str(f), "-o", "json").output)["revision"] == 2
     listed = json.loads(cli(api, "profiles", "list", "-o", "json").output)
-    assert listed == [{"name": "small-site-direct", "revision": 2}]
+    assert listed == [{"name": "small-site-direct", "revision": 2, "released_revision": None}]
     shown = cli(api, "profiles", "show", "small-site-direct", "--revision", "1")
     assert shown.exit_code == 0, shown.output
     assert "revision 1" in shown.output and "interval_seconds: 120" in shown.output

@@ -57,6 +57,9 @@ class Health(TypedDict):
     """Every ``POST /predict``, answered or refused."""
     errors: int
     """Calls not answered with a prediction (bad input, inference failure)."""
+    p95_ms: float | None
+    """95th percentile of ``latency_ms`` over the last 1000 answered calls; None before
+    the first. The agent reports it for rollouts to gate on."""
     store_errors: int
     """Predictions answered but not recorded in the result store."""
     last_store_error: str | None

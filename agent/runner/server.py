@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import socketserver
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,15 @@ IDLE_TIMEOUT_S = 120.0
 SUN_PATH_MAX = 107
 """Longest Unix socket path Linux takes (108 bytes with the terminating NUL)."""
 
+LATENCY_WINDOW = 1000
+"""Answered calls whose latencies make the p95 in ``/health``: recent enough that a
+slower model shows within minutes, few enough to sort at each ``/health``."""
+
 
 class Service:
     """What the endpoints answer, apart from HTTP: the model, the store, the counters."""
 
-    def __init__(self, model: Model, store: ResultStore) -> None:
+    def __init__(self, model: Model, store: ResultStore, window: int = LATENCY_WINDOW) -> None:
         self.model = model
         self.store = store
         self.port: int | None = None
@@ -52,6 +58,7 @@ class Service:
         self._errors = 0
         self._store_errors = 0
         self._last_store_error: str | None = None
+        self._latencies: deque[float] = deque(maxlen=window)
 
     def predict(self, body: bytes) -> api.Prediction:
         """Raises InputError or InferenceError (counted); a store failure is only counted."""
@@ -64,6 +71,8 @@ class Service:
             with self._lock:
                 self._errors += 1
             raise
+        with self._lock:
+            self._latencies.append(latency_ms)
         self._record(arrays, outputs, latency_ms)
         return api.Prediction(outputs=outputs, model=self.model.ref, latency_ms=latency_ms)
 
@@ -94,11 +103,21 @@ class Service:
                 uptime_s=round(time.monotonic() - self._started, 3),
                 calls=self._calls,
                 errors=self._errors,
+                p95_ms=percentile_95(self._latencies),
                 store_errors=self._store_errors,
                 last_store_error=self._last_store_error,
                 port=self.port,
                 pid=os.getpid(),
             )
+
+
+def percentile_95(latencies: Iterable[float]) -> float | None:
+    """Nearest rank, to the microsecond: a latency some call really took, not an
+    interpolation between two; None without calls."""
+    ordered = sorted(latencies)
+    if not ordered:
+        return None
+    return round(ordered[math.ceil(95 * len(ordered) / 100) - 1], 3)
 
 
 class Handler(BaseHTTPRequestHandler):

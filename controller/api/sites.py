@@ -37,6 +37,15 @@ class ProfileApply(Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9.-]*$")
     spec: dict[str, Any] = Field(default_factory=dict)
     """The profile document without its name; checked against profiles/schema.json."""
+    hold: bool = False
+    """Keep the profile's followers on the revision they get now: a rollout brings
+    them this one in waves."""
+
+
+class ProfileRelease(Strict):
+    revision: int | None = Field(ge=1)
+    """The revision the profile's followers get from now; None: always the latest."""
+    reason: str = Field(default="", max_length=1024)
 
 
 @router.post("/sites", status_code=201)
@@ -64,14 +73,35 @@ def set_site_windows(name: str, req: SiteWindows, who: Writer, rt: RuntimeDep) -
 def apply_profile(req: ProfileApply, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     with rt.gitops.change(who.username) as change:
         pin = functools.partial(model_pins.pin, rt.settings, rt.registry_tokens)
-        profile, created = profiles.apply_profile(rt.engine, who, req.name, req.spec, pin)
+        profile, created = profiles.apply_profile(
+            rt.engine, who, req.name, req.spec, pin, hold=req.hold
+        )
+        change.sites = set()
         if created:
             rt.changed()
             change.why = f"{who.username} applied profile {req.name} revision {profile['revision']}"
-            change.sites = set(fleet.sites_following(rt.engine, req.name))
+            if profile["released_revision"] is None:
+                change.sites = set(fleet.sites_following(rt.engine, req.name))
     if not created:
         return {**profile, "created_revision": False}
     return {**profile, "created_revision": True, "gitops": change.outcome.public()}
+
+
+@router.post("/profiles/{name}/release")
+def release_profile(name: str, req: ProfileRelease, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+    """Give the profile's followers a revision at once (no waves): for a profile held
+    back by ``apply --hold`` or a rollout, or to let it follow its latest again."""
+    with rt.gitops.change(who.username) as change:
+        profile = profiles.release(rt.engine, who, name, req.revision, req.reason)
+        change.sites = set()
+        if profile.pop("changed"):
+            rt.changed()
+            shown = req.revision if req.revision is not None else "the latest revision"
+            change.why = f"{who.username} released profile {name} at {shown}" + (
+                f": {req.reason}" if req.reason else ""
+            )
+            change.sites = set(fleet.sites_following(rt.engine, name))
+    return {**profile, "gitops": change.outcome.public()}
 
 
 @router.get("/profiles")

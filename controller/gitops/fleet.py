@@ -39,6 +39,7 @@ def load(engine: Engine, sites: Collection[str] | None = None) -> FleetState:
             DeviceRow.profile_revision,
             Profile.name,
             Profile.latest_revision,
+            Profile.released_revision,
         )
         .join(SiteRow, SiteRow.id == DeviceRow.site_id)
         .outerjoin(Profile, Profile.id == DeviceRow.profile_id)
@@ -51,10 +52,12 @@ def load(engine: Engine, sites: Collection[str] | None = None) -> FleetState:
     with reading(engine) as conn:
         site_names = list(conn.execute(site_q).scalars())
         devices, assignments, wanted = [], {}, set()
-        for device_id, site, profile_id, pinned, profile, latest in conn.execute(device_q):
+        for device_id, site, profile_id, pinned, profile, latest, released in conn.execute(
+            device_q
+        ):
             devices.append(Device(device_id, site))
-            if profile_id is not None and (pinned or latest):
-                number = pinned or latest
+            number = pinned or released or latest
+            if profile_id is not None and number:
                 assignments[device_id] = (profile, number)
                 wanted.add((profile_id, number))
         revisions = []
@@ -76,8 +79,8 @@ def load(engine: Engine, sites: Collection[str] | None = None) -> FleetState:
 
 
 def sites_following(engine: Engine, profile: str) -> list[str]:
-    """Sites with a rendered device that follows ``profile``'s latest revision: where a
-    new revision changes the repository."""
+    """Sites with a rendered device that follows ``profile`` (no pinned revision): where
+    a change of the revision its followers get changes the repository."""
     query = (
         select(SiteRow.name)
         .distinct()

@@ -1,4 +1,4 @@
-"""What an operator asks of a rollout: one document for the dry run and (later) for
+"""What an operator asks of a rollout: one document for the dry run and for
 ``create``, so that a plan that was shown is the rollout that runs.
 
 ``seed`` is the rollout key that ranks devices into waves (``plan.assign``). A plan
@@ -50,6 +50,9 @@ class RolloutSpec(Strict):
     """A selected device that is offline when its wave starts: wait for it (up to
     ``offline_deadline_seconds``), skip it, or fail the rollout."""
     offline_deadline_seconds: int = Field(default=3600, ge=0, le=WEEK)
+    update_timeout_seconds: int = Field(default=1800, ge=1, le=WEEK)
+    """An online device moved to the target that reports no outcome within this counts
+    as failed (an offline one under ``wait`` gets ``offline_deadline_seconds``)."""
     concurrency: int | None = Field(default=None, ge=1)
     """Devices updating at once; None: a whole wave at once."""
     respect_windows: bool = True

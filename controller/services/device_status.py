@@ -1,7 +1,8 @@
 """``POST /devices/{id}/status``: store what changed, move the lifecycle, note last seen.
 
 A report equal to the last one (a heartbeat) touches only the in-memory last-seen
-map, written behind in batches; a changed report is one transaction.
+map, written behind in batches; a changed report is one transaction, which also stores
+the outcome a rollout waits for from this device (``rollouts/watch.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | 
 
 def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
     now = datetime.now(UTC)
+    outcome = False
     with session_scope(rt.engine) as s:
         device = s.get(Device, device_id, with_for_update=True)
         if device is None:
@@ -48,7 +50,12 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
             if target != current:
                 device.state = target
                 device.state_changed_at = now
+            outcome = rt.watch.observe(s, device_id, device.status)
+            if outcome:
+                rt.nudge.within(s)
         device.last_seen_at = now
+    if outcome:
+        rt.nudge.after()
     rt.status_digests[device_id] = (report_digest, target)
     return target
 

@@ -19,8 +19,9 @@ from edgefleet import profilespec
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Profile, ProfileRevision, aware
 from edgefleet.controller.roles import Operator, Role
+from edgefleet.controller.rollouts.store import active_rollout
 from edgefleet.controller.services import audit
-from edgefleet.errors import ApiError, Forbidden, NotFound
+from edgefleet.errors import ApiError, Conflict, Forbidden, NotFound
 
 
 class InvalidProfile(ApiError):
@@ -40,10 +41,13 @@ def apply_profile(
     name: str,
     spec: dict[str, Any],
     pin: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    hold: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Store ``spec`` as the profile's next revision; the same content again makes none.
 
     ``pin`` turns model tags into digests (``model_pins``) once the document is valid.
+    With ``hold``, the profile's followers keep the revision they get now (a rollout
+    brings them the new one in waves); a profile already held stays held either way.
     Returns the profile and whether a revision was made. An invalid document is refused
     (422 ``invalid_profile``) and nothing is stored.
     """
@@ -68,6 +72,8 @@ def apply_profile(
         latest = _revision(s, profile, profile.latest_revision)
         if latest is not None and latest.digest == digest:
             return _public(profile), False
+        if hold and profile.released_revision is None and profile.latest_revision:
+            profile.released_revision = profile.latest_revision
         profile.latest_revision += 1
         s.add(
             ProfileRevision(
@@ -78,7 +84,14 @@ def apply_profile(
                 created_by=who.username,
             )
         )
-        audit.record(s, who, "profile.apply", name, revision=profile.latest_revision)
+        audit.record(
+            s,
+            who,
+            "profile.apply",
+            name,
+            revision=profile.latest_revision,
+            released=profile.released_revision,
+        )
         if commands:
             audit.record(
                 s,
@@ -118,8 +131,34 @@ def _revision(s: Session, profile: Profile, number: int) -> ProfileRevision | No
     ).first()
 
 
+def release(
+    engine: Any, who: Operator, name: str, revision: int | None, reason: str
+) -> dict[str, Any]:
+    """Give the profile's followers ``revision`` (None: the latest, from now on), at once;
+    refused while a rollout of the profile runs, since it moves that revision itself."""
+    with session_scope(engine) as s:
+        profile = s.scalars(select(Profile).where(Profile.name == name).with_for_update()).first()
+        if profile is None:
+            raise NotFound(f"no profile {name!r}", code="no_profile")
+        if revision is not None:
+            revision_or_404(s, profile, revision)
+        busy = active_rollout(s, profile.id)  # type: ignore[arg-type]
+        if busy is not None:
+            raise Conflict(
+                f"rollout {busy} of profile {name!r} is moving its followers; pause and roll "
+                "it back, or let it complete, before releasing a revision by hand",
+                code="rollout_active",
+            )
+        before = profile.followed_revision
+        profile.released_revision = revision
+        audit.record(
+            s, who, "profile.release", name, revision=revision, before=before, reason=reason
+        )
+        return {**_public(profile), "changed": profile.followed_revision != before}
+
+
 def _public(p: Profile) -> dict[str, Any]:
-    return {"name": p.name, "revision": p.latest_revision}
+    return {"name": p.name, "revision": p.latest_revision, "released_revision": p.released_revision}
 
 
 def document(name: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +170,8 @@ def _revision_public(profile: Profile, rev: ProfileRevision) -> dict[str, Any]:
     return {
         "name": profile.name,
         "revision": rev.number,
+        "latest_revision": profile.latest_revision,
+        "released_revision": profile.released_revision,
         "digest": rev.digest,
         "spec": rev.spec,
         "created_at": created.isoformat() if created else None,

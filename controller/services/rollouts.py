@@ -1,4 +1,4 @@
-"""Rollouts: for now the dry run. ``plan`` shows which devices each wave would update,
+"""Rollouts: the dry run. ``plan`` shows which devices each wave would update,
 how many are offline, which of its sites are outside their maintenance windows, and how
 long the whole rollout may take; it changes nothing, so readers may ask.
 
@@ -94,8 +94,8 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
     """The dry run of ``spec`` at ``now`` (an aware time); see the module's docstring.
 
     ``following`` counts the revisions the selected devices follow now (a pin, else the
-    profile's latest) and ``from_revision`` is the most common of them; ``already_applied``
-    counts those that report running the target revision already."""
+    profile's released revision) and ``from_revision`` is the most common of them;
+    ``already_applied`` counts those that report running the target revision already."""
     steps = spec.steps()
     seed = spec.seed or secrets.token_hex(8)
     with Session(rt.engine) as s:
@@ -109,12 +109,7 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
                 select(Site.name, Site.timezone, Site.maintenance_windows)
             )
         }
-    missing = sorted(set(spec.sites) - set(known))
-    if missing:
-        raise NotFound(
-            f"no site {', '.join(repr(m) for m in missing)}; `edgefleet sites list` shows them",
-            code="no_site",
-        )
+    _missing_sites(spec.sites, known)
     interval = latest.spec.get("policies", {}).get(
         "interval_seconds", rt.settings.device_interval_seconds
     )
@@ -127,7 +122,7 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
         interval_seconds=int(interval),
     )
     if not members:
-        raise BadRequest(_nobody(spec), code="no_devices")
+        raise BadRequest(nobody(spec), code="no_devices")
     waves = assign(members, steps, seed)
     clock = _Clock(known) if spec.respect_windows else _Clock({})
     current = _current(rt, profile, members)
@@ -197,7 +192,7 @@ def _current(
     rt: Runtime, profile: Profile, members: list[Member]
 ) -> dict[str, tuple[int, int | None]]:
     """Per selected device: the revision it follows now (its pin, else the profile's
-    latest) and the one it last reported applied."""
+    released revision) and the one it last reported applied."""
     query = select(Device.id, Device.profile_revision, Device.applied_revision).where(
         Device.profile_id == profile.id,
         Device.state.in_([s.value for s in RENDERED]),  # type: ignore[attr-defined]
@@ -205,13 +200,30 @@ def _current(
     wanted = {m.device_id for m in members}
     with reading(rt.engine) as conn:
         return {
-            device_id: (pinned or profile.latest_revision, applied)
+            device_id: (pinned or profile.followed_revision, applied)
             for device_id, pinned, applied in conn.execute(query)
             if device_id in wanted
         }
 
 
-def _nobody(spec: RolloutSpec) -> str:
+def check_sites(s: Session, names: list[str]) -> None:
+    """NotFound (``no_site``) naming every site in ``names`` that does not exist."""
+    if names:
+        found = s.scalars(select(Site.name).where(Site.name.in_(names))).all()  # type: ignore[attr-defined]
+        _missing_sites(names, found)
+
+
+def _missing_sites(wanted: list[str], known: Any) -> None:
+    missing = sorted(set(wanted) - set(known))
+    if missing:
+        raise NotFound(
+            f"no site {', '.join(repr(m) for m in missing)}; `edgefleet sites list` shows them",
+            code="no_site",
+        )
+
+
+def nobody(spec: RolloutSpec) -> str:
+    """Why a selection of no device is refused, and where to look."""
     where = ""
     if spec.labels:
         where += " with labels " + ",".join(f"{k}={v}" for k, v in spec.labels.items())

@@ -1,5 +1,5 @@
-"""``edgefleet sites create | list | windows`` and ``edgefleet profiles apply | list | show |
-diff``."""
+"""``edgefleet sites create | list | windows`` and ``edgefleet profiles apply | release | list |
+show | diff``."""
 
 from __future__ import annotations
 
@@ -80,10 +80,18 @@ def windows(
 
 @profiles.command()
 @handled
-def apply(ctx: typer.Context, file: Path, output: Format = OutputOpt) -> None:
+def apply(
+    ctx: typer.Context,
+    file: Path,
+    hold: bool = typer.Option(
+        False, "--hold", help="Followers keep their revision: a rollout brings them this one"
+    ),
+    output: Format = OutputOpt,
+) -> None:
     """Store a profile file as the profile's next revision (unchanged content: none).
 
     The file is checked against the profile schema here first; the controller checks again.
+    Without --hold, every device that follows the profile gets the new revision at once.
     """
     try:
         doc = yaml.safe_load(file.read_text())
@@ -95,16 +103,41 @@ def apply(ctx: typer.Context, file: Path, output: Format = OutputOpt) -> None:
             f"{file} is not a valid profile: {profilespec.describe(problems)}",
             code="invalid_profile",
         )
-    name = doc.pop("name")
-    result = controller(ctx).post("/profiles", {"name": name, "spec": doc})
-    show(result, output, ["name", "revision", "created_revision"])
+    body = {"name": doc.pop("name"), "spec": doc}
+    if hold:  # only then: a controller without rollouts still takes the plain apply
+        body["hold"] = True
+    result = controller(ctx).post("/profiles", body)
+    show(result, output, ["name", "revision", "created_revision", "released_revision"])
+    gitops_note(result, output)
+
+
+@profiles.command("release")
+@handled
+def release(
+    ctx: typer.Context,
+    name: str,
+    revision: int | None = typer.Option(None, min=1, help="Give the followers this revision"),
+    latest: bool = typer.Option(False, "--latest", help="Followers track the latest again"),
+    reason: str = typer.Option("", help="Why, for the audit log"),
+    output: Format = OutputOpt,
+) -> None:
+    """Give the devices that follow a profile a revision now, without a rollout.
+
+    Refused while a rollout of the profile runs: it moves the followers itself.
+    """
+    if (revision is None) != latest:
+        raise EdgefleetError("give one of --revision N and --latest", code="usage")
+    body = {"revision": revision, "reason": reason}
+    result = controller(ctx).post(f"/profiles/{name}/release", body)
+    show(result, output, ["name", "revision", "released_revision"])
     gitops_note(result, output)
 
 
 @profiles.command("list")
 @handled
 def list_profiles(ctx: typer.Context, output: Format = OutputOpt) -> None:
-    show(controller(ctx).get("/profiles"), output, ["name", "revision"])
+    """Profiles, their latest revision and the one followers get (- : the latest)."""
+    show(controller(ctx).get("/profiles"), output, ["name", "revision", "released_revision"])
 
 
 @profiles.command("show")
@@ -120,9 +153,11 @@ def show_profile(
     if output == Format.json:
         show(result, output, [])
         return
+    released = result.get("released_revision")
     typer.echo(
         f"# {result['name']} revision {result['revision']} ({result['digest']}), "
         f"{result['created_at']} by {result['created_by'] or '-'}"
+        + (f"; followers get revision {released}" if released is not None else "")
     )
     typer.echo(profilespec.canonical_yaml({"name": result["name"], **result["spec"]}), nl=False)
 

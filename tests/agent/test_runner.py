@@ -20,9 +20,11 @@ import numpy as np
 import pytest
 
 from edgefleet.agent.buffer import Buffer
-from edgefleet.agent.results import RESULTS_DB
+from edgefleet.agent.results import RESULTS_DB, BufferStore
+from edgefleet.agent.runner import server
 from edgefleet.agent.runner.client import UnixHTTPConnection
 from edgefleet.agent.runner.errors import RunnerStartError, RunnerUnavailable
+from edgefleet.agent.runner.model import load
 from edgefleet.agent.runner.supervisor import Runner, RunnerConfig
 from edgefleet.errors import BadRequest
 from tests.agent.conftest import wait_until
@@ -122,6 +124,31 @@ def test_bad_input_gets_400_with_the_reason_and_the_runner_keeps_serving(
     health = runner.health()
     assert runner.pid == pid
     assert (health["calls"], health["errors"]) == (len(BAD_BODIES) + 2, len(BAD_BODIES) + 1)
+
+
+def test_health_gives_the_p95_of_the_answered_calls_and_counts_the_refused(
+    runner: Runner, short_dir: Path
+) -> None:
+    assert runner.health()["p95_ms"] is None
+    latencies = [runner.predict({"x": ROWS.tolist()})["latency_ms"] for _ in range(40)]
+    status, _ = raw_post(short_dir / "runner.sock", b"{not json")
+    assert status == 400
+    health = runner.health()
+    assert (health["calls"], health["errors"]) == (41, 1)
+    assert health["p95_ms"] == round(sorted(latencies)[37], 3)  # nearest rank: 0.95 * 40 = 38
+
+
+def test_the_p95_covers_only_the_most_recent_answers(short_dir: Path, model: Path) -> None:
+    store = BufferStore(short_dir / "results")
+    service = server.Service(load(model, "affine", "1.2", None, threads=1), store, window=5)
+    try:
+        big = json.dumps({"inputs": {"x": np.ones((50_000, 4)).tolist()}}).encode()
+        small = json.dumps({"inputs": {"x": ROWS.tolist()}}).encode()
+        service.predict(big)  # the slowest call (and the first, warming up): out of the window
+        recent = [service.predict(small)["latency_ms"] for _ in range(5)]
+        assert service.health()["p95_ms"] == round(max(recent), 3)  # nearest rank of 5
+    finally:
+        store.buffer.close()
 
 
 def test_a_runner_killed_with_sigkill_is_restarted(runner: Runner, model: Path) -> None:

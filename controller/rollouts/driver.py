@@ -1,0 +1,144 @@
+"""The rollout engine's thread: every worker process runs one, and the one holding the
+lease drives (``lease.py``); the others stand by and take over when it lapses.
+
+The driver steps every running rollout when a device's outcome arrives (``nudge.py``),
+when a rollout's own timer is due (a bake ends, a window opens, a deadline passes) and
+at least every ``rollout_tick_seconds``. It never asks devices anything: what it knows
+comes from their status reports, stored by whichever worker received them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from datetime import datetime
+
+from sqlalchemy import select
+
+from edgefleet.controller.db import reading
+from edgefleet.controller.models import Rollout, utcnow
+from edgefleet.controller.rollouts.advance import Advancer
+from edgefleet.controller.rollouts.lease import Lease, LostLease, current
+from edgefleet.controller.rollouts.nudge import Waiter
+from edgefleet.controller.rollouts.states import RolloutState
+from edgefleet.controller.runtime import Runtime
+
+log = logging.getLogger("edgefleet.controller.rollouts")
+
+DEBOUNCE_SECONDS = 0.05
+"""After a nudge, outcomes arriving together are stepped as one."""
+
+
+class _Timer:
+    """Stands in for the waiter when it cannot be opened (its socket is still bound by
+    a stalled predecessor): the engine then runs on its timer alone."""
+
+    def wait(self, timeout: float) -> bool:
+        time.sleep(max(0.0, timeout))
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class Driver:
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.lease = Lease(rt.engine, rt.settings.rollout_lease_seconds)
+        self.advancer = Advancer(rt, self.lease)
+        self._tick = rt.settings.rollout_tick_seconds
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._waiter: Waiter | _Timer | None = None
+
+    def start(self) -> None:
+        if not self.rt.settings.rollout_engine or self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="rollout-driver", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop driving and hand the lease on at once."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
+        self.rt.nudge.now()
+        thread.join(timeout)
+        self._thread = None
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                if not self._hold():
+                    self._stopping.wait(self.lease.seconds / 3 * random.uniform(0.8, 1.2))
+                    continue
+                due = self._drive()
+                assert self._waiter is not None
+                renew = self.lease.seconds / 3
+                wait = min(self._tick, renew, max(0.0, (due - utcnow()).total_seconds()))
+                if self._waiter.wait(wait):
+                    self._stopping.wait(DEBOUNCE_SECONDS)
+        finally:
+            self._let_go()
+
+    def _hold(self) -> bool:
+        """Take or renew the lease; open the waiter when it is newly held."""
+        try:
+            held = self.lease.acquire()
+        except Exception:
+            log.exception("the rollout lease could not be read; standing by")
+            held = False
+        if not held:
+            if self._waiter is not None:
+                log.warning("another process (%s) drives rollouts now", self.current_holder())
+                self._waiter.close()
+                self._waiter = None
+            return False
+        if self._waiter is None:
+            try:
+                self._waiter = Waiter(self.rt.engine)
+            except OSError as exc:
+                log.warning("rollouts run on their timer only (%s)", exc)
+                self._waiter = _Timer()
+            log.info("driving rollouts as %s", self.lease.holder)
+        return True
+
+    def _drive(self) -> datetime:
+        """Step every running rollout; when the earliest of them is due next."""
+        due = utcnow().timestamp() + self._tick
+        try:
+            for rollout_id in self._running():
+                when = self.advancer.advance(rollout_id)
+                if when is not None:
+                    due = min(due, when.timestamp())
+        except LostLease as exc:
+            log.warning("%s; standing by", exc)
+        except Exception:
+            log.exception("a rollout step failed; retrying on the next tick")
+        return datetime.fromtimestamp(due, utcnow().tzinfo)
+
+    def _running(self) -> list[int]:
+        with reading(self.rt.engine) as conn:
+            return list(
+                conn.execute(
+                    select(Rollout.id)
+                    .where(Rollout.state == RolloutState.running)
+                    .order_by(Rollout.id)  # type: ignore[arg-type]
+                ).scalars()
+            )
+
+    def current_holder(self) -> str | None:
+        return current(self.rt.engine)[0]
+
+    def _let_go(self) -> None:
+        if self._waiter is not None:
+            self._waiter.close()
+            self._waiter = None
+            try:
+                self.lease.release()
+            except Exception:
+                log.exception("could not release the rollout lease; it lapses on its own")
