@@ -316,7 +316,9 @@ class RolloutWave(SQLModel, table=True):
 class RolloutDevice(SQLModel, table=True):
     """One selected device of a rollout: its wave and how its update went."""
 
-    __table_args__ = (Index("ix_rolloutdevice_state", "rollout_id", "state", "wave"),)
+    __table_args__ = (
+        Index("ix_rolloutdevice_state", "rollout_id", "state", "wave", "offline", "moved_at"),
+    )
     rollout_id: int = Field(foreign_key="rollout.id", primary_key=True)
     device_id: str = Field(foreign_key="device.id", primary_key=True, max_length=40, index=True)
     wave: int

@@ -108,6 +108,14 @@ class Fleet:
                 raise AssertionError(f"timed out waiting for {what}: {r}")
             time.sleep(0.05)
 
+    def settle(self, ids: list[str], revision: int) -> None:
+        """Every device in ``ids`` is told ``revision``: at once, or as soon as the
+        engine's change reaches the desired-state caches (just after its commit)."""
+        deadline = time.monotonic() + 10
+        while {self.desired(d) for d in ids} != {revision}:
+            assert time.monotonic() < deadline, {d: self.desired(d) for d in ids}
+            time.sleep(0.05)
+
     def first_moved(self, ids: list[str]) -> str:
         """The one device told to run revision 2 (the canary), once it is."""
         deadline = time.monotonic() + 20
@@ -171,7 +179,7 @@ def test_a_held_revision_rolls_out_wave_by_wave_with_one_commit_each(
     profile = fleet.api.ok("GET", "/profiles/vision", fleet.api.admin)
     assert profile["released_revision"] == 2
     late = fleet.enrol(1)[0]  # enrolled after: gets what was released
-    assert fleet.desired(late) == 2
+    fleet.settle([late], 2)
     subjects = _repo_subjects(fast)
     rid = r["id"]
     waves = [s for s in subjects if s.startswith(f"Rollout {rid} wave")]
@@ -200,7 +208,7 @@ def test_a_failing_canary_rolls_back_and_nothing_beyond_it_moves(
     fleet.rolled_back(canary, 2, 1)
     done = fleet.wait(r["id"], lambda x: x["state"] == "rolled_back", "the rollback")
     assert "gate failed" in done["reason"] and "1 failed update" in done["reason"]
-    assert {fleet.desired(d) for d in ids} == {1}
+    fleet.settle(ids, 1)
     assert done["counts"]["pending"] == 5 and done["counts"]["reverted"] == 1
     assert done["failures"] == [] or done["failures"][0]["device"] == canary
     subjects = _repo_subjects(fast)
@@ -242,7 +250,7 @@ def test_latency_and_error_gates_read_the_devices_status(fleet: Fleet) -> None:
     fleet.report(canary, 2, inference={"count": 200, "p95_ms": 80.0, "error_rate": 0.0})
     done = fleet.wait(r["id"], lambda x: x["state"] == "rolled_back", "the p95 gate")
     assert "p95 80 ms" in done["reason"] and done["waves"][0]["gate"]["ok"] is False
-    assert fleet.desired(canary) == 1
+    fleet.settle([canary], 1)
 
     fleet.report(canary, 1)
     again = fleet.create(waves="1,100%", gates={"max_error_rate": 0.1}, seed="t")
@@ -263,10 +271,10 @@ def test_offline_devices_are_skipped_or_fail_the_rollout(fleet: Fleet, policy: s
     done = fleet.rollout(r["id"])
     if policy == "skip":
         assert done["state"] == "completed" and done["counts"]["skipped"] == 1
-        assert fleet.desired(offline) == 2  # it catches up when it returns
+        fleet.settle([offline], 2)  # it catches up when it returns
     else:
         assert done["state"] == "rolled_back" and "offline" in done["failures"][0]["reason"]
-        assert {fleet.desired(d) for d in [*online, offline]} == {1}
+        fleet.settle([*online, offline], 1)
 
 
 def test_offline_devices_are_waited_for_until_the_deadline(fleet: Fleet) -> None:
@@ -287,7 +295,7 @@ def test_offline_devices_are_waited_for_until_the_deadline(fleet: Fleet) -> None
     assert done["counts"]["succeeded"] == 2 and done["counts"]["failed"] == 1
     assert done["failures"][0]["device"] == gone
     assert "no outcome within 2 s (offline since it was moved)" in done["failures"][0]["reason"]
-    assert fleet.desired(gone) == 2  # it converges when it returns
+    fleet.settle([gone], 2)  # it converges when it returns
 
 
 def test_closed_windows_hold_their_sites_until_they_open(fleet: Fleet) -> None:
@@ -307,7 +315,7 @@ def test_closed_windows_hold_their_sites_until_they_open(fleet: Fleet) -> None:
     fleet.api.ok("PUT", "/sites/night/maintenance-windows", fleet.api.admin, json={"windows": []})
     fleet.converge(r["id"])
     assert fleet.rollout(r["id"])["state"] == "completed"
-    assert {fleet.desired(d) for d in closed} == {2}
+    fleet.settle(closed, 2)
 
 
 def test_the_concurrency_cap_bounds_devices_updating_at_once(fleet: Fleet) -> None:

@@ -2,21 +2,22 @@
 the target (within windows, the concurrency cap and the offline policy), time out the
 silent ones, bake, read the gates, then the next wave, completion or the failure policy.
 
-Each step is one transaction that renews the driver's lease (``Lease.fence``) and locks
-the rollout's row, inside the fleet repositories' writer lock (``GitopsWriter.change``),
-so a step that moves devices is written as one commit naming the rollout and the wave,
-right after it commits. The database is the truth: a controller killed between two
-steps resumes from the rows, and a step either happened whole or not at all, so no
-device is moved twice.
+Each step is one transaction that checks the driver's lease and locks it with the
+rollout's row (``Lease.held``), inside the fleet repositories' writer lock
+(``GitopsWriter.change``), so a step that moves devices is written as one commit
+naming the rollout and the wave, right after it commits. The database is the truth:
+a controller killed between two steps resumes from the rows, and a step either
+happened whole or not at all, so no device is moved twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 from sqlmodel import Session
 
 from edgefleet.controller.db import session_scope
@@ -24,6 +25,7 @@ from edgefleet.controller.gitops.fleet import RENDERED
 from edgefleet.controller.gitops.writer import Change
 from edgefleet.controller.models import (
     Device,
+    EngineLease,
     Profile,
     ProfileRevision,
     Rollout,
@@ -42,6 +44,7 @@ from edgefleet.controller.rollouts.spec import RolloutSpec
 from edgefleet.controller.rollouts.states import (
     ENGINE,
     MOVED,
+    UNRESOLVED,
     DeviceOutcome,
     RolloutState,
     WaveState,
@@ -72,8 +75,14 @@ class Advancer:
         with self.rt.gitops.change(ENGINE) as change:
             change.sites = set()
             with session_scope(self.rt.engine) as s:
-                self.lease.fence(s)
-                r = s.get(Rollout, rollout_id, with_for_update=True)
+                r = s.scalars(  # the rollout and the lease, locked in one round trip
+                    select(Rollout)
+                    .join(EngineLease, true())
+                    .where(Rollout.id == rollout_id, *self.lease.held())
+                    .with_for_update()
+                ).first()
+                if r is None:
+                    self.lease.fence(s)  # raises LostLease if that is why
                 if r is None or r.state != RolloutState.running:
                     return False, None
                 step = _Step(s, r, now, change, self.rt)
@@ -85,6 +94,47 @@ class Advancer:
         if step.finished_wave is not None:
             self.rt.metrics.rollout_wave_seconds.observe(step.finished_wave)
         return progressed, due
+
+
+@dataclass
+class _Tally:
+    """What a step needs to know of the devices, in one aggregate read: failures over
+    the whole rollout, and the current wave's pending and updating devices (with the
+    earliest move, offline or not, for the deadlines)."""
+
+    failed: int = 0
+    pending: int = 0
+    updating: int = 0
+    first_moved: dict[bool, datetime] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, s: Session, rollout_id: int, wave: int) -> _Tally:
+        rows = s.execute(
+            select(
+                RolloutDevice.state,
+                RolloutDevice.offline,
+                func.min(RolloutDevice.moved_at),
+                func.count(),
+            )
+            .where(
+                RolloutDevice.rollout_id == rollout_id,
+                (RolloutDevice.state == DeviceOutcome.failed)
+                | (
+                    (RolloutDevice.wave == wave) & RolloutDevice.state.in_(UNRESOLVED)  # type: ignore[attr-defined]
+                ),
+            )
+            .group_by(RolloutDevice.state, RolloutDevice.offline)
+        )
+        tally = cls()
+        for state, offline, first, n in rows:
+            if state == DeviceOutcome.failed:
+                tally.failed += n
+            elif state == DeviceOutcome.pending:
+                tally.pending += n
+            else:
+                tally.updating += n
+                tally.first_moved[bool(offline)] = aware(first)  # type: ignore[assignment]
+        return tally
 
 
 class _Step:
@@ -99,13 +149,13 @@ class _Step:
 
     def run(self) -> tuple[bool, datetime | None]:
         r, s = self.r, self.s
-        failed = _count(s, r.id, DeviceOutcome.failed)  # type: ignore[arg-type]
-        verdict = gates.too_many_failures(self.spec.gates, failed, r.accepted_failures)
         wave = s.scalars(
             select(RolloutWave).where(
                 RolloutWave.rollout_id == r.id, RolloutWave.number == r.current_wave
             )
         ).one()
+        tally = _Tally.read(s, r.id, wave.number)  # type: ignore[arg-type]
+        verdict = gates.too_many_failures(self.spec.gates, tally.failed, r.accepted_failures)
         if verdict is not None:
             wave.gate = verdict.public()
             self._trip(verdict.detail)
@@ -116,21 +166,21 @@ class _Step:
             self._touch()
             return True, self.now
         if wave.state == WaveState.updating:
-            return self._updating(wave)
+            return self._updating(wave, tally)
         if wave.state == WaveState.baking:
             return self._baking(wave)
         return False, None
 
     # -- a wave's devices ---------------------------------------------------------------
 
-    def _updating(self, wave: RolloutWave) -> tuple[bool, datetime | None]:
-        expired, deadline, updating = self._expire(wave)
+    def _updating(self, wave: RolloutWave, tally: _Tally) -> tuple[bool, datetime | None]:
+        expired, deadline = self._expire(wave, tally)
         if expired:
             return True, self.now  # the failure gate reads them first
-        moved, opens, pending = self._move(wave)
+        moved, opens, pending = self._move(wave, tally) if tally.pending else (False, None, 0)
         if moved:
             return True, self.now
-        if pending or updating:
+        if pending or tally.updating:
             return False, _earliest((deadline, opens))
         wave.state = WaveState.baking
         wave.bake_until = self.now + timedelta(seconds=self.spec.bake_seconds)
@@ -146,10 +196,10 @@ class _Step:
         self._touch()
         return True, wave.bake_until
 
-    def _expire(self, wave: RolloutWave) -> tuple[bool, datetime | None, int]:
+    def _expire(self, wave: RolloutWave, tally: _Tally) -> tuple[bool, datetime | None]:
         """Fail the wave's moved devices that said nothing within their deadline. Returns
-        whether any did, when the next deadline falls and how many are still updating:
-        one aggregate read when none is late, so a step stays cheap however many
+        whether any did and when the next deadline falls; reads rows only when one is
+        late (the tally has the earliest move), so a step stays cheap however many
         devices are updating."""
         limits = {
             True: (self.spec.offline_deadline_seconds, "offline since it was moved"),
@@ -160,16 +210,10 @@ class _Step:
             RolloutDevice.state == DeviceOutcome.updating,
             RolloutDevice.wave == wave.number,
         )
-        groups = self.s.execute(
-            select(RolloutDevice.offline, func.min(RolloutDevice.moved_at), func.count())
-            .where(*waiting)
-            .group_by(RolloutDevice.offline)
-        ).all()
-        expired, earliest, updating = False, None, 0
-        for offline, first, n in groups:
-            limit, why = limits[bool(offline)]
-            deadline = aware(first) + timedelta(seconds=limit)  # type: ignore[operator]
-            updating += n
+        expired, earliest = False, None
+        for offline, first in tally.first_moved.items():
+            limit, why = limits[offline]
+            deadline = first + timedelta(seconds=limit)
             if deadline > self.now:
                 earliest = _earliest((earliest, deadline))
                 continue
@@ -183,9 +227,9 @@ class _Step:
             ):
                 self._resolve(rd, DeviceOutcome.failed, f"no outcome within {limit} s ({why})")
                 expired = True
-        return expired, earliest, updating
+        return expired, earliest
 
-    def _move(self, wave: RolloutWave) -> tuple[bool, datetime | None, int]:
+    def _move(self, wave: RolloutWave, tally: _Tally) -> tuple[bool, datetime | None, int]:
         """Move the wave's pending devices that may move now. Returns whether anything
         changed, when a closed window opens next and how many devices still wait."""
         r, s, spec = self.r, self.s, self.spec
@@ -204,7 +248,7 @@ class _Step:
             return False, None, 0
         room = None
         if spec.concurrency:
-            room = spec.concurrency - _count(s, r.id, DeviceOutcome.updating)  # type: ignore[arg-type]
+            room = spec.concurrency - tally.updating  # earlier waves have none left
         cutoff = self.now - timedelta(seconds=OFFLINE_AFTER_INTERVALS * self._interval())
         hours = _Hours()
         opens: datetime | None = None
@@ -462,17 +506,6 @@ def _follower_sites(s: Session, profile_id: int) -> Iterable[str]:
             Device.state.in_([st.value for st in RENDERED]),  # type: ignore[attr-defined]
         )
     ).all()
-
-
-def _count(s: Session, rollout_id: int, outcome: DeviceOutcome) -> int:
-    return (
-        s.scalar(
-            select(func.count()).where(
-                RolloutDevice.rollout_id == rollout_id, RolloutDevice.state == outcome
-            )
-        )
-        or 0
-    )
 
 
 def _earliest(times: Iterable[datetime | None]) -> datetime | None:

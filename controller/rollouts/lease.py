@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Connection, Engine
@@ -54,19 +55,22 @@ class Lease:
             ).rowcount
         return bool(taken)
 
+    def held(self) -> tuple[Any, ...]:
+        """Conditions on ``EngineLease`` that hold while this process has the lease: to
+        join in a statement that locks the lease with the rows it reads."""
+        return (
+            EngineLease.name == NAME,
+            EngineLease.holder == self.holder,
+            EngineLease.expires_at >= time.time(),  # type: ignore[operator]
+        )
+
     def fence(self, s: Session | Connection) -> None:
         """Check, inside the caller's transaction, that this process still holds the
         lease, and keep it from changing hands until that transaction ends (a row lock
         on PostgreSQL; SQLite's one writer at a time); else raise LostLease. A read, so
         a step that changes nothing writes nothing (``acquire`` renews)."""
         held = s.execute(  # type: ignore[call-overload]
-            select(EngineLease.name)
-            .where(
-                EngineLease.name == NAME,
-                EngineLease.holder == self.holder,
-                EngineLease.expires_at >= time.time(),  # type: ignore[arg-type]
-            )
-            .with_for_update()
+            select(EngineLease.name).where(*self.held()).with_for_update()
         ).first()
         if held is None:
             raise LostLease(f"the rollout lease is no longer held by {self.holder}")

@@ -32,6 +32,8 @@ def csr_for(key: Any, cn: str = "device") -> str:
 
 @dataclass
 class TestDevice:
+    __test__ = False  # a helper, not a test class
+
     id: str
     key: ec.EllipticCurvePrivateKey
     access_token: str = ""

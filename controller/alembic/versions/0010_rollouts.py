@@ -79,7 +79,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("rollout_id", "device_id"),
     )
     op.create_index("ix_rolloutdevice_device_id", "rolloutdevice", ["device_id"])
-    op.create_index("ix_rolloutdevice_state", "rolloutdevice", ["rollout_id", "state", "wave"])
+    # Covers a step's tally (failures, the wave's pending and updating devices, their
+    # earliest move): read from the index alone, however large the wave.
+    op.create_index(
+        "ix_rolloutdevice_state",
+        "rolloutdevice",
+        ["rollout_id", "state", "wave", "offline", "moved_at"],
+    )
     op.create_table(
         "rolloutevent",
         sa.Column("id", sa.Integer(), nullable=False),
