@@ -59,6 +59,8 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/drain.py --database-url postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/rollout_plan.py
 	$(BIN)/python bench/rollout_plan.py --database-url postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/rollout_engine.py
+	$(BIN)/python bench/rollout_engine.py --database-url postgresql://postgres@127.0.0.1:5432/test
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

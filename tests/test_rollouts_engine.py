@@ -209,8 +209,11 @@ def test_a_failing_canary_rolls_back_and_nothing_beyond_it_moves(
     done = fleet.wait(r["id"], lambda x: x["state"] == "rolled_back", "the rollback")
     assert "gate failed" in done["reason"] and "1 failed update" in done["reason"]
     fleet.settle(ids, 1)
-    assert done["counts"]["pending"] == 5 and done["counts"]["reverted"] == 1
-    assert done["failures"] == [] or done["failures"][0]["device"] == canary
+    assert done["counts"]["pending"] == 5 and done["counts"]["failed"] == 1
+    assert done["failures"][0]["device"] == canary
+    assert "rolled back on the device: probe: output y differs" in done["failures"][0]["reason"]
+    failed = [e for e in done["events"] if e["action"] == "device_failed"]
+    assert [e["detail"]["device"] for e in failed] == [canary]
     subjects = _repo_subjects(fast)
     rid = r["id"]
     assert f"Rollout {rid} wave 1/2 (1): vision to revision 2" in subjects
@@ -274,6 +277,7 @@ def test_offline_devices_are_skipped_or_fail_the_rollout(fleet: Fleet, policy: s
         fleet.settle([offline], 2)  # it catches up when it returns
     else:
         assert done["state"] == "rolled_back" and "offline" in done["failures"][0]["reason"]
+        assert done["counts"]["pending"] == 3  # the gate tripped before anyone moved
         fleet.settle([*online, offline], 1)
 
 

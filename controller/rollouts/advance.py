@@ -252,7 +252,8 @@ class _Step:
         cutoff = self.now - timedelta(seconds=OFFLINE_AFTER_INTERVALS * self._interval())
         hours = _Hours()
         opens: datetime | None = None
-        changed, sites, moved, waiting = False, set(), 0, 0
+        changed, failed, sites, moved, waiting = False, 0, set(), 0, 0
+        ready = []
         for rd, device, site in rows:
             if device.state not in RENDERED or device.profile_id != r.profile_id:
                 gone = "no longer follows the profile"
@@ -272,8 +273,13 @@ class _Step:
             if not online and spec.offline != "wait":
                 outcome = DeviceOutcome.skipped if spec.offline == "skip" else DeviceOutcome.failed
                 self._resolve(rd, outcome, f"offline when wave {wave.number} reached it")
+                failed += outcome == DeviceOutcome.failed
                 changed = True
                 continue
+            ready.append((rd, device, site, online))
+        if gates.too_many_failures(spec.gates, tally.failed + failed, r.accepted_failures):
+            ready = []  # the next step trips the gate: move nobody it would move back
+        for rd, device, site, online in ready:
             if room is not None and room <= 0:
                 waiting += 1
                 continue
@@ -324,6 +330,17 @@ class _Step:
 
     def _resolve(self, rd: RolloutDevice, outcome: DeviceOutcome, reason: str) -> None:
         rd.state, rd.reason, rd.resolved_at = outcome, reason[:1024], self.now
+        if outcome == DeviceOutcome.failed:
+            store.event(
+                self.s,
+                rd.rollout_id,
+                ENGINE,
+                "device_failed",
+                reason,
+                at=self.now,
+                device=rd.device_id,
+                wave=rd.wave,
+            )
 
     # -- bake, gates and the end --------------------------------------------------------
 
@@ -462,8 +479,9 @@ def revert(
             device.profile_revision = rd.previous_revision
             sites.add(site)
             back.append(device.id)
-        rd.state, rd.resolved_at = DeviceOutcome.reverted, now
-        rd.reason = f"rolled back: {reason}"[:1024]
+        if rd.state != DeviceOutcome.failed:  # a failure stays one, with its reason
+            rd.state, rd.resolved_at = DeviceOutcome.reverted, now
+            rd.reason = f"rolled back: {reason}"[:1024]
     if profile.released_revision == r.target_revision:
         profile.released_revision = r.from_revision
         s.flush()

@@ -17,8 +17,9 @@ from sqlmodel import Session
 
 from edgefleet.controller.db import reading
 from edgefleet.controller.models import Rollout, RolloutDevice, utcnow
+from edgefleet.controller.rollouts import store
 from edgefleet.controller.rollouts.outcome import classify
-from edgefleet.controller.rollouts.states import ACTIVE, DeviceOutcome
+from edgefleet.controller.rollouts.states import ACTIVE, ENGINE, DeviceOutcome
 
 Waited = dict[str, tuple[int, int, str | None]]
 """device id -> (rollout id, target revision, the attempt known when it was moved)."""
@@ -82,4 +83,6 @@ class Watch:
             .values(state=outcome, reason=reason[:1024], resolved_at=utcnow())
         ).rowcount
         waited.pop(device_id, None)
+        if stored and outcome == DeviceOutcome.failed:
+            store.event(s, rollout_id, ENGINE, "device_failed", reason, device=device_id)
         return bool(stored)
