@@ -59,11 +59,16 @@ class Advancer:
     def __init__(self, rt: Runtime, lease: Lease) -> None:
         self.rt = rt
         self.lease = lease
+        self.waiting: dict[int, int] = {}
+        """Per rollout, after its last step: how many of its current wave's devices are
+        updating when none is left to move (a success short of the last one changes
+        nothing a step would act on)."""
 
     def advance(self, rollout_id: int) -> datetime | None:
         """Take every step the rollout can take now; when it next needs the engine (None:
         only when a device's outcome arrives or an operator acts)."""
         due: datetime | None = None
+        self.waiting.pop(rollout_id, None)
         for _ in range(MAX_STEPS):
             progressed, due = self._step(rollout_id)
             if not progressed:
@@ -87,6 +92,8 @@ class Advancer:
                     return False, None
                 step = _Step(s, r, now, change, self.rt)
                 progressed, due = step.run()
+                if not progressed and step.quiet is not None:
+                    self.waiting[rollout_id] = step.quiet
             if step.moved_desired:
                 self.rt.changed()  # before the write: devices need not wait for Git
         if step.wave_commit is not None and change.outcome.commits:
@@ -144,6 +151,8 @@ class _Step:
         self.s, self.r, self.now, self.change, self.rt = s, r, now, change, rt
         self.spec = RolloutSpec.model_validate(r.spec)
         self.moved_desired = False
+        self.quiet: int | None = None
+        """Devices still updating, when the wave waits on them alone."""
         self.wave_commit: int | None = None
         self.finished_wave: float | None = None
 
@@ -181,6 +190,8 @@ class _Step:
         if moved:
             return True, self.now
         if pending or tally.updating:
+            if not tally.pending:
+                self.quiet = tally.updating
             return False, _earliest((deadline, opens))
         wave.state = WaveState.baking
         wave.bake_until = self.now + timedelta(seconds=self.spec.bake_seconds)

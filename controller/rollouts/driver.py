@@ -1,10 +1,13 @@
 """The rollout engine's thread: every worker process runs one, and the one holding the
 lease drives (``lease.py``); the others stand by and take over when it lapses.
 
-The driver steps every running rollout when a device's outcome arrives (``nudge.py``),
-when a rollout's own timer is due (a bake ends, a window opens, a deadline passes) and
-at least every ``rollout_tick_seconds``. It never asks devices anything: what it knows
-comes from their status reports, stored by whichever worker received them.
+The driver steps every running rollout when a device's outcome arrives that may
+change what the rollout does (``nudge.py``: a failure, the last success of a wave, a
+success that frees room under the concurrency cap, an operator's action), when a
+rollout's own timer is due (a bake ends, a window opens, a deadline passes) and at
+least every ``rollout_tick_seconds``. It renews its lease every third of its length,
+not per step. It never asks devices anything: what it knows comes from their status
+reports, stored by whichever worker received them.
 """
 
 from __future__ import annotations
@@ -13,12 +16,11 @@ import logging
 import random
 import threading
 import time
-from datetime import datetime
 
 from sqlalchemy import select
 
 from edgefleet.controller.db import reading
-from edgefleet.controller.models import Rollout, utcnow
+from edgefleet.controller.models import Rollout
 from edgefleet.controller.rollouts.advance import Advancer
 from edgefleet.controller.rollouts.lease import Lease, LostLease, current
 from edgefleet.controller.rollouts.nudge import Waiter
@@ -35,9 +37,12 @@ class _Timer:
     """Stands in for the waiter when it cannot be opened (its socket is still bound by
     a stalled predecessor): the engine then runs on its timer alone."""
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: float) -> list[str]:
         time.sleep(max(0.0, timeout))
-        return False
+        return []
+
+    def drain(self) -> list[str]:
+        return []
 
     def close(self) -> None:
         pass
@@ -71,19 +76,44 @@ class Driver:
         self._thread = None
 
     def _run(self) -> None:
+        renew_at = due = 0.0  # monotonic times: the next lease renewal, the next step
+        news: list[str] = []
         try:
             while not self._stopping.is_set():
-                if not self._hold():
-                    self._stopping.wait(self.lease.seconds / 3 * random.uniform(0.8, 1.2))
-                    continue
-                due = self._drive()
+                now = time.monotonic()
+                if now >= renew_at:
+                    if not self._hold():
+                        self._stopping.wait(self.lease.seconds / 3 * random.uniform(0.8, 1.2))
+                        due = 0.0
+                        continue
+                    renew_at = now + self.lease.seconds / 3
+                if now >= due or self._worth_a_step(news):
+                    wait = self._drive()
+                    if wait is None:
+                        renew_at = 0.0  # ask the lease again before anything else
+                        continue
+                    due = now + wait
                 assert self._waiter is not None
-                renew = self.lease.seconds / 3
-                wait = min(self._tick, renew, max(0.0, (due - utcnow()).total_seconds()))
-                if self._waiter.wait(wait):
-                    self._stopping.wait(DEBOUNCE_SECONDS)
+                news = self._waiter.wait(min(due, renew_at) - time.monotonic())
+                if news:
+                    self._stopping.wait(DEBOUNCE_SECONDS)  # outcomes arriving together
+                    news += self._waiter.drain()
         finally:
             self._let_go()
+
+    def _worth_a_step(self, news: list[str]) -> bool:
+        """Whether the nudges received may change what a rollout does: anything but a
+        success while others of its wave are still updating and none waits to move."""
+        worth = False
+        for item in news:
+            rollout, _, outcome = item.partition(" ")
+            waiting = self.advancer.waiting
+            key = int(rollout) if rollout.isdigit() else None
+            if outcome == "succeeded" and key is not None and waiting.get(key, 0) > 1:
+                waiting[key] -= 1
+            else:
+                worth = True
+        return worth
 
     def _hold(self) -> bool:
         """Take or renew the lease; open the waiter when it is newly held."""
@@ -107,9 +137,10 @@ class Driver:
             log.info("driving rollouts as %s", self.lease.holder)
         return True
 
-    def _drive(self) -> datetime:
-        """Step every running rollout; when the earliest of them is due next."""
-        due = utcnow().timestamp() + self._tick
+    def _drive(self) -> float | None:
+        """Step every running rollout; in how many seconds the earliest is due next, or
+        None when the lease turned out to be lost."""
+        due = time.time() + self._tick
         try:
             for rollout_id in self._running():
                 when = self.advancer.advance(rollout_id)
@@ -117,9 +148,10 @@ class Driver:
                     due = min(due, when.timestamp())
         except LostLease as exc:
             log.warning("%s; standing by", exc)
+            return None
         except Exception:
             log.exception("a rollout step failed; retrying on the next tick")
-        return datetime.fromtimestamp(due, utcnow().tzinfo)
+        return max(0.0, due - time.time())
 
     def _running(self) -> list[int]:
         with reading(self.rt.engine) as conn:

@@ -9,7 +9,10 @@ stored it: the engine reacts to status reports as they arrive instead of polling
   storing transaction, delivered at its commit; the driver LISTENs on a connection of
   its own while it holds the lease.
 
-A lost nudge costs at most one timer tick (``rollout_tick_seconds``).
+A nudge says which rollout and what became of its device (``7 succeeded``), so the
+driver need not step for a success that changes nothing at the wave's level (see
+``driver.py``); any other nudge (``!``) asks for a step. A lost nudge costs at most
+one timer tick (``rollout_tick_seconds``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 CHANNEL = "edgefleet_rollouts"
+ANY = "!"
+"""A nudge that asks for a step whatever the driver knows."""
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :news)")
 
 
 def _address(engine: Engine) -> str:
@@ -42,12 +48,12 @@ class Nudge:
         self._address = _address(engine)
         self._sock: socket.socket | None = None
 
-    def within(self, s: Session) -> None:
+    def within(self, s: Session, news: str) -> None:
         """Call inside the transaction that stored an outcome."""
         if self._postgres:
-            s.execute(text(f"NOTIFY {CHANNEL}"))
+            s.execute(_NOTIFY, {"news": news})
 
-    def after(self) -> None:
+    def after(self, news: str) -> None:
         """Call after that transaction committed."""
         if self._postgres:
             return
@@ -55,15 +61,15 @@ class Nudge:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sock.setblocking(False)
         with contextlib.suppress(OSError):  # no driver listening, or its queue is full
-            self._sock.sendto(b"!", self._address)
+            self._sock.sendto(news.encode(), self._address)
 
     def now(self) -> None:
         """Outside any transaction: an operator's action, or a driver told to stop."""
         if self._postgres:
             with self._engine.begin() as conn:
-                conn.execute(text(f"NOTIFY {CHANNEL}"))
+                conn.execute(_NOTIFY, {"news": ANY})
         else:
-            self.after()
+            self.after(ANY)
 
 
 class Waiter:
@@ -81,24 +87,22 @@ class Waiter:
             self._sock.bind(_address(engine))  # freed by the kernel when its holder dies
             self._sock.setblocking(False)
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep up to ``timeout`` seconds; True when nudged (and every nudge so far read)."""
+    def wait(self, timeout: float) -> list[str]:
+        """Sleep up to ``timeout`` seconds or until nudged; the nudges received."""
         fd = self._conn.fileno() if self._conn is not None else self._sock.fileno()  # type: ignore[union-attr]
         ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
-        if not ready:
-            return False
-        self._drain()
-        return True
+        return self.drain() if ready else []
 
-    def _drain(self) -> None:
+    def drain(self) -> list[str]:
+        """Every nudge waiting, without blocking."""
         if self._conn is not None:
-            for _ in self._conn.notifies(timeout=0, stop_after=None):
-                pass
-            return
+            return [n.payload for n in self._conn.notifies(timeout=0, stop_after=None)]
         assert self._sock is not None
+        found = []
         with contextlib.suppress(BlockingIOError):
             while True:
-                self._sock.recv(64)
+                found.append(self._sock.recv(256).decode(errors="replace"))
+        return found
 
     def close(self) -> None:
         if self._conn is not None:

@@ -61,17 +61,17 @@ class Watch:
         with reading(self._engine) as conn:
             return {d: (r, t, k) for d, r, t, k in conn.execute(query)}
 
-    def observe(self, s: Session, device_id: str, status: dict) -> bool:  # type: ignore[type-arg]
-        """Store the outcome ``status`` shows for a waited-on device; True if one was
-        stored (the caller then wakes the driver once its transaction commits)."""
+    def observe(self, s: Session, device_id: str, status: dict) -> str | None:  # type: ignore[type-arg]
+        """Store the outcome ``status`` shows for a waited-on device; if one was stored,
+        the news for the driver (``7 succeeded``), sent once the transaction commits."""
         waited = self.waited()
         entry = waited.get(device_id)
         if entry is None:
-            return False
+            return None
         rollout_id, target, known = entry
         found = classify(status, target, known)
         if found is None:
-            return False
+            return None
         outcome, reason = found
         stored = s.execute(
             update(RolloutDevice)
@@ -83,6 +83,8 @@ class Watch:
             .values(state=outcome, reason=reason[:1024], resolved_at=utcnow())
         ).rowcount
         waited.pop(device_id, None)
-        if stored and outcome == DeviceOutcome.failed:
+        if not stored:
+            return None
+        if outcome == DeviceOutcome.failed:
             store.event(s, rollout_id, ENGINE, "device_failed", reason, device=device_id)
-        return bool(stored)
+        return f"{rollout_id} {outcome.value}"

@@ -33,7 +33,7 @@ def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | 
 
 def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
     now = datetime.now(UTC)
-    outcome = False
+    news = None
     with session_scope(rt.engine) as s:
         device = s.get(Device, device_id, with_for_update=True)
         if device is None:
@@ -50,12 +50,12 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
             if target != current:
                 device.state = target
                 device.state_changed_at = now
-            outcome = rt.watch.observe(s, device_id, device.status)
-            if outcome:
-                rt.nudge.within(s)
+            news = rt.watch.observe(s, device_id, device.status)
+            if news:
+                rt.nudge.within(s, news)
         device.last_seen_at = now
-    if outcome:
-        rt.nudge.after()
+    if news:
+        rt.nudge.after(news)
     rt.status_digests[device_id] = (report_digest, target)
     return target
 
