@@ -9,7 +9,6 @@ revision (the safe one) until the rollout completes and releases the target.
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime
 from typing import Any
 
@@ -21,44 +20,21 @@ from edgefleet.controller.models import Profile, Rollout, RolloutDevice, Rollout
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.rollouts import store
 from edgefleet.controller.rollouts.advance import revert
-from edgefleet.controller.rollouts.members import select_members
-from edgefleet.controller.rollouts.plan import assign
 from edgefleet.controller.rollouts.spec import RolloutSpec
 from edgefleet.controller.rollouts.states import ACTIVE, DeviceOutcome, RolloutState, WaveState
 from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import audit, profiles, rollout_views
-from edgefleet.controller.services.rollouts import check_sites, nobody
-from edgefleet.errors import BadRequest, Conflict, NotFound
+from edgefleet.controller.services import audit, rollout_views, rollouts
+from edgefleet.errors import Conflict, NotFound
 
 
 def create(
     rt: Runtime, who: Operator, spec: RolloutSpec, reason: str, now: datetime
 ) -> dict[str, Any]:
-    steps = spec.steps()
-    seed = spec.seed or secrets.token_hex(8)
-    with Session(rt.engine) as s:
-        profile = profiles.profile_by_name(s, spec.profile)
-        target = spec.revision or profile.latest_revision
-        latest = profiles.revision_or_404(s, profile, profile.latest_revision)
-        profiles.revision_or_404(s, profile, target)
-        check_sites(s, spec.sites)
-    interval = latest.spec.get("policies", {}).get(
-        "interval_seconds", rt.settings.device_interval_seconds
-    )
-    members = select_members(
-        rt.engine,
-        profile.name,
-        labels=spec.labels,
-        sites=spec.sites or None,
-        now=now,
-        interval_seconds=int(interval),
-    )
-    if not members:
-        raise BadRequest(nobody(spec), code="no_devices")
-    waves = assign(members, steps, seed)
-    stored = spec.model_copy(update={"seed": seed, "revision": target}).model_dump(mode="json")
+    chosen = rollouts.selection(rt, spec, now)
+    members, waves, target, seed = chosen.members, chosen.waves, chosen.target, chosen.seed
+    stored = spec.model_copy(update=chosen.spec).model_dump(mode="json")
     with session_scope(rt.engine) as s:
-        row = s.get(Profile, profile.id, with_for_update=True)
+        row = s.get(Profile, chosen.profile.id, with_for_update=True)
         assert row is not None
         busy = store.active_rollout(s, row.id)  # type: ignore[arg-type]
         if busy is not None:

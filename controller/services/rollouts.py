@@ -90,12 +90,28 @@ class _Clock:
         return self._opens[key]
 
 
-def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[str, Any]:
-    """The dry run of ``spec`` at ``now`` (an aware time); see the module's docstring.
+@dataclass(frozen=True)
+class Selection:
+    """What a spec selects now: the plan shows it, ``create`` fixes it."""
 
-    ``following`` counts the revisions the selected devices follow now (a pin, else the
-    profile's released revision) and ``from_revision`` is the most common of them;
-    ``already_applied`` counts those that report running the target revision already."""
+    profile: Profile
+    target: int
+    seed: str
+    members: list[Member]
+    waves: list[Wave]
+    sites: dict[str, tuple[str, list[str]]]
+    """Every site's time zone and maintenance windows."""
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The spec with its seed and revision filled in: creating it makes these waves."""
+        return {"seed": self.seed, "revision": self.target}
+
+
+def selection(rt: Runtime, spec: RolloutSpec, now: datetime) -> Selection:
+    """The devices ``spec`` selects at ``now``, cut into its waves by its seed (a random
+    one if it has none). Unknown profile, revision or site: NotFound; no device:
+    BadRequest ``no_devices``."""
     steps = spec.steps()
     seed = spec.seed or secrets.token_hex(8)
     with Session(rt.engine) as s:
@@ -109,7 +125,12 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
                 select(Site.name, Site.timezone, Site.maintenance_windows)
             )
         }
-    _missing_sites(spec.sites, known)
+    missing = sorted(set(spec.sites) - set(known))
+    if missing:
+        raise NotFound(
+            f"no site {', '.join(repr(m) for m in missing)}; `edgefleet sites list` shows them",
+            code="no_site",
+        )
     interval = latest.spec.get("policies", {}).get(
         "interval_seconds", rt.settings.device_interval_seconds
     )
@@ -122,9 +143,19 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
         interval_seconds=int(interval),
     )
     if not members:
-        raise BadRequest(nobody(spec), code="no_devices")
-    waves = assign(members, steps, seed)
-    clock = _Clock(known) if spec.respect_windows else _Clock({})
+        raise BadRequest(_nobody(spec), code="no_devices")
+    return Selection(profile, target, seed, members, assign(members, steps, seed), known)
+
+
+def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[str, Any]:
+    """The dry run of ``spec`` at ``now`` (an aware time); see the module's docstring.
+
+    ``following`` counts the revisions the selected devices follow now (a pin, else the
+    profile's released revision) and ``from_revision`` is the most common of them;
+    ``already_applied`` counts those that report running the target revision already."""
+    chosen = selection(rt, spec, now)
+    profile, target, members, waves = chosen.profile, chosen.target, chosen.members, chosen.waves
+    clock = _Clock(chosen.sites) if spec.respect_windows else _Clock({})
     current = _current(rt, profile, members)
     following = Counter(rev for rev, _applied in current.values())
     rows, total = _waves(spec, waves, clock, now)
@@ -144,10 +175,10 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
         "expected_seconds": total,
         "offline_wait_seconds": waiting * spec.offline_deadline_seconds,
         "update_seconds_estimate": UPDATE_SECONDS_ESTIMATE,
-        "seed": seed,
+        "seed": chosen.seed,
         "now": now.isoformat(),
         "warnings": _warnings(spec, target, profile, waves, members, current),
-        "spec": spec.model_copy(update={"seed": seed, "revision": target}).model_dump(mode="json"),
+        "spec": spec.model_copy(update=chosen.spec).model_dump(mode="json"),
     }
 
 
@@ -206,24 +237,7 @@ def _current(
         }
 
 
-def check_sites(s: Session, names: list[str]) -> None:
-    """NotFound (``no_site``) naming every site in ``names`` that does not exist."""
-    if names:
-        found = s.scalars(select(Site.name).where(Site.name.in_(names))).all()  # type: ignore[attr-defined]
-        _missing_sites(names, found)
-
-
-def _missing_sites(wanted: list[str], known: Any) -> None:
-    missing = sorted(set(wanted) - set(known))
-    if missing:
-        raise NotFound(
-            f"no site {', '.join(repr(m) for m in missing)}; `edgefleet sites list` shows them",
-            code="no_site",
-        )
-
-
-def nobody(spec: RolloutSpec) -> str:
-    """Why a selection of no device is refused, and where to look."""
+def _nobody(spec: RolloutSpec) -> str:
     where = ""
     if spec.labels:
         where += " with labels " + ",".join(f"{k}={v}" for k, v in spec.labels.items())
