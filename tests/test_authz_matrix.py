@@ -383,6 +383,7 @@ ROWS: list[Row] = [
     Row("GET", "/api/v1/rollouts", READERS),
     Row("GET", "/api/v1/rollouts/engine", READERS),
     Row("GET", "/api/v1/rollouts/{rollout_id}", READERS, fresh=World.fresh_rollout),
+    Row("GET", "/api/v1/rollouts/{rollout_id}/devices", READERS, fresh=World.fresh_rollout),
     *(
         Row(
             "POST",

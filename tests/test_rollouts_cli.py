@@ -222,6 +222,10 @@ def test_watch_follows_a_rollout_until_it_completes(api: Api) -> None:
     assert [w["state"] for w in found["waves"]] == ["passed"] * 3
     listed = json.loads(cli(api, "profiles", "list", "-o", "json").output)
     assert listed[0]["released_revision"] == 2  # released to every follower
+    shown = cli(api, "rollouts", "devices", str(made["id"]), "--wave", "2", "-o", "json")
+    assert [(d["wave"], d["state"]) for d in json.loads(shown.output)] == [(2, "succeeded")]
+    table = cli(api, "rollouts", "devices", str(made["id"]), "--state", "succeeded")
+    assert table.exit_code == 0 and table.output.count("succeeded") == 4
 
 
 @pytest.mark.timeout(120)

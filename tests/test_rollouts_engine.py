@@ -372,6 +372,17 @@ def test_operator_actions_say_who_and_why_and_refuse_what_does_not_apply(
         "rolled_back",
         "undo",
     ) in events
+    members = fleet.api.ok("GET", f"/rollouts/{rid}/devices", fleet.api.admin)
+    assert [(d["wave"], d["state"]) for d in members] == [(1, "reverted")] + [(2, "pending")] * 3
+    assert members[0]["device"] == canary and members[0]["previous_revision"] is None
+    only = fleet.api.ok(
+        "GET", f"/rollouts/{rid}/devices", fleet.api.admin, params={"state": "pending"}
+    )
+    assert {d["device"] for d in only} == set(ids) - {canary}
+    bad = fleet.api.call(
+        "GET", f"/rollouts/{rid}/devices", fleet.api.admin, params={"state": "gone"}
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_state"
     missing = fleet.api.call("GET", "/rollouts/999", fleet.api.admin)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "no_rollout"
     listed = fleet.api.ok("GET", "/rollouts", fleet.api.admin, params={"state": "rolled_back"})

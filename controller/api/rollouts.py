@@ -61,6 +61,19 @@ def show_rollout(rollout_id: int, who: Reader, rt: RuntimeDep) -> dict[str, Any]
     return rollout_views.get_rollout(rt, rollout_id)
 
 
+@router.get("/rollouts/{rollout_id}/devices")
+def rollout_devices(
+    rollout_id: int,
+    who: Reader,
+    rt: RuntimeDep,
+    wave: Annotated[int | None, Query(ge=1)] = None,
+    state: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> list[dict[str, Any]]:
+    """Which devices are in which wave, and how each update went."""
+    return rollout_views.rollout_devices(rt, rollout_id, wave, state, limit)
+
+
 @router.post("/rollouts/{rollout_id}/pause")
 def pause_rollout(rollout_id: int, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     return rollout_actions.pause(rt, who, rollout_id, req.reason)

@@ -147,6 +147,45 @@ def detail(s: Session, rollout_id: int) -> dict[str, Any]:
     return out
 
 
+def rollout_devices(
+    rt: Runtime, rollout_id: int, wave: int | None, state: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """The rollout's devices (one wave's, in one state), by wave then id."""
+    if state is not None and state not in DeviceOutcome.__members__:
+        raise BadRequest(
+            f"unknown device outcome {state!r}; one of {', '.join(DeviceOutcome)}",
+            code="bad_state",
+        )
+    query = (
+        select(RolloutDevice)
+        .where(RolloutDevice.rollout_id == rollout_id)
+        .order_by(RolloutDevice.wave, RolloutDevice.device_id)  # type: ignore[arg-type]
+        .limit(limit)
+    )
+    if wave is not None:
+        query = query.where(RolloutDevice.wave == wave)
+    if state is not None:
+        query = query.where(RolloutDevice.state == state)
+    with Session(rt.engine) as s:
+        if s.get(Rollout, rollout_id) is None:
+            raise NotFound(
+                f"no rollout {rollout_id}; `edgefleet rollouts list` shows them",
+                code="no_rollout",
+            )
+        return [
+            {
+                "device": rd.device_id,
+                "wave": rd.wave,
+                "state": rd.state,
+                "reason": rd.reason,
+                "previous_revision": rd.previous_revision,
+                "moved_at": _iso(rd.moved_at),
+                "resolved_at": _iso(rd.resolved_at),
+            }
+            for rd in s.scalars(query)
+        ]
+
+
 def _waiting_for_window(s: Session, r: Rollout) -> list[str]:
     """Sites of the current wave's pending devices whose maintenance window is closed."""
     if not r.spec.get("respect_windows", True):

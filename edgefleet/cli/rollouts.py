@@ -1,4 +1,5 @@
-"""``edgefleet rollouts plan | create | list | status | pause | resume | abort | rollback``.
+"""``edgefleet rollouts plan | create | list | status | devices | pause | resume | abort |
+rollback``.
 
 ``plan`` is the dry run, changing nothing; it ends with its seed, the rollout key that
 ranked the devices into waves. ``create`` takes the same options, shows that plan and
@@ -202,6 +203,35 @@ def list_(
         now = datetime.now(UTC)
         rows = [list_row(r, now) for r in rows]
     show(rows, output, LIST_COLUMNS)
+
+
+class Outcome(StrEnum):
+    pending = "pending"
+    updating = "updating"
+    succeeded = "succeeded"
+    failed = "failed"
+    skipped = "skipped"
+    reverted = "reverted"
+
+
+@app.command("devices")
+@handled
+def devices(
+    ctx: typer.Context,
+    rollout_id: int = typer.Argument(..., metavar="ID"),
+    wave: int | None = typer.Option(None, min=1, help="Only this wave's devices"),
+    state: Outcome | None = typer.Option(None, help="Only devices with this outcome"),
+    limit: int = typer.Option(1000, min=1, max=100_000, help="How many at most"),
+    output: Format = OutputOpt,
+) -> None:
+    """A rollout's devices: their wave, how their update went and why."""
+    rows = controller(ctx).get(
+        f"/rollouts/{rollout_id}/devices",
+        wave=wave,
+        state=state.value if state else None,
+        limit=limit,
+    )
+    show(rows, output, ["device", "wave", "state", "reason", "moved_at", "resolved_at"])
 
 
 @app.command("status")
