@@ -637,7 +637,7 @@ class Agent:
             return InferenceStats()
         from edgefleet.agent.inference import collect  # loaded with the first model
 
-        return collect(self._applier.engine.ctx.serving.main.values())
+        return collect(self._applier.runners())
 
     def _report(self) -> StatusAck:
         assert self.client is not None and self.enrolment is not None

@@ -21,6 +21,7 @@ from edgefleet.agent.health.policy import CheckSpec
 from edgefleet.agent.runner.supervisor import Runner
 from edgefleet.errors import ConfigError
 from edgefleet.models.probe import Probe
+from edgefleet.percentile import percentile
 
 Outcome = tuple[bool, str, dict[str, Any]]
 OUTPUT_TAIL = 2048
@@ -161,12 +162,6 @@ CHECKS: dict[str, Callable[[CheckSpec, Target], Outcome]] = {
     "http": http,
     "exec": exec_,
 }
-
-
-def percentile(samples: list[float], pct: float) -> float:
-    """Nearest-rank percentile: a value that was really measured."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
 def _zeros(runner: Runner) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import socket
 import socketserver
@@ -20,7 +19,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from edgefleet.agent.results import ResultStore
 from edgefleet.agent.runner import api, inputs
 from edgefleet.agent.runner.model import InferenceError, Model
+from edgefleet.percentile import percentile
 
 log = logging.getLogger("edgefleet.runner")
 
@@ -111,13 +111,9 @@ class Service:
             )
 
 
-def percentile_95(latencies: Iterable[float]) -> float | None:
-    """Nearest rank, to the microsecond: a latency some call really took, not an
-    interpolation between two; None without calls."""
-    ordered = sorted(latencies)
-    if not ordered:
-        return None
-    return round(ordered[math.ceil(95 * len(ordered) / 100) - 1], 3)
+def percentile_95(latencies: Collection[float]) -> float | None:
+    """To the microsecond; None without calls."""
+    return round(percentile(latencies, 95), 3) if latencies else None
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -28,6 +28,7 @@ from edgefleet.wire import DesiredState, ModelRef
 
 if TYPE_CHECKING:  # loaded on the first pull: an agent that pulls nothing carries no OCI client
     from edgefleet.agent.oci.pull import Puller
+    from edgefleet.agent.runner.supervisor import Runner
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -103,6 +104,10 @@ class SlotApplier:
 
     def last_outcome(self) -> Outcome | None:
         return self.engine.last_outcome()
+
+    def runners(self) -> list[Runner]:
+        """The runners serving the active set (for their inference figures)."""
+        return list(self.engine.ctx.serving.main.values())
 
     def slots(self) -> Record:
         """The boot-control record: both slots' state, revision and reason, the active one."""

@@ -3,12 +3,12 @@ status reports of the devices that run the new revision."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.controller.rollouts.spec import Gates
+from edgefleet.percentile import percentile
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ def wave_verdict(
     notes = [f"{succeeded} of {done} updates succeeded"]
     stats = [s for s in inference if s.get("count")]
     if gates.max_p95_ms is not None:
-        p95s = sorted(float(s["p95_ms"]) for s in stats if s.get("p95_ms") is not None)
+        p95s = [float(s["p95_ms"]) for s in stats if s.get("p95_ms") is not None]
         if p95s:
-            p95 = p95s[max(0, math.ceil(0.95 * len(p95s)) - 1)]
+            p95 = percentile(p95s, 95)
             if p95 > gates.max_p95_ms:
                 return Verdict(
                     False,

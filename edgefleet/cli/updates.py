@@ -8,7 +8,6 @@ from devices, so it is printed as text, never read as Rich markup.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import typer
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from edgefleet.cli.common import controller, handled
 from edgefleet.cli.output import Format, OutputOpt, console, show
+from edgefleet.percentile import percentile
 
 app = typer.Typer(help="Update attempts the devices reported.", no_args_is_help=True)
 COLUMNS = ["id", "device", "site", "revision", "outcome", "slot", "reason", "finished_at"]
@@ -117,12 +117,6 @@ def _latency(models: list[dict[str, Any]]) -> None:
             f"{budget:g}" if budget is not None else "-",
         )
     console.print(table)
-
-
-def percentile(samples: list[float], pct: float) -> float:
-    """Nearest rank, as the agent's latency check computes it: a value really measured."""
-    ordered = sorted(samples)
-    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
 
 
 def _log(lines: list[str]) -> None:

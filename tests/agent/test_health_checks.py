@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from edgefleet.agent.health import tensors
-from edgefleet.agent.health.checks import Target, percentile
+from edgefleet.agent.health.checks import Target
 from edgefleet.agent.health.policy import CheckSpec, HealthPolicy, parse_policy
 from edgefleet.agent.health.suite import run_checks
 from edgefleet.errors import ConfigError
 from edgefleet.models.pack import make_probe, read_signature
+from edgefleet.percentile import percentile
 from tests.support.onnxmodels import affine
 
 NO_MODELS = Target([], {"EDGEFLEET_SLOT": "B"})
