@@ -94,10 +94,15 @@ class RegistrationToken(SQLModel, table=True):
     created_by: str = Field(default="", max_length=128)
     code_hash: str | None = Field(default=None, unique=True, index=True, max_length=64)
     """Hash of the token's QR enrolment code, if it has one (see services/enrolment_codes)."""
+    replaces: str | None = Field(default=None, foreign_key="device.id", max_length=40)
+    """Replacement mode: the device enrolled with this token takes this device's place
+    (name, labels, profile, history) and the old one is decommissioned, no operator step."""
 
 
 class Device(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
+    name: str | None = Field(default=None, max_length=128, index=True)
+    """What the people at the site call it ("till-3"); a replacement inherits it."""
     state: str = Field(index=True, max_length=32)
     site_id: int = Field(foreign_key="site.id", index=True)
     profile_id: int | None = Field(default=None, foreign_key="profile.id")
@@ -129,6 +134,10 @@ class Device(SQLModel, table=True):
     state_changed_at: datetime = _ts(nullable=False)
     last_seen_at: datetime | None = _ts(nullable=True)
     decided_by: str | None = Field(default=None, max_length=128)
+    replaces: str | None = Field(default=None, max_length=40)
+    """The device this one replaced (hardware replacement): its history continues here."""
+    replaced_by: str | None = Field(default=None, max_length=40)
+    """Set on a decommissioned device that another took the place of."""
 
 
 class UsedAssertion(SQLModel, table=True):
@@ -144,7 +153,51 @@ class User(SQLModel, table=True):
     role: str = Field(max_length=16)
     site_id: int | None = Field(default=None, foreign_key="site.id")
     disabled: bool = False
+    password_hash: str | None = Field(default=None, max_length=256)
+    """For the console's login (memory-hard: scrypt); None: API tokens only."""
     created_at: datetime = _ts(nullable=False)
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A console login. The cookie holds a secret; only its hash is stored."""
+
+    id: str = Field(primary_key=True, max_length=64)
+    """sha256 of the cookie's secret."""
+    user_id: int = Field(foreign_key="user.id", index=True)
+    csrf: str = Field(max_length=64)
+    """The token every form of this session must carry."""
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False, index=True)
+    last_seen_at: datetime = _ts(nullable=False)
+    remote_addr: str = Field(default="", max_length=64)
+
+
+class Claim(SQLModel, table=True):
+    """A device with no token asking to be let in (QR claim shown by the device): it
+    polls with a secret (stored hashed) while a person checks its confirmation code in
+    the console and approves it with a site and profile."""
+
+    id: str = Field(primary_key=True, max_length=40)
+    secret_hash: str = Field(max_length=64)
+    code: str = Field(max_length=16)
+    """The confirmation code shown beside the device's QR code and on the console page."""
+    csr_pem: str = Field(sa_column=Column(Text, nullable=False))
+    key_pin: str = Field(index=True, max_length=80)
+    inventory: dict[str, Any] = _json(dict)
+    serial: str | None = Field(default=None, max_length=256)
+    hardware_id: str | None = Field(default=None, max_length=256)
+    state: str = Field(default="pending", index=True, max_length=16)
+    """pending, approved, rejected or expired."""
+    site_id: int | None = Field(default=None, foreign_key="site.id")
+    profile_id: int | None = Field(default=None, foreign_key="profile.id")
+    labels: dict[str, str] = _json(dict)
+    device_id: str | None = Field(default=None, foreign_key="device.id", max_length=40)
+    """The device the approval enrolled."""
+    decided_by: str | None = Field(default=None, max_length=128)
+    decided_at: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(nullable=False)
+    expires_at: datetime = _ts(nullable=False, index=True)
+    remote_addr: str = Field(default="", max_length=64)
 
 
 class ApiToken(SQLModel, table=True):
