@@ -20,6 +20,8 @@ class Prepared:
     root_pin: str
     new_admin_token: str | None
     """Set only the first time, when no token came from the environment: print it once."""
+    new_admin_password: str | None = None
+    """The first admin's console password, likewise."""
 
 
 def prepare(settings: Settings) -> Prepared:
@@ -35,7 +37,9 @@ def prepare(settings: Settings) -> Prepared:
         if settings.controller_id is None and not id_file.exists():
             id_file.write_text(f"edgefleet-{secrets.token_hex(6)}\n")
         controller_id = settings.controller_id or id_file.read_text().strip()
-        token = bootstrap_admin(engine, settings.bootstrap_admin_token)
+        first = bootstrap_admin(
+            engine, settings.bootstrap_admin_token, settings.bootstrap_admin_password
+        )
     finally:
         engine.dispose()
-    return Prepared(controller_id, authority.root_pin, token)
+    return Prepared(controller_id, authority.root_pin, first.token, first.password)

@@ -150,6 +150,8 @@ class RateLimits:
         wanted = [
             ("enrol", "enrolment", settings.enrol_rate_per_second, settings.enrol_burst),
             ("token", "access-token", settings.token_rate_per_second, settings.token_burst),
+            ("claim", "claim", settings.claim_rate_per_second, settings.claim_burst),
+            ("login", "console login", settings.login_rate_per_second, settings.login_burst),
         ]
         limits = [
             Limit(endpoint, what, TokenBuckets(rate, burst, max_clients, clock))

@@ -48,6 +48,12 @@ def announce(settings: Settings, prepared: Prepared) -> None:
             f"  first admin API token (shown once, keep it safe): {prepared.new_admin_token}",
             file=out,
         )
+    print(f"  console:   {settings.effective_public_url.rstrip('/')}/console/", file=out)
+    if prepared.new_admin_password:
+        print(
+            f"  first admin console login (shown once): admin / {prepared.new_admin_password}",
+            file=out,
+        )
     out.flush()
 
 

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
 
     device_interval_seconds: int = Field(default=10, ge=1, le=86400)
     approval_retry_seconds: int = Field(default=5, ge=1)
+    claim_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
+    """How long a QR claim shown by a device waits for a person before it expires."""
+    claim_poll_seconds: int = Field(default=20, ge=0, le=60)
+    """How long the controller holds a device's claim poll open waiting for a decision
+    (long polling: an approval reaches the device at once); 0 answers at once."""
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
     device_cert_lifetime: timedelta = Field(default=timedelta(days=90))
     """Seconds or ISO 8601 (P90D); devices renew at two thirds of it."""
@@ -67,6 +72,18 @@ class Settings(BaseSettings):
     last_seen_flush_seconds: float = 2.0
     bootstrap_admin_token: str | None = None
     """First admin's API token (e.g. from a Kubernetes Secret); printed once when unset."""
+    bootstrap_admin_password: str | None = None
+    """First admin's console password (e.g. from a Secret); printed once when unset."""
+
+    # -- the console (controller/console; README "The console") -----------------------
+    console_session_seconds: int = Field(default=12 * 3600, ge=60)
+    """How long a console login lasts at most."""
+    console_idle_seconds: int = Field(default=2 * 3600, ge=60)
+    """A console session unused this long ends."""
+    login_rate_per_second: float = Field(default=0.2, ge=0)
+    login_burst: int = Field(default=10, ge=1)
+    """Console logins one client address may try at once; then one per 5 s. Each costs
+    a memory-hard hash, so this bounds guessing and the CPU a guesser can burn."""
     log_level: str = "info"
 
     # -- the fleet repository (controller/gitops; README "Fleet repository") ---------
@@ -107,6 +124,10 @@ class Settings(BaseSettings):
     token_rate_per_second: float = Field(default=20.0, ge=0)
     token_burst: int = Field(default=200, ge=1)
     """Access-token requests one address may send at once (a site back from a power cut)."""
+    claim_rate_per_second: float = Field(default=0.5, ge=0)
+    claim_burst: int = Field(default=30, ge=1)
+    """New QR claims one address may create at once. Lower than enrolment: every claim is
+    a row a person sees in the console, and a device makes one, then polls it."""
     trusted_proxies: list[str] = []
     """CIDRs of reverse proxies in front of the controller. Only a request whose direct
     peer is one of them has its X-Forwarded-For read (from the right, skipping trusted

@@ -19,8 +19,8 @@ from edgefleet.cli import results
 from edgefleet.cli.app import app
 from edgefleet.cli.client import Controller
 from edgefleet.cli.common import Globals
-from edgefleet.cli.devices import duration
 from edgefleet.errors import Unauthorized
+from edgefleet.readable import duration
 from tests.support.apiclient import Api, TestDevice
 
 runner = CliRunner()

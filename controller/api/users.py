@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlmodel import Session
 
-from edgefleet.controller.api.deps import Admin, Reader, RuntimeDep
+from edgefleet.controller.api.deps import Admin, AnyOperator, Reader, RuntimeDep
 from edgefleet.controller.models import AuditRecord
 from edgefleet.controller.services import users
 from edgefleet.wire import Strict
@@ -35,6 +35,20 @@ def list_users(who: Admin, rt: RuntimeDep) -> list[dict[str, Any]]:
 @router.post("/users/{username}/disable")
 def disable_user(username: str, who: Admin, rt: RuntimeDep) -> dict[str, Any]:
     return users.disable_user(rt.engine, who, username)
+
+
+class PasswordSet(Strict):
+    password: str
+    current: str | None = None
+    """Your current password, when you set your own and are not an admin."""
+
+
+@router.post("/users/{username}/password")
+def set_password(
+    username: str, req: PasswordSet, who: AnyOperator, rt: RuntimeDep
+) -> dict[str, Any]:
+    """Set a console password; every console session of that user ends."""
+    return users.set_password(rt.engine, who, username, req.password, req.current)
 
 
 @router.get("/audit")

@@ -10,24 +10,10 @@ from edgefleet.cli.common import controller, handled
 from edgefleet.cli.gitops import gitops_note
 from edgefleet.cli.output import Format, OutputOpt, show
 from edgefleet.cli.updates import render_slots
+from edgefleet.readable import duration
 
 app = typer.Typer(help="Devices in the fleet.", no_args_is_help=True)
 COLUMNS = ["id", "state", "site", "profile", "serial", "applied_revision", "last_seen_at", "lag"]
-
-
-def duration(seconds: float | None) -> str:
-    """A lag as people read it: 0s, 45s, 3m, 2h5m, 3d4h; "-" for none."""
-    if seconds is None:
-        return "-"
-    s = max(int(seconds), 0)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m"
-    big, small, unit, sub = (s // 3600, s % 3600 // 60, "h", "m")
-    if s >= 86400:
-        big, small, unit, sub = (s // 86400, s % 86400 // 3600, "d", "h")
-    return f"{big}{unit}{small}{sub}" if small else f"{big}{unit}"
 
 
 def _readable(row: dict[str, Any]) -> dict[str, Any]:

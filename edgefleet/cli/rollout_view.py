@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from edgefleet.cli.devices import duration
+from edgefleet.readable import duration
 
 TERMINAL = ("completed", "aborted", "rolled_back")
 """A rollout in one of these states changes no more."""

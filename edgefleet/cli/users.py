@@ -1,6 +1,8 @@
-"""``edgefleet users create | list | disable``."""
+"""``edgefleet users create | list | disable | passwd``."""
 
 from __future__ import annotations
+
+import sys
 
 import typer
 
@@ -8,7 +10,7 @@ from edgefleet.cli.common import controller, handled
 from edgefleet.cli.output import Format, OutputOpt, show
 
 app = typer.Typer(help="Operators and their roles.", no_args_is_help=True)
-COLUMNS = ["username", "role", "site", "disabled"]
+COLUMNS = ["username", "role", "site", "disabled", "password"]
 
 
 @app.command()
@@ -38,3 +40,25 @@ def list_(ctx: typer.Context, output: Format = OutputOpt) -> None:
 def disable(ctx: typer.Context, username: str, output: Format = OutputOpt) -> None:
     """Disable a user: their API tokens stop working at once."""
     show(controller(ctx).post(f"/users/{username}/disable"), output, COLUMNS)
+
+
+@app.command()
+@handled
+def passwd(
+    ctx: typer.Context,
+    username: str,
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the new password from standard input"
+    ),
+    output: Format = OutputOpt,
+) -> None:
+    """Set a user's console password (admins: anyone's); their console sessions end."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    show(
+        controller(ctx).post(f"/users/{username}/password", {"password": password}),
+        output,
+        COLUMNS,
+    )
