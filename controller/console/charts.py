@@ -106,10 +106,14 @@ def _nice_step(span: float, intervals: int = 4) -> float:
     return 10 * power  # pragma: no cover - the loop always returns
 
 
-def y_ticks(top: float) -> list[float]:
-    """0 and round steps up to the first at or above ``top`` (at least 1)."""
-    top = max(top, 1.0)
+def y_ticks(top: float, whole: bool = False) -> list[float]:
+    """0 and round steps (1, 2, 2.5 or 5 times a power of ten) up to the first at or
+    above ``top``; ``whole``: counts, so no step under 1."""
+    if top <= 0:
+        top = 1.0
     step = _nice_step(top)
+    if whole:
+        step = max(1.0, round(step))
     count = math.ceil(top / step - 1e-9)
     return [round(i * step, 10) for i in range(count + 1)]
 
@@ -247,7 +251,7 @@ def time_chart(
         if len(line.values) != n:
             raise ValueError(f"series {line.label!r} has {len(line.values)} values for {n} buckets")
     edges = [*starts, starts[-1] + step]
-    ticks = y_ticks(max(present))
+    ticks = y_ticks(max(present), whole=all(float(v).is_integer() for v in present))
     top = ticks[-1]
     plot_w, plot_h = WIDTH - LEFT - RIGHT, PLOT_BOTTOM - PLOT_TOP
 
