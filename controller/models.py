@@ -409,3 +409,42 @@ class EngineLease(SQLModel, table=True):
     expires_at: float = 0.0
     """Unix time (the holder's clock; replicas keep NTP time)."""
     acquired_at: float = 0.0
+
+
+class StatusSample(SQLModel, table=True):
+    """What the console's charts need of one device's status, once per sample period
+    (``status_sample_seconds``): written behind in batches for changed reports and
+    heartbeats alike (``controller/status_samples.py``), pruned after
+    ``status_sample_retention_days``. ``at`` is the period's start: one row per device and
+    period, whichever worker or replica heard it. No foreign keys: derived data, and on
+    PostgreSQL a key check would lock the device rows a status report updates."""
+
+    __table_args__ = (
+        Index("ix_statussample_at", "at"),
+        Index("ix_statussample_site_at", "site_id", "at"),
+    )
+    device_id: str = Field(primary_key=True, max_length=40)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    site_id: int
+    state: str = Field(max_length=32)
+    healthy: bool
+    applied_revision: int | None = None
+    p95_ms: float | None = None
+    error_rate: float | None = None
+    buffer_depth: int = Field(sa_column=Column(BigInteger, nullable=False))
+    buffer_drops: int = Field(sa_column=Column(BigInteger, nullable=False))
+    """The sum of the buffer's drop counters over every reason, as the device reports them."""
+
+
+class StatusRollup(SQLModel, table=True):
+    """One sample period of a site (``site_id`` 0: the whole fleet) in a few numbers, made
+    from ``StatusSample`` once the period is over, so that a day's fleet chart reads 1,440
+    rows rather than one per device and minute."""
+
+    __table_args__ = (Index("ix_statusrollup_at", "at"),)
+    site_id: int = Field(primary_key=True)
+    at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
+    reporting: int
+    unhealthy: int
+    p95_median_ms: float | None = None
+    p95_max_ms: float | None = None
