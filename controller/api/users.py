@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
-from sqlmodel import Session
 
 from edgefleet.controller.api.deps import Admin, AnyOperator, Reader, RuntimeDep
-from edgefleet.controller.models import AuditRecord
-from edgefleet.controller.services import users
+from edgefleet.controller.services import audit, users
 from edgefleet.wire import Strict
 
 router = APIRouter(tags=["users"])
@@ -55,19 +52,7 @@ def set_password(
 def audit_log(
     who: Admin, rt: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10000)] = 100
 ) -> list[dict[str, Any]]:
-    with Session(rt.engine) as s:
-        rows = s.scalars(select(AuditRecord).order_by(AuditRecord.id.desc()).limit(limit))  # type: ignore[union-attr]
-        return [
-            {
-                "at": r.at.isoformat(),
-                "actor": r.actor,
-                "action": r.action,
-                "target": r.target,
-                "detail": r.detail,
-                "remote_addr": r.remote_addr,
-            }
-            for r in rows
-        ]
+    return audit.recent(rt.engine, limit)
 
 
 @router.get("/controller")

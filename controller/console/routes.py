@@ -8,7 +8,15 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from edgefleet.controller.console.pages import devices, login
+from edgefleet.controller.console.pages import (
+    admin,
+    claims,
+    devices,
+    login,
+    profiles,
+    rollouts,
+    tokens,
+)
 from edgefleet.controller.console.web import HERE, PREFIX, LoginRequired, page
 from edgefleet.errors import ApiError
 
@@ -25,7 +33,7 @@ TITLES = {
 
 def mount(app: FastAPI) -> None:
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
-    for module in (login, devices):
+    for module in (login, devices, claims, tokens, profiles, rollouts, admin):
         router.include_router(module.router)
     app.include_router(router)
     app.mount(PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="console-static")

@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Site
-from edgefleet.controller.roles import Operator
+from edgefleet.controller.roles import Operator, Role
 from edgefleet.controller.rollouts import windows as win
 from edgefleet.controller.services import audit
 from edgefleet.errors import BadRequest, Conflict, NotFound
@@ -90,9 +90,13 @@ def set_windows(engine: Any, who: Operator, name: str, windows: list[str]) -> di
         return public(site)
 
 
-def list_sites(engine: Any) -> list[dict[str, Any]]:
+def list_sites(engine: Any, who: Operator | None = None) -> list[dict[str, Any]]:
+    """Every site, or for an installer only their own (the one they may approve into)."""
+    q = select(Site).order_by(Site.name)
+    if who is not None and who.role == Role.installer:
+        q = q.where(Site.id == who.site_id)
     with Session(engine) as s:
-        return [public(x) for x in s.scalars(select(Site).order_by(Site.name))]
+        return [public(x) for x in s.scalars(q)]
 
 
 def site_by_name(s: Session, name: str) -> Site:

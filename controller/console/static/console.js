@@ -2,6 +2,7 @@
 // - [data-live="URL"] [data-every="S"]: refresh that part of the page every S seconds
 //   (the server answers the fragment when asked with X-Live: 1), paused while hidden.
 // - [data-confirm="text"] on a submit button: ask before posting.
+// - [data-print]: print the page (a token's label).
 (function () {
   "use strict";
   function refresh(el) {
@@ -28,5 +29,6 @@
   document.addEventListener("click", function (ev) {
     var btn = ev.target.closest("[data-confirm]");
     if (btn && !window.confirm(btn.dataset.confirm)) ev.preventDefault();
+    if (ev.target.closest("[data-print]")) window.print();
   });
 })();
