@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgefleet.controller.api import (
+    claims,
     device_api,
     devices,
     gitops,
@@ -28,6 +29,7 @@ from edgefleet.controller.api import (
     updates,
     users,
 )
+from edgefleet.controller.claimwake import ClaimWaits
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.rollouts.driver import Driver
@@ -43,6 +45,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     """Build the app over a prepared data directory (see ``bootstrap.prepare``)."""
     rt = runtime or Runtime(settings or load_settings())
     driver = Driver(rt)
+    claim_waits = ClaimWaits(rt.engine)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             yield
         finally:
             await run_in_threadpool(driver.stop)
+            await run_in_threadpool(claim_waits.stop)
             await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
             task.cancel()
@@ -67,6 +71,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
     app.state.rollout_driver = driver
+    app.state.claim_waits = claim_waits
     app.state.rate_limits = RateLimits.from_settings(rt.settings, rt.metrics)
     for module in (
         device_api,
@@ -79,6 +84,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         updates,
         results,
         rollouts,
+        claims,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]

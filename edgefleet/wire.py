@@ -98,6 +98,51 @@ class EnrolResponse(BaseModel):
     small), so an agent enrolled with one learns it here, over the pinned connection."""
 
 
+CLAIM_SCHEME = "Claim"
+"""``Authorization: Claim <secret>``: how a device polls its claim (no operator token)."""
+
+
+class ClaimState(StrEnum):
+    pending = "pending"
+    approved = "approved"
+    rejected = "rejected"
+    expired = "expired"
+
+
+class ClaimRequest(Strict):
+    """``POST /claims``: a device with no token asks to be let in (QR claim). Serial and
+    hardware id travel in the inventory, as at enrolment."""
+
+    csr: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
+    inventory: Inventory = Field(default_factory=Inventory)
+
+
+class ClaimCreated(BaseModel):
+    """The claim, for the device alone: ``secret`` is shown to no person and stored by the
+    controller only as a hash; ``code`` and ``url`` are what the device shows."""
+
+    id: str
+    secret: str
+    code: str
+    """The confirmation code, shown beside the QR code and on the console page."""
+    url: str
+    """The claim's console page: what the QR code encodes."""
+    expires_at: AwareDatetime
+    poll_seconds: int
+    """How long one poll may be held open by the controller (long polling)."""
+
+
+class ClaimStatus(BaseModel):
+    """``GET /claims/{id}`` with the claim's secret. Once approved, ``enrolment`` is exactly
+    what ``POST /enrol`` answers, so the agent goes on as if it had enrolled with a token."""
+
+    id: str
+    state: ClaimState
+    expires_at: AwareDatetime
+    message: str = ""
+    enrolment: EnrolResponse | None = None
+
+
 class RenewRequest(Strict):
     """A new key for a known device: the CSR, and an assertion signed by the key on record
     whose ``csr_sha256`` claim is the SHA-256 (hex) of that CSR's PEM text. Also how a

@@ -27,8 +27,10 @@ from typing import Any
 
 from edgefleet.controller.app import create_app
 from edgefleet.controller.bootstrap import prepare
+from edgefleet.controller.services import claims
 from edgefleet.controller.settings import load_settings
 from edgefleet.signing import renewal_proof
+from edgefleet.wire import ClaimRequest
 from tests.support.apiclient import Api, csr_for, new_key
 
 ANON = "anonymous"
@@ -62,6 +64,9 @@ READERS = frozenset({ADMIN, OPERATOR, VIEWER})
 WRITERS = frozenset({ADMIN, OPERATOR})
 ADMINS = frozenset({ADMIN})
 APPROVERS = frozenset({ADMIN, OPERATOR, INSTALLER})
+INSTALLERS = frozenset({INSTALLER, INSTALLER_ELSEWHERE})
+NOBODY: frozenset[str] = frozenset()
+"""For a call opened by a credential no principal here holds (a QR claim's own secret)."""
 
 
 class World:
@@ -195,6 +200,16 @@ class World:
     def user_disabled(self, params: dict[str, str]) -> bool:
         users = self.api.ok("GET", "/users", self.api.admin)
         return next(u for u in users if u["username"] == params["username"])["disabled"]
+
+    def pending_claim(self) -> dict[str, str]:
+        """Made through the service: the API's per-address limit on new claims is for
+        devices, and every cell here comes from the same address."""
+        rt = self.api.client.app.state.rt  # type: ignore[attr-defined]
+        made = claims.create(rt, ClaimRequest(csr=csr_for(new_key())), "matrix")
+        return {"claim_id": made.id}
+
+    def claim_state(self, params: dict[str, str]) -> str:
+        return self.api.ok("GET", f"/claims/{params['claim_id']}", self.api.admin)["state"]
 
 
 def _count(path: str) -> Callable[[World, dict[str, str]], int]:
@@ -446,13 +461,52 @@ ROWS: list[Row] = [
     Row("GET", "/api/v1/results", READERS),
     Row("GET", "/api/v1/updates/{update_id}", READERS, site_scoped=True, fresh=_update_id),
     Row("GET", "/api/v1/controller", READERS),
+    # QR claims shown by devices. Creating one is anonymous, like enrolment: the CSR is
+    # all a device has (rate limited per address; any Authorization header is ignored).
+    Row(
+        "POST",
+        "/api/v1/claims",
+        EVERYONE,
+        ok=201,
+        body=lambda w: {"csr": csr_for(new_key())},
+        observe=_count("/claims"),
+    ),
+    # Polled with the claim's own secret (Authorization: Claim ...), which nobody here
+    # holds: every bearer token, an operator's or a device's, is the wrong credential.
+    # tests/test_claims.py polls with the secret, and with another claim's.
+    Row("GET", "/api/v1/claims/{claim_id}/poll", NOBODY, fresh=World.pending_claim),
+    # A pending claim belongs to no site yet: installers of every site see it (they are
+    # the ones who scan it), as readers do. An installer sees a decided claim only of
+    # their own site: tests/test_claims.py checks that.
+    Row("GET", "/api/v1/claims", READERS | INSTALLERS),
+    Row("GET", "/api/v1/claims/{claim_id}", READERS | INSTALLERS, fresh=World.pending_claim),
+    # Approving names the site (shop-a here): an installer of another site sees the
+    # pending claim, so is told 403 (not 404) for approving it into a site not theirs.
+    Row(
+        "POST",
+        "/api/v1/claims/{claim_id}/approve",
+        APPROVERS,
+        body=lambda w: {"site": "shop-a"},
+        fresh=World.pending_claim,
+        observe=World.claim_state,
+    ),
+    # Rejecting names no site: whoever may approve a pending claim somewhere may reject
+    # it, the installer of another site included.
+    Row(
+        "POST",
+        "/api/v1/claims/{claim_id}/reject",
+        APPROVERS | INSTALLERS,
+        body=lambda w: {"reason": "matrix"},
+        fresh=World.pending_claim,
+        observe=World.claim_state,
+    ),
 ]
 
 
 def expected_status(row: Row, who: str) -> int:
     if who in row.allow:
         return row.ok
-    if who in (ANON, DISABLED):
+    if who in (ANON, DISABLED) or row.allow == NOBODY:
         return 401
     if row.allow == ONLY_SELF:
         # Another device's (or a decommissioned device's) token is a device credential

@@ -172,7 +172,13 @@ def test_bucket_refills_as_time_passes_but_never_beyond_the_burst(
 
 
 def test_a_rate_of_zero_turns_the_limit_off(world: Callable[..., World]) -> None:
-    w = world(enrol_rate_per_second=0, enrol_burst=1, token_rate_per_second=0, token_burst=1)
+    w = world(
+        enrol_rate_per_second=0,
+        enrol_burst=1,
+        token_rate_per_second=0,
+        token_burst=1,
+        claim_rate_per_second=0,
+    )
     assert all(w.enrol().status_code != 429 for _ in range(10))
     assert all(w.token().status_code != 429 for _ in range(10))
     assert w.app.state.rate_limits.limits == {}

@@ -145,13 +145,26 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
     _check_token(token, cred, req.inventory)
     assert token is not None
     holder = rekey.holder(related, token.site_id)
-    if holder is not None:
+    if holder is not None and holder != token.replaces:
         return rekey.claim(rt, holder, token, csr.public_key(), key_pin)
     # The certificate is signed outside the write transaction, so the database holds its
     # (single, on SQLite) writer lock only for the two statements below.
-    row = _new_device(rt, token, csr.public_key(), key_pin, req.inventory)
+    row = device_row(
+        rt,
+        site_id=token.site_id,
+        profile_id=token.profile_id,
+        labels=dict(token.labels),
+        public_key=csr.public_key(),
+        key_pin=key_pin,
+        inventory=req.inventory,
+        enrolled=not token.require_approval,
+        token_id=token.id,
+    )
+    # A token in replacement mode hands an old device's place over in this transaction.
+    from edgefleet.controller.services.replacement import on_enrolment  # (imports us)
+
     try:
-        with writing(rt.engine) as conn:
+        with on_enrolment(rt, token, row) as hook, writing(rt.engine) as conn:
             conn.execute(insert(_DEVICES), row)
             # Only a limited token counts its uses: its row is a lock every enrolment
             # with it queues on (held from here to the commit). An unlimited token's
@@ -163,13 +176,14 @@ def enrol(rt: Runtime, req: EnrolRequest) -> EnrolResponse:
                     f"registration token {token.kid} was used up, revoked or expired just now",
                     code="token_exhausted",
                 )
+            hook(conn)
     except IntegrityError:
         # The same key raced itself (two retries in flight): the winner's row is there now.
         return _again_by_pin(rt, key_pin, cred)
-    if row["state"] == DeviceState.enrolled:
+    if row["state"] == DeviceState.enrolled and hook.took is None:
         why = f"device {row['id']} enrolled with token {token.kid}"
         rt.gitops.queue([token.site_name], "enrolment", why)
-    return _answer(rt, row["id"], row["state"], row["certificate_pem"], token.profile_name)
+    return answer(rt, row["id"], row["state"], row["certificate_pem"], hook.profile)
 
 
 def _check_token(token: Row[Any] | None, cred: _Credential, inventory: Inventory) -> None:
@@ -211,23 +225,33 @@ def _check_token(token: Row[Any] | None, cred: _Credential, inventory: Inventory
         )
 
 
-def _new_device(
+def device_row(
     rt: Runtime,
-    token: Row[Any],
+    *,
+    site_id: int,
+    profile_id: int | None,
+    labels: dict[str, str],
     public_key: object,
     key_pin: str,
     inventory: Inventory,
+    enrolled: bool,
+    token_id: int | None = None,
+    name: str | None = None,
+    decided_by: str | None = None,
 ) -> dict[str, Any]:
-    """The new device's row (a plain dict: building an ORM object costs more than the insert)."""
+    """A new device's row, as every way in makes it (a token, a QR code, a claim shown by
+    the device): ``enrolled`` with its certificate signed now, or awaiting approval. A
+    plain dict: building an ORM object costs more than the insert."""
     now = datetime.now(UTC)
     device_id = new_device_id()
     row: dict[str, Any] = dict(
         id=device_id,
-        state=DeviceState.awaiting_approval if token.require_approval else DeviceState.enrolled,
-        site_id=token.site_id,
-        profile_id=token.profile_id,
-        token_id=token.id,
-        labels=dict(token.labels),
+        name=name,
+        state=DeviceState.enrolled if enrolled else DeviceState.awaiting_approval,
+        site_id=site_id,
+        profile_id=profile_id,
+        token_id=token_id,
+        labels=labels,
         key_pin=key_pin,
         public_key_pem=public_key.public_bytes(  # type: ignore[attr-defined]
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -243,11 +267,11 @@ def _new_device(
         enrolled_at=None,
         state_changed_at=now,
         last_seen_at=None,
-        decided_by=None,
+        decided_by=decided_by,
         certificate_pem=None,
         certificate_not_after=None,
     )
-    if not token.require_approval:
+    if enrolled:
         row.update(certificate_fields(rt, device_id, public_key), enrolled_at=now)
     return row
 
@@ -292,10 +316,10 @@ def _again(rt: Runtime, s: Session, device: Device, cred: _Credential) -> EnrolR
         )
     profile = s.get(Profile, device.profile_id) if device.profile_id else None
     name = profile.name if profile else None
-    return _answer(rt, device.id, device.state, device.certificate_pem, name)
+    return answer(rt, device.id, device.state, device.certificate_pem, name)
 
 
-def _answer(
+def answer(
     rt: Runtime, device_id: str, state: str, chain: str | None, profile: str | None
 ) -> EnrolResponse:
     waiting = state == DeviceState.awaiting_approval
