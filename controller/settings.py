@@ -50,11 +50,6 @@ class Settings(BaseSettings):
     claim_poll_seconds: int = Field(default=20, ge=0, le=60)
     """How long the controller holds a device's claim poll open waiting for a decision
     (long polling: an approval reaches the device at once); 0 answers at once."""
-    claim_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 86400)
-    """How long a QR claim shown by a device waits for a person before it expires."""
-    claim_poll_seconds: int = Field(default=20, ge=0, le=60)
-    """How long the controller holds a device's claim poll open waiting for a decision
-    (long polling: an approval reaches the device at once); 0 answers at once."""
     access_token_ttl_seconds: int = Field(default=900, ge=60, le=86400)
     device_cert_lifetime: timedelta = Field(default=timedelta(days=90))
     """Seconds or ISO 8601 (P90D); devices renew at two thirds of it."""
@@ -129,10 +124,6 @@ class Settings(BaseSettings):
     token_rate_per_second: float = Field(default=20.0, ge=0)
     token_burst: int = Field(default=200, ge=1)
     """Access-token requests one address may send at once (a site back from a power cut)."""
-    claim_rate_per_second: float = Field(default=0.5, ge=0)
-    claim_burst: int = Field(default=30, ge=1)
-    """New QR claims one address may create at once. Lower than enrolment: every claim is
-    a row a person sees in the console, and a device makes one, then polls it."""
     claim_rate_per_second: float = Field(default=0.5, ge=0)
     claim_burst: int = Field(default=30, ge=1)
     """New QR claims one address may create at once. Lower than enrolment: every claim is

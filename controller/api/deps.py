@@ -81,7 +81,5 @@ Admin = Annotated[Operator, _operator_with(roles.ADMIN)]
 Approver = Annotated[Operator, _operator_with(roles.APPROVE)]
 ReaderOrApprover = Annotated[Operator, _operator_with(roles.READ | roles.APPROVE)]
 """Installers too: they see what waits for them (QR claims) without reading the fleet."""
-ReaderOrApprover = Annotated[Operator, _operator_with(roles.READ | roles.APPROVE)]
-"""Installers too: they see what waits for them (QR claims) without reading the fleet."""
 AnyOperator = Annotated[Operator, _operator_with(frozenset(Role))]
 """Every role; the service decides (e.g. anyone may set their own password)."""
