@@ -352,6 +352,27 @@ ROWS: list[Row] = [
             "update_retries"
         ],
     ),
+    Row("GET", "/api/v1/devices/{device_id}/history", READERS, site_scoped=True),
+    Row(
+        "POST",
+        "/api/v1/devices/{device_id}/rename",
+        WRITERS,
+        site_scoped=True,
+        body=lambda w: {"name": w.unique("till")},
+        fresh=World.enrolled_device,
+        observe=lambda w, p: w.api.ok("GET", f"/devices/{p['device_id']}", w.api.admin)["name"],
+    ),
+    # Replacement retires a device: writers only. An installer replaces by approving a
+    # device enrolled with a replacement token an operator made (tests/test_replacement.py).
+    Row(
+        "POST",
+        "/api/v1/devices/{device_id}/replace",
+        WRITERS,
+        site_scoped=True,
+        body=lambda w: {"new": w.enrolled_device()["device_id"], "reason": "matrix"},
+        fresh=World.enrolled_device,
+        observe=World.device_state,
+    ),
     Row(
         "POST",
         "/api/v1/tokens",

@@ -15,15 +15,16 @@ from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Device, Profile, RegistrationToken, Site, aware
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import audit, enrolment_codes
+from edgefleet.controller.services import audit, enrolment_codes, replacement
 from edgefleet.controller.services.profiles import profile_by_name
 from edgefleet.controller.services.sites import site_by_name
-from edgefleet.errors import NotFound
+from edgefleet.errors import BadRequest, NotFound
 from edgefleet.wire import Registration, Strict
 
 
 class TokenCreate(Strict):
-    site: str
+    site: str | None = None
+    """Required, unless the token replaces a device: then it is that device's site."""
     profile: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     description: str = Field(default="", max_length=256)
@@ -37,6 +38,9 @@ class TokenCreate(Strict):
     """Also make a short enrolment code and answer its QR payload and printable label."""
     allowed_serials: list[str] = Field(default_factory=list, max_length=10000)
     allowed_hardware_ids: list[str] = Field(default_factory=list, max_length=10000)
+    replaces: str | None = Field(default=None, max_length=40)
+    """Replacement mode: the device that enrols with this token takes this device's
+    place (``services/replacement.py``) with no operator step, or at approval. One use."""
 
 
 def _devices_enrolled(token_id: Any) -> Any:
@@ -66,11 +70,13 @@ def public(t: RegistrationToken, site: str, profile: str | None, uses: int = 0) 
         "revoked_at": iso(t.revoked_at),
         "created_at": iso(t.created_at),
         "created_by": t.created_by,
+        "replaces": t.replaces,
     }
 
 
 def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]:
     """Make a token; the answer is the only place its secret ever appears."""
+    _check_mode(rt, who, req)
     secret = bearer.new_secret(bearer.REGISTRATION)
     approval = req.qr if req.require_approval is None else req.require_approval
     expires = (
@@ -100,7 +106,9 @@ def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]
         else None
     )
     with session_scope(rt.engine) as s:
-        site = site_by_name(s, req.site)
+        if req.replaces is not None:
+            replacement.check_replaceable(s, req.replaces, lock=True)
+        site = site_by_name(s, req.site or "")
         profile = profile_by_name(s, req.profile) if req.profile else None
         token = RegistrationToken(
             kid=secret.kid,
@@ -116,16 +124,60 @@ def create_token(rt: Runtime, who: Operator, req: TokenCreate) -> dict[str, Any]
             allowed_hardware_ids=req.allowed_hardware_ids,
             created_by=who.username,
             code_hash=enrolment_codes.code_hash(code) if code else None,
+            replaces=req.replaces,
         )
         s.add(token)
         s.flush()
-        audit.record(s, who, "token.create", token.kid, site=site.name, qr=bool(code))
+        audit.record(
+            s,
+            who,
+            "token.create",
+            token.kid,
+            site=site.name,
+            qr=bool(code),
+            **({"replaces": req.replaces} if req.replaces else {}),
+        )
         out = public(token, site.name, profile.name if profile else None)
     out["token"] = str(secret)
     out["registration"] = registration.model_dump()
     if qr is not None:
         out["qr"] = qr
     return out
+
+
+def _check_mode(rt: Runtime, who: Operator, req: TokenCreate) -> None:
+    """A plain token names its site; a replacement token enrols one device at the
+    replaced device's site, and the device takes that one's profile and labels (the
+    token's own labels add keys)."""
+    if req.replaces is None:
+        if not req.site:
+            raise BadRequest("a token needs a site (or a device it replaces)", code="no_site")
+        return
+    with Session(rt.engine) as s:
+        old = replacement.check_replaceable(s, req.replaces)
+        if not who.may_act_at(old.site_id):
+            raise NotFound(f"no device {req.replaces}", code="unknown_device")
+        site = s.get(Site, old.site_id)
+        assert site is not None
+    if req.site is not None and req.site != site.name:
+        raise BadRequest(
+            f"device {old.id} is at site {site.name}, not {req.site}: a replacement token "
+            "enrols at the replaced device's site (leave the site out)",
+            code="other_site",
+        )
+    req.site = site.name
+    if req.max_uses is None:
+        req.max_uses = 1
+    if req.max_uses != 1:
+        raise BadRequest(
+            f"a replacement token enrols one device, not {req.max_uses}", code="bad_uses"
+        )
+    if req.profile is not None:
+        raise BadRequest(
+            "a replacement token gives the device the replaced one's profile; leave the "
+            "profile out (or assign another after)",
+            code="bad_profile",
+        )
 
 
 def list_tokens(rt: Runtime) -> list[dict[str, Any]]:
