@@ -104,3 +104,11 @@ def agents() -> Iterator[list[object]]:
     yield started
     for agent in started:
         agent.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[object]:
+    """Debian's Chromium under Playwright, one per test module (tests/support/browser.py)."""
+    from tests.support.browser import launch
+
+    yield from launch()

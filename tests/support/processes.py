@@ -60,6 +60,7 @@ class ControllerProcess:
         self.log = data_dir.parent / f"controller-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin_token = ""
+        self.admin_password = ""
 
     @property
     def ca(self) -> str:
@@ -77,6 +78,7 @@ class ControllerProcess:
             data_dir, self.database_url, self.workers, **{**self.settings, **settings}
         )
         other.admin_token = self.admin_token  # the first admin is in the shared database
+        other.admin_password = self.admin_password
         return other
 
     def start(self) -> ControllerProcess:
@@ -108,6 +110,10 @@ class ControllerProcess:
                 f"the first admin token in {self.log}",
             )
             self.admin_token = found.group(1)
+            password = re.search(
+                r"console login \(shown once\): admin / (\S+)", self.log.read_text()
+            )
+            self.admin_password = password.group(1) if password else ""
         wait_for(self._ready, 60, "the controller to answer /readyz")
         return self
 

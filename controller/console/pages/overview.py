@@ -1,0 +1,106 @@
+"""The fleet at a glance: devices by state and site, online, offline and degraded,
+devices whose results lag, recent failed updates, and the last day in charts. The
+numbers refresh themselves (``data-live``); the page works without that too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from edgefleet.controller import roles
+from edgefleet.controller.buffers import device_buffers
+from edgefleet.controller.console import charts, series
+from edgefleet.controller.console.web import Viewer, back_to, fragment, page, require, runtime
+from edgefleet.controller.roles import Operator
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import updates
+
+router = APIRouter()
+LAGGING_AFTER_SECONDS = 600.0
+"""Results older than this still on a device: worth a look (one status interval is not)."""
+SHOWN = 10
+HEALTH = [
+    charts.Segment("online", "online", "ef-ok"),
+    charts.Segment("degraded", "degraded", "ef-warn"),
+    charts.Segment("offline", "offline", "ef-bad"),
+]
+
+
+def _failures(rt: Runtime, who: Operator) -> list[dict[str, Any]]:
+    found = [
+        *updates.list_updates(rt, who, outcome="rolled_back", limit=SHOWN),
+        *updates.list_updates(rt, who, outcome="failed", limit=SHOWN),
+    ]
+    return sorted(found, key=lambda u: u["received_at"] or "", reverse=True)[:SHOWN]
+
+
+def _lagging(rt: Runtime) -> list[Any]:
+    late = [b for b in device_buffers(rt.engine) if b.lag_seconds >= LAGGING_AFTER_SECONDS]
+    return sorted(late, key=lambda b: b.lag_seconds, reverse=True)[:SHOWN]
+
+
+def _numbers(rt: Runtime, who: Operator) -> dict[str, Any]:
+    health = series.fleet_health(rt.engine, rt.settings.device_interval_seconds)
+    bars = [charts.Bar(site.site, _counts(site)) for site in health.sites]
+    return {
+        "health": health,
+        "by_site": charts.stacked_bars("Devices by site", bars, HEALTH),
+        "failures": _failures(rt, who),
+        "lagging": _lagging(rt),
+        "lag_after": LAGGING_AFTER_SECONDS,
+    }
+
+
+def _counts(site: Any) -> dict[str, int]:
+    return {"online": site.online, "degraded": site.degraded, "offline": site.offline}
+
+
+def _charts(rt: Runtime) -> list[Any]:
+    day = series.last_day(datetime.now(UTC))
+    results = series.results_per_bucket(rt.engine, day)
+    status = series.status_per_bucket(rt.engine, day)
+    return [
+        charts.time_chart(
+            "Devices reporting (last 24 h)",
+            day.starts(),
+            day.step,
+            [
+                charts.Line("reporting", [b.reporting for b in status], "ef-series-1"),
+                charts.Line("unhealthy", [b.unhealthy for b in status], "ef-bad"),
+            ],
+        ),
+        charts.time_chart(
+            "Results stored (last 24 h)",
+            day.starts(),
+            day.step,
+            [charts.Line("results", [b.results for b in results], "ef-series-1")],
+            area=True,
+        ),
+        charts.time_chart(
+            "Inference p95 (last 24 h)",
+            day.starts(),
+            day.step,
+            [
+                charts.Line("median", [b.p95_median_ms for b in status], "ef-series-1"),
+                charts.Line("worst", [b.p95_max_ms for b in status], "ef-warn"),
+            ],
+            unit="ms",
+        ),
+    ]
+
+
+@router.get("/", response_class=HTMLResponse)
+async def overview(request: Request, cur: Viewer) -> Response:
+    if cur.operator.role not in roles.READ:
+        require(cur, roles.APPROVE)
+        return back_to("/claims")  # an installer's one job here: devices asking to join
+    rt = runtime(request)
+    numbers = await run_in_threadpool(_numbers, rt, cur.operator)
+    if fragment(request):
+        return page(request, "overview_numbers.html", cur, **numbers)
+    pictures = await run_in_threadpool(_charts, rt)
+    return page(request, "overview.html", cur, charts=pictures, nav="overview", **numbers)
