@@ -16,6 +16,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgefleet.controller import sample_rollup
 from edgefleet.controller.api import (
     claims,
     device_api,
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         # and more only trade throughput for lock and GIL contention.
         to_thread.current_default_thread_limiter().total_tokens = rt.settings.effective_db_threads
         task = asyncio.create_task(_flush_last_seen(rt))
+        history = asyncio.create_task(sample_rollup.run(rt))  # status history upkeep
         rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
         rt.gitops.start()  # the fleet repositories, brought up to date in the background
         driver.start()  # drives rollouts while this process holds the lease
@@ -63,10 +65,12 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await run_in_threadpool(claim_waits.stop)
             await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for background in (task, history):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await run_in_threadpool(rt.last_seen.flush)
+            await run_in_threadpool(rt.status_samples.flush)
 
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
     app.state.rt = rt
@@ -133,6 +137,10 @@ async def _flush_last_seen(rt: Runtime) -> None:
             await run_in_threadpool(rt.last_seen.flush)
         except Exception:
             log.exception("writing last-seen times failed; will retry")
+        try:
+            await run_in_threadpool(rt.status_samples.flush)
+        except Exception:
+            log.exception("writing status samples failed; will retry")
 
 
 async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:

@@ -411,7 +411,7 @@ class EngineLease(SQLModel, table=True):
     acquired_at: float = 0.0
 
 
-class StatusSample(SQLModel, table=True):
+class DeviceSample(SQLModel, table=True):
     """What the console's charts need of one device's status, once per sample period
     (``status_sample_seconds``): written behind in batches for changed reports and
     heartbeats alike (``controller/status_samples.py``), pruned after
@@ -420,8 +420,8 @@ class StatusSample(SQLModel, table=True):
     PostgreSQL a key check would lock the device rows a status report updates."""
 
     __table_args__ = (
-        Index("ix_statussample_at", "at"),
-        Index("ix_statussample_site_at", "site_id", "at"),
+        Index("ix_devicesample_at", "at"),
+        Index("ix_devicesample_site_at", "site_id", "at"),
     )
     device_id: str = Field(primary_key=True, max_length=40)
     at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
@@ -436,12 +436,12 @@ class StatusSample(SQLModel, table=True):
     """The sum of the buffer's drop counters over every reason, as the device reports them."""
 
 
-class StatusRollup(SQLModel, table=True):
+class SampleRollup(SQLModel, table=True):
     """One sample period of a site (``site_id`` 0: the whole fleet) in a few numbers, made
-    from ``StatusSample`` once the period is over, so that a day's fleet chart reads 1,440
+    from ``DeviceSample`` once the period is over, so that a day's fleet chart reads 1,440
     rows rather than one per device and minute."""
 
-    __table_args__ = (Index("ix_statusrollup_at", "at"),)
+    __table_args__ = (Index("ix_samplerollup_at", "at"),)
     site_id: int = Field(primary_key=True)
     at: datetime = Field(sa_column=Column(DateTime(timezone=True), primary_key=True))
     reporting: int

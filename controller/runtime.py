@@ -32,6 +32,7 @@ from edgefleet.controller.rollouts.nudge import Nudge
 from edgefleet.controller.rollouts.store import rollout_counts
 from edgefleet.controller.rollouts.watch import Watch
 from edgefleet.controller.settings import Settings
+from edgefleet.controller.status_samples import StatusSampler
 from edgefleet.errors import ConfigError
 from edgefleet.wire import DesiredState, DeviceState, HealthPolicy, ModelRef, ResultPolicy
 
@@ -78,6 +79,8 @@ class Runtime:
             settings.clock_tolerance_seconds,
         )
         self.last_seen = LastSeen(self.engine)
+        self.status_samples = StatusSampler(self.engine, settings.status_sample_seconds)
+        """The charts' status history, written behind with last seen."""
         self.metrics = Metrics(
             self.count_devices_by_state,
             lambda: device_buffers(self.engine),

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     max_inflight_requests: int = 512
     """Above this many requests in flight a worker answers 503 with Retry-After."""
     last_seen_flush_seconds: float = 2.0
+    status_sample_seconds: int = Field(default=60, ge=1, le=3600)
+    """The status history's period (controller/status_samples.py): at most one sample per
+    device per period, written behind with last seen. A device reporting less often counts
+    only in the periods it reported in."""
+    status_sample_retention_days: int = Field(default=14, ge=1, le=3650)
+    """How long status samples are kept; pruned in the background in small batches."""
     bootstrap_admin_token: str | None = None
     """First admin's API token (e.g. from a Kubernetes Secret); printed once when unset."""
     bootstrap_admin_password: str | None = None

@@ -36,8 +36,18 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import TYPE_CHECKING, Any
 
 from markupsafe import Markup, escape
+
+if TYPE_CHECKING:  # charts draw plain data; the queries stay out of their import
+    from edgefleet.controller.console.series import (
+        DeviceBucket,
+        FleetHealth,
+        ResultBucket,
+        RolloutProgress,
+        StatusBucket,
+    )
 
 WIDTH = 480
 """viewBox width: at a phone's 360 CSS pixels, 12-unit text still reads as 9 px."""
@@ -480,3 +490,135 @@ def sparkline(
         + paths
         + f'<circle class="ef-dot" cx="{_f(lx)}" cy="{_f(ly)}" r="2" fill="currentColor"/></svg>'
     )
+
+
+# -- the console's charts, from the series' dataclasses ---------------------------------
+
+DEVICE_STATES = [
+    Segment("ready", "ready", "ef-ok"),
+    Segment("updating", "updating", "ef-active"),
+    Segment("degraded", "degraded", "ef-bad"),
+    Segment("enrolled", "enrolled", "ef-muted"),
+    Segment("awaiting_approval", "awaiting approval", "ef-warn"),
+]
+"""Fleet by state; decommissioned and rejected devices are history, not the fleet."""
+ONLINE = [
+    Segment("online", "online", "ef-ok"),
+    Segment("degraded", "degraded", "ef-bad"),
+    Segment("offline", "offline", "ef-warn"),
+]
+OUTCOMES = [
+    Segment("succeeded", "succeeded", "ef-ok"),
+    Segment("failed", "failed", "ef-bad"),
+    Segment("updating", "updating", "ef-active"),
+    Segment("skipped", "skipped", "ef-warn"),
+    Segment("reverted", "reverted", "ef-other"),
+    Segment("pending", "pending", "ef-muted"),
+]
+DEVICE_METRICS = {
+    "p95_ms": ("Inference p95", "ms", 1.0),
+    "error_rate": ("Inference errors", "%", 100.0),
+    "buffer_depth": ("Results waiting on the device", "", 1.0),
+    "buffer_drops": ("Results dropped by the device (total)", "", 1.0),
+}
+
+
+def _frame(points: Sequence[Any]) -> tuple[list[datetime], timedelta]:
+    if not points:
+        return [], timedelta(minutes=1)
+    return [p.start for p in points], points[0].end - points[0].start
+
+
+def results_chart(
+    points: Sequence[ResultBucket], *, title: str = "Results stored", tz: tzinfo = UTC
+) -> Markup:
+    starts, step = _frame(points)
+    values: list[float | None] = [float(p.results) for p in points]
+    if not any(values):
+        values = [None] * len(points)  # nothing stored in the whole range: say so
+    return time_chart(title, starts, step, [Line("results", values)], area=True, tz=tz)
+
+
+def health_chart(
+    points: Sequence[StatusBucket], *, title: str = "Devices reporting", tz: tzinfo = UTC
+) -> Markup:
+    """Healthy and unhealthy devices per bucket; a gap where none reported."""
+    starts, step = _frame(points)
+    lines = [
+        Line("healthy", [float(p.healthy) if p.reporting else None for p in points], "ef-ok"),
+        Line("unhealthy", [float(p.unhealthy) if p.reporting else None for p in points], "ef-bad"),
+    ]
+    return time_chart(title, starts, step, lines, area=True, tz=tz)
+
+
+def latency_chart(
+    points: Sequence[StatusBucket], *, title: str = "Inference p95", tz: tzinfo = UTC
+) -> Markup:
+    """The median and the highest of the devices' p95 per bucket."""
+    starts, step = _frame(points)
+    lines = [
+        Line("median", [p.p95_median_ms for p in points], "ef-series-1"),
+        Line("max", [p.p95_max_ms for p in points], "ef-series-2"),
+    ]
+    return time_chart(title, starts, step, lines, unit="ms", tz=tz)
+
+
+def _device_values(points: Sequence[DeviceBucket], metric: str) -> list[float | None]:
+    if metric not in DEVICE_METRICS:
+        raise ValueError(f"unknown device metric {metric!r}; one of {', '.join(DEVICE_METRICS)}")
+    scale = DEVICE_METRICS[metric][2]
+    return [None if (v := getattr(p, metric)) is None else v * scale for p in points]
+
+
+def device_chart(
+    points: Sequence[DeviceBucket],
+    metric: str,
+    *,
+    title: str | None = None,
+    tz: tzinfo = UTC,
+) -> Markup:
+    """One device's ``p95_ms``, ``error_rate`` (in %), ``buffer_depth`` or
+    ``buffer_drops`` per bucket (the worst of the bucket; drops: the last count)."""
+    values = _device_values(points, metric)
+    name, unit, _ = DEVICE_METRICS[metric]
+    starts, step = _frame(points)
+    return time_chart(title or name, starts, step, [Line(name, values)], unit=unit, tz=tz)
+
+
+def device_sparkline(
+    points: Sequence[DeviceBucket], metric: str, *, css: str = "ef-series-1"
+) -> Markup:
+    name, unit, _ = DEVICE_METRICS.get(metric, (metric, "", 1.0))
+    return sparkline(name, _device_values(points, metric), unit=unit, css=css)
+
+
+def rollout_chart(progress: RolloutProgress, *, title: str | None = None) -> Markup:
+    """Each wave's devices by outcome, a bar per wave."""
+    bars = [Bar(f"Wave {w.number} ({w.step}, {w.state})", w.counts) for w in progress.waves]
+    heading = title or (
+        f"Rollout {progress.rollout_id}: {progress.profile} to revision {progress.revision}, "
+        f"{progress.state}"
+    )
+    return stacked_bars(heading, bars, OUTCOMES)
+
+
+def fleet_states_chart(health: FleetHealth, *, title: str = "Devices by state") -> Markup:
+    return stacked_bars(title, [Bar("All sites", health.by_state)], DEVICE_STATES)
+
+
+def sites_chart(
+    health: FleetHealth, *, limit: int = 12, title: str = "Sites: online, degraded, offline"
+) -> Markup:
+    """A bar per site, the sites with the most devices offline or degraded first (at most
+    ``limit``: a thousand bars read as none), then by name."""
+    ranked = sorted(
+        (h for h in health.sites if h.devices),
+        key=lambda h: (-(h.offline + h.degraded), h.site),
+    )
+    if len(ranked) > limit:
+        title = f"{title} ({limit} of {len(ranked)} sites, most troubled first)"
+    bars = [
+        Bar(h.site, {"online": h.online, "degraded": h.degraded, "offline": h.offline})
+        for h in ranked[:limit]
+    ]
+    return stacked_bars(title, bars, ONLINE)

@@ -1,8 +1,9 @@
 """``POST /devices/{id}/status``: store what changed, move the lifecycle, note last seen.
 
 A report equal to the last one (a heartbeat) touches only the in-memory last-seen
-map, written behind in batches; a changed report is one transaction, which also stores
-the outcome a rollout waits for from this device (``rollouts/watch.py``).
+map and status history (``status_samples.py``), written behind in batches; a changed
+report is one transaction, which also stores the outcome a rollout waits for from this
+device (``rollouts/watch.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from edgefleet.controller import lifecycle
 from edgefleet.controller.db import session_scope
 from edgefleet.controller.models import Device
 from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.status_samples import values_of
 from edgefleet.errors import NotFound
 from edgefleet.wire import DeviceState, StatusAck, StatusReport
 
@@ -28,6 +30,7 @@ def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | 
     if known is None or known[0] != report_digest:
         return None
     rt.last_seen.touch(device_id)
+    rt.status_samples.seen(device_id)
     return known[1]
 
 
@@ -39,6 +42,7 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
         if device is None:
             raise NotFound(f"no device {device_id}")
         current = DeviceState(device.state)
+        site_id = device.site_id
         target = current
         if device.status_digest != report_digest:
             target = lifecycle.state_after_status(current, report)
@@ -57,6 +61,7 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
     if news:
         rt.nudge.after(news)
     rt.status_digests[device_id] = (report_digest, target)
+    rt.status_samples.record(device_id, values_of(report, target, site_id))
     return target
 
 

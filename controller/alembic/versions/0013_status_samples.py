@@ -22,7 +22,7 @@ Stamp = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     op.create_table(
-        "statussample",
+        "devicesample",
         sa.Column("device_id", String(length=40), nullable=False),
         sa.Column("at", Stamp, nullable=False),
         sa.Column("site_id", sa.Integer(), nullable=False),
@@ -35,10 +35,10 @@ def upgrade() -> None:
         sa.Column("buffer_drops", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("device_id", "at"),
     )
-    op.create_index("ix_statussample_at", "statussample", ["at"])
-    op.create_index("ix_statussample_site_at", "statussample", ["site_id", "at"])
+    op.create_index("ix_devicesample_at", "devicesample", ["at"])
+    op.create_index("ix_devicesample_site_at", "devicesample", ["site_id", "at"])
     op.create_table(
-        "statusrollup",
+        "samplerollup",
         sa.Column("site_id", sa.Integer(), nullable=False),
         sa.Column("at", Stamp, nullable=False),
         sa.Column("reporting", sa.Integer(), nullable=False),
@@ -47,12 +47,12 @@ def upgrade() -> None:
         sa.Column("p95_max_ms", sa.Float(), nullable=True),
         sa.PrimaryKeyConstraint("site_id", "at"),
     )
-    op.create_index("ix_statusrollup_at", "statusrollup", ["at"])
+    op.create_index("ix_samplerollup_at", "samplerollup", ["at"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_statusrollup_at", table_name="statusrollup")
-    op.drop_table("statusrollup")
-    op.drop_index("ix_statussample_site_at", table_name="statussample")
-    op.drop_index("ix_statussample_at", table_name="statussample")
-    op.drop_table("statussample")
+    op.drop_index("ix_samplerollup_at", table_name="samplerollup")
+    op.drop_table("samplerollup")
+    op.drop_index("ix_devicesample_site_at", table_name="devicesample")
+    op.drop_index("ix_devicesample_at", table_name="devicesample")
+    op.drop_table("devicesample")
