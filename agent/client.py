@@ -35,7 +35,11 @@ from edgefleet.agent.clock import Clock
 from edgefleet.errors import ApiError, ConfigError, EdgefleetError, TrustError, from_response_body
 from edgefleet.wire import (
     API_PREFIX,
+    CLAIM_SCHEME,
     AccessToken,
+    ClaimCreated,
+    ClaimRequest,
+    ClaimStatus,
     DesiredState,
     EnrolRequest,
     EnrolResponse,
@@ -177,6 +181,7 @@ class Channel:
         path: str,
         body: Callable[[], bytes] | None = None,
         headers: dict[str, str] | None = None,
+        timeout: float | None = None,
     ) -> Response:
         """Send one request and read its whole answer, whatever its status.
 
@@ -184,6 +189,7 @@ class Channel:
         token request needs a new assertion, with a new ``jti``). A request is
         resent at most once, and only when a reused connection turns out to
         have been closed by the server; every device call is safe to resend.
+        ``timeout`` bounds this request's reads instead of the channel's (a long poll).
         """
         target = self.url.prefix + path
         for attempt in (1, 2):
@@ -192,6 +198,8 @@ class Channel:
             try:
                 if conn is None:
                     conn = self._open()
+                assert conn.sock is not None
+                conn.sock.settimeout(timeout or self.timeout)
                 payload = body() if body is not None else None
                 conn.request(method, target, body=payload, headers=headers or {})
                 resp = conn.getresponse()
@@ -263,6 +271,7 @@ class ControllerClient:
         json: BaseModel | Callable[[], BaseModel] | None = None,
         headers: dict[str, str] | None = None,
         raw: Callable[[], bytes] | None = None,
+        timeout: float | None = None,
     ) -> Response:
         """Send one request; return a 2xx/304 answer or raise an Edgefleet error.
 
@@ -280,7 +289,7 @@ class ControllerClient:
                 return (model() if callable(model) else model).model_dump_json().encode()
 
             body = encode
-        resp = self.channel.exchange(method, API_PREFIX + path, body, all_headers)
+        resp = self.channel.exchange(method, API_PREFIX + path, body, all_headers, timeout)
         self.clock.observe(resp.headers.get("Date"), time.time())
         if 200 <= resp.status < 300 or resp.status == 304:
             return resp
@@ -313,6 +322,22 @@ class ControllerClient:
     def enrol(self, req: EnrolRequest) -> EnrolResponse:
         """200 (enrolled) and 202 (awaiting approval) both come back as an EnrolResponse."""
         return self._parse(self.request("POST", "/enrol", json=req), EnrolResponse)
+
+    def create_claim(self, req: ClaimRequest) -> ClaimCreated:
+        """A QR claim for a device with no token (or the pending one of this key, with a
+        new secret)."""
+        return self._parse(self.request("POST", "/claims", json=req), ClaimCreated)
+
+    def poll_claim(self, claim_id: str, secret: str, wait: float) -> ClaimStatus:
+        """The claim's state; the controller holds the answer up to ``wait`` seconds while
+        nobody has decided, so this request may read for that long."""
+        resp = self.request(
+            "GET",
+            f"/claims/{claim_id}/poll?wait={wait:g}",
+            headers={"Authorization": f"{CLAIM_SCHEME} {secret}"},
+            timeout=wait + self.channel.timeout,
+        )
+        return self._parse(resp, ClaimStatus)
 
     def token(self, assertion: Callable[[], str]) -> AccessToken:
         """Trade an assertion for an access token.

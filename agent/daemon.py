@@ -24,6 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from edgefleet.agent import identity, trust
 from edgefleet.agent.backoff import Backoff, jittered
+from edgefleet.agent.claim import Claimer, ClaimRejected
+from edgefleet.agent.claim import forget as forget_claim
 from edgefleet.agent.client import ControllerClient
 from edgefleet.agent.clock import Clock
 from edgefleet.agent.files import ensure_dir, write_json
@@ -36,7 +38,6 @@ from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
 from edgefleet.agent.uploader import Uploader
 from edgefleet.errors import (
     ApiError,
-    ConfigError,
     EdgefleetError,
     Forbidden,
     TrustError,
@@ -48,9 +49,11 @@ from edgefleet.wire import (
     AccessToken,
     BufferStats,
     CheckResult,
+    ClaimRequest,
     DesiredState,
     DeviceState,
     EnrolRequest,
+    EnrolResponse,
     Health,
     InferenceStats,
     Registration,
@@ -103,11 +106,6 @@ class Agent:
         applier: SlotApplier | None = None,
         rng: random.Random | None = None,
     ) -> None:
-        if not registration.token:
-            raise ConfigError(
-                "the registration file has no token; QR-claim enrolment is not in this "
-                "version of the agent, so add a token to the registration file"
-            )
         self.settings = settings
         self.registration = registration
         self.stop = stop or threading.Event()
@@ -145,6 +143,7 @@ class Agent:
         self._upload_client: ControllerClient | None = None
         self._upload_roots = ""
         self._capacity_warned: ResultPolicy | None = None
+        self._claimer: Claimer | None = None
 
     # -- the loop ---------------------------------------------------------------
 
@@ -261,16 +260,22 @@ class Agent:
     # -- enrolment --------------------------------------------------------------
 
     def _enrol(self) -> None:
-        assert self.client is not None and self.registration.token
+        """With the registration's token, or (none flashed) by a QR claim a person
+        approves; either way the same enrolment follows."""
+        assert self.client is not None
         started = time.monotonic()
-        common_name = self.inventory.serial or self.inventory.hostname or "edgefleet-device"
-        req = EnrolRequest(
-            token=self.registration.token,
-            csr=identity.make_csr(self.key, common_name, self.inventory.serial),
-            inventory=self.inventory,
-        )
         if self.store.current.phase not in (Phase.enrolling, Phase.awaiting_approval):
             self.store.update(phase=Phase.enrolling)
+        resp = self._enrol_with_token() if self.registration.token else self._claim()
+        self._adopt(resp, started)
+
+    def _csr(self) -> str:
+        common_name = self.inventory.serial or self.inventory.hostname or "edgefleet-device"
+        return identity.make_csr(self.key, common_name, self.inventory.serial)
+
+    def _enrol_with_token(self) -> EnrolResponse:
+        assert self.client is not None and self.registration.token
+        req = EnrolRequest(token=self.registration.token, csr=self._csr(), inventory=self.inventory)
         while True:
             try:
                 resp = self.client.enrol(req)
@@ -306,7 +311,42 @@ class Agent:
                 self.backoff.reset()
                 self._wait(delay)
                 continue
-            break
+            return resp
+
+    def _claim(self) -> EnrolResponse:
+        """Show a QR claim and poll it until a person decides (``agent/claim.py``)."""
+        assert self.client is not None
+        if self._claimer is None:
+            self._claimer = Claimer(self.state_dir, self.registration.controller_url)
+        req = ClaimRequest(csr=self._csr(), inventory=self.inventory)
+        while True:
+            try:
+                resp = self._claimer.step(self.client, req)
+            except ClaimRejected as exc:
+                forget_claim(self.state_dir)  # a restart shows a new claim, for a new scan
+                self._rejected(str(exc), "restart the agent to show a new claim and scan that")
+            except ApiError as exc:
+                if exc.status not in FINAL_FOR_TOKEN or exc.code == "claim_secret":
+                    raise
+                delay = self.token_backoff.next_delay()
+                log.error(
+                    "the controller refused this device's claim: %s (%s); asking again in %.0fs",
+                    exc.message,
+                    exc.code,
+                    delay,
+                )
+                self.store.update(last_error=f"claim refused ({exc.code}): {exc.message}")
+                self._wait(delay)
+                continue
+            if resp is not None:
+                return resp
+            if self.store.current.phase != Phase.awaiting_approval:
+                self.store.update(phase=Phase.awaiting_approval, last_error=None)
+            self.backoff.reset()
+            self._wait(self._claimer.pause)
+
+    def _adopt(self, resp: EnrolResponse, started: float) -> None:
+        """Keep what an enrolment answered: the certificate, the device id, the controller."""
         # A QR payload names no controller id: the answer does (hook for agent/qrpayload.py).
         self.registration = learn_controller_id(
             self.state_dir, self.registration, resp.controller_id
@@ -331,6 +371,7 @@ class Agent:
             interval_seconds=resp.interval_seconds,
             last_error=None,
         )
+        forget_claim(self.state_dir)
         log.info(
             "enrolled device_id=%s profile=%s in %.2fs",
             enrolment.device_id,
@@ -338,12 +379,16 @@ class Agent:
             time.monotonic() - started,
         )
 
-    def _rejected(self, message: str) -> None:
+    def _rejected(
+        self,
+        message: str,
+        remedy: str = "approve the device on the controller or flash a new token, then "
+        "restart the agent",
+    ) -> None:
         self.store.update(phase=Phase.rejected, last_error=message)
         raise Rejected(
             f"an operator rejected this device's enrolment ({message}); the agent stops. "
-            "To try again, approve the device on the controller or flash a new token, "
-            "then restart the agent."
+            f"To try again, {remedy}."
         )
 
     def _decommissioned(self, message: str) -> None:

@@ -1,12 +1,13 @@
-"""``edgefleet agent status``: the A/B slots, the last update and the result buffer,
-read on the device.
+"""``edgefleet agent status``: the A/B slots, the last update, the result buffer and,
+on a device still waiting to be claimed, its claim's code and page, read on the device.
 
 It reads the agent's state directory and never talks to the controller, so it works
 offline, on the device, while the agent runs: the boot-control record
 (``<state dir>/slots/boot.0.json`` and ``boot.1.json``; the newest valid copy wins,
 exactly as the agent reads it) and the newest evidence bundle of an update attempt
 (``<state dir>/evidence/*.json``), and the result buffer's depth, age and drops
-(``<state dir>/results/results.db``).
+(``<state dir>/results/results.db``), and the QR claim it shows
+(``<state dir>/claim.json``; its secret is never printed).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.agent.buffer import Buffer
+from edgefleet.agent.claim import CLAIM_PNG
+from edgefleet.agent.claim import load as load_claim
+from edgefleet.agent.identity import load_enrolment
 from edgefleet.agent.results import RESULTS_DB, RESULTS_FOLDER
 from edgefleet.agent.settings import DEFAULT_STATE_DIR
 from edgefleet.agent.slots.record import SLOTS, BootControl, Record
@@ -67,6 +71,21 @@ def read_status(state_dir: Path) -> dict[str, Any]:
         ],
         "last_update": _last_bundle(state_dir / EVIDENCE_DIR),
         "buffer": _buffer(state_dir / RESULTS_FOLDER / RESULTS_DB),
+        "claim": _claim(state_dir),
+    }
+
+
+def _claim(state_dir: Path) -> dict[str, Any] | None:
+    """The claim the device shows while nobody has approved it; None once enrolled."""
+    claim = load_claim(state_dir)
+    if claim is None or load_enrolment(state_dir) is not None:
+        return None
+    return {
+        "id": claim.id,
+        "code": claim.code,
+        "url": claim.url,
+        "expires_at": claim.expires_at,
+        "png": str(state_dir / CLAIM_PNG),
     }
 
 
@@ -102,6 +121,14 @@ def _last_bundle(folder: Path) -> dict[str, Any] | None:
 
 
 def _render(found: dict[str, Any]) -> None:
+    claim = found["claim"]
+    if claim is not None:
+        console.print(
+            f"waiting to be claimed: confirmation code [bold]{claim['code']}[/bold] at "
+            f"{escape(claim['url'])} (expires {claim['expires_at']}; QR code in "
+            f"{escape(claim['png'])})",
+            highlight=False,
+        )
     _render_slots(found)
     buffer = found["buffer"]
     if buffer is None:

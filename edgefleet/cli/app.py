@@ -8,6 +8,7 @@ import typer
 
 from edgefleet.cli import (
     agent_status,
+    claims,
     controller,
     devices,
     gitops,
@@ -66,6 +67,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(updates.app, name="updates")
 app.add_typer(results.app, name="results")
 app.add_typer(rollouts.app, name="rollouts")
+app.add_typer(claims.app, name="claims")
 app.command("login")(login.login)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)

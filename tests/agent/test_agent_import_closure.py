@@ -26,8 +26,9 @@ daemon's 50 MB budget (and brings click, pygments and rich through its own CLI).
 PyJWT (3.6 MB with the ``urllib.request`` its JWKS client imports) is the
 controller's: the agent signs its assertions with ``cryptography``."""
 
-NOT_IDLE = ("urllib.request", "sqlite3")
-"""Loaded with the first model or the first results, never by an idle agent."""
+NOT_IDLE = ("urllib.request", "sqlite3", "qrcode", "PIL", "edgefleet.agent.qrimage")
+"""Loaded with the first model or the first results, or to show a QR claim (a device
+flashed without a token), never by an idle agent."""
 
 
 def _offenders(modules: list[str], forbidden: tuple[str, ...] = FORBIDDEN) -> list[str]:
