@@ -27,21 +27,36 @@ app = typer.Typer(help="Local development helpers.", no_args_is_help=True)
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
-def _wait_for_token(log: Path, token_file: Path, proc: subprocess.Popen[bytes]) -> str:
+NO_PASSWORD = "none yet: set one with `edgefleet users passwd admin`"
+
+
+def _wait_for_admin(log: Path, folder: Path, proc: subprocess.Popen[bytes]) -> tuple[str, str]:
+    """The first admin's API token and console password: printed once by the controller
+    on its first start, kept in ``folder`` (mode 0600) for the starts after."""
+    kept = {
+        "admin-token": r"first admin API token .*: (efo\.\S+)",
+        "admin-password": r"first admin console login \(shown once\): admin / (\S+)",
+    }
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if token_file.exists():
-            return token_file.read_text().strip()
-        found = re.search(r"first admin API token .*: (efo\.\S+)", log.read_text(errors="replace"))
-        if found:
-            fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(found.group(1) + "\n")
-            return found.group(1)
+        if all((folder / name).exists() for name in kept):
+            token, password = ((folder / name).read_text().strip() for name in kept)
+            return token, password
+        text = log.read_text(errors="replace")
+        found = {name: re.search(pattern, text) for name, pattern in kept.items()}
+        if (folder / "admin-token").exists() and not found["admin-password"]:
+            # made by an Edgefleet older than the console: the admin has no password yet
+            return (folder / "admin-token").read_text().strip(), NO_PASSWORD
+        if all(found.values()):
+            for name, match in found.items():
+                fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(match.group(1) + "\n")  # type: ignore[union-attr]
+            continue
         if proc.poll() is not None:
             raise typer.Exit(_fail(f"the controller exited; see {log}"))
         time.sleep(0.1)
-    raise typer.Exit(_fail(f"the controller printed no admin token; see {log}"))
+    raise typer.Exit(_fail(f"the controller printed no first admin; see {log}"))
 
 
 def _fail(message: str) -> int:
@@ -119,7 +134,7 @@ def up(
     procs.append(ctl)
     try:
         url = f"https://127.0.0.1:{port}"
-        token = _wait_for_token(log, folder / "admin-token", ctl)
+        token, password = _wait_for_admin(log, folder, ctl)
         ca = data / "pki" / "root.pem"
         _wait_ready(url, ca, ctl, log)
         reg = _ensure_fleet_objects(url, token, ca, folder / "agents")
@@ -151,6 +166,7 @@ def up(
         typer.echo(
             f"\nEdgefleet is running.\n"
             f"  controller     {url}   (log: {log})\n"
+            f"  console        {url}/console/   user admin, password {password}\n"
             f"  admin token    {token}\n"
             f"  root pin       {_pin(ca)}\n"
             f"  agents         {agents} (logs and state in {folder / 'agents'})\n\n"
