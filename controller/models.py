@@ -100,6 +100,8 @@ class RegistrationToken(SQLModel, table=True):
 
 
 class Device(SQLModel, table=True):
+    __table_args__ = (Index("ix_device_created_at_id", "created_at", "id"),)
+    """The device list's order: a page is read off the index, not sorted (migration 0012)."""
     id: str = Field(primary_key=True, max_length=40)
     name: str | None = Field(default=None, max_length=128, index=True)
     """What the people at the site call it ("till-3"); a replacement inherits it."""

@@ -155,16 +155,23 @@ def _filtered(
         q = q.where(d.labels[key].as_string() == value)
     text = (query or "").strip()
     if text:
+        part = "%" + _literal(text) + "%"
         q = q.where(
             or_(
-                d.id.istartswith(text, autoescape=True),
-                d.id.istartswith("dev-" + text, autoescape=True),
-                d.name.icontains(text, autoescape=True),
-                d.serial.icontains(text, autoescape=True),
-                d.inventory["hostname"].as_string().icontains(text, autoescape=True),
+                d.id.like(_literal(text.lower()) + "%", escape="\\"),
+                d.id.like("dev-" + _literal(text.lower()) + "%", escape="\\"),
+                d.name.ilike(part, escape="\\"),
+                d.serial.ilike(part, escape="\\"),
+                d.inventory["hostname"].as_string().ilike(part, escape="\\"),
             )
         )
     return q
+
+
+def _literal(text: str) -> str:
+    """``text`` matched as typed: LIKE's wildcards escaped. ILIKE on PostgreSQL (not
+    lower() on both sides, which costs three times as much there)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def get_device(rt: Runtime, who: Operator, device_id: str) -> dict[str, Any]:
