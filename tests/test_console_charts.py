@@ -14,6 +14,15 @@ from markupsafe import Markup
 
 from edgefleet.controller.console import charts
 from edgefleet.controller.console.charts import Bar, Line, Segment
+from edgefleet.controller.console.series import (
+    DeviceBucket,
+    FleetHealth,
+    ResultBucket,
+    RolloutProgress,
+    SiteHealth,
+    StatusBucket,
+    WaveProgress,
+)
 
 NS = {"s": charts.SVG_NS}
 T0 = datetime(2030, 1, 1, 22, 0, tzinfo=UTC)
@@ -303,3 +312,128 @@ def test_numbers_read_short_and_exact_enough() -> None:
         "2.1M",
         "154",
     ]
+
+
+# -- the console's charts, from the series -------------------------------------------------
+
+
+def day_of(n: int = 48) -> list[tuple[datetime, datetime]]:
+    return [(s, s + HALF_HOUR) for s in starts(n)]
+
+
+def test_results_chart_draws_a_point_per_bucket_and_nothing_stored_says_no_data() -> None:
+    points = [ResultBucket(s, e, i % 5) for i, (s, e) in enumerate(day_of())]
+    root = parse(charts.results_chart(points))
+    (line,) = lines_of(root)
+    assert len(points_in(line)) == 48
+    assert "latest 2" in root.get("aria-label", "")
+    empty = parse(charts.results_chart([ResultBucket(s, e, 0) for s, e in day_of()]))
+    assert empty.get("aria-label") == "Results stored: no data yet"
+    assert parse(charts.results_chart([])).get("aria-label") == "Results stored: no data yet"
+
+
+def points_in(path: ET.Element) -> list[tuple[float, float]]:
+    return points(path.get("d", ""))
+
+
+def test_health_and_latency_charts_leave_gaps_where_no_device_reported() -> None:
+    buckets = [
+        StatusBucket(s, e, rep, rep - bad, bad, med, top)
+        for (s, e), (rep, bad, med, top) in zip(
+            day_of(4),
+            [(3, 1, 20.0, 40.0), (0, 0, None, None), (2, 0, 11.0, 12.0), (2, 2, 15.0, 90.0)],
+            strict=True,
+        )
+    ]
+    health = parse(charts.health_chart(buckets))
+    groups = {g.get("class"): g for g in health.findall("s:g", NS)}
+    ok_runs = [points_in(p) for p in groups["ef-ok"].findall("s:path[@class='ef-line']", NS)]
+    assert [len(r) for r in ok_runs] == [1, 2]
+    tips = [b.find("s:title", NS).text for b in health.findall(".//s:g[@class='ef-bucket']", NS)]  # type: ignore[union-attr]
+    assert tips[0].endswith("healthy 2, unhealthy 1") and tips[1].endswith("healthy -, unhealthy -")
+    latency = parse(charts.latency_chart(buckets))
+    assert texts(latency, "ef-legend-label") == ["median", "max"]
+    assert "max: latest 90 ms, lowest 12 ms, highest 90 ms" in latency.get("aria-label", "")
+
+
+def test_device_charts_show_error_rates_in_percent_and_refuse_unknown_metrics() -> None:
+    points = [
+        DeviceBucket(s, e, 1, True, "ready", 1, 5.0 + i, 0.1 * i, i, 0)
+        for i, (s, e) in enumerate(day_of(3))
+    ]
+    root = parse(charts.device_chart(points, "error_rate"))
+    assert "latest 20%" in root.get("aria-label", "") and "%" in texts(root, "ef-unit")
+    spark = parse(charts.device_sparkline(points, "p95_ms"))
+    assert spark.get("aria-label") == "Inference p95: latest 7 ms, lowest 5 ms, highest 7 ms"
+    with pytest.raises(ValueError, match="unknown device metric 'temperature'"):
+        charts.device_chart(points, "temperature")
+
+
+def test_rollout_chart_has_a_bar_per_wave_summing_to_its_devices() -> None:
+    progress = RolloutProgress(
+        rollout_id=7,
+        profile="vision",
+        revision=3,
+        state="running",
+        current_wave=2,
+        devices=104,
+        counts={"succeeded": 5, "failed": 1, "updating": 8, "pending": 90},
+        waves=[
+            WaveProgress(1, "1", "passed", 1, {"succeeded": 1, "failed": 0, "pending": 0}),
+            WaveProgress(2, "10%", "updating", 13, {"succeeded": 4, "failed": 1, "updating": 8}),
+            WaveProgress(3, "100%", "pending", 90, {"pending": 90}),
+        ],
+    )
+    root = parse(charts.rollout_chart(progress))
+    assert texts(root, "ef-title") == ["Rollout 7: vision to revision 3, running"]
+    assert texts(root, "ef-bar-label") == [
+        "Wave 1 (1, passed) · 1",
+        "Wave 2 (10%, updating) · 13",
+        "Wave 3 (100%, pending) · 90",
+    ]
+    values = [int(r.get("data-value", "")) for r in bar_rects(root)]
+    assert sum(values) == 104
+    assert texts(root, "ef-legend-label")[:3] == ["succeeded 5", "failed 1", "updating 8"]
+
+
+def health_of(sites: list[SiteHealth]) -> FleetHealth:
+    by_state: dict[str, int] = {}
+    for h in sites:
+        for k, v in h.by_state.items():
+            by_state[k] = by_state.get(k, 0) + v
+    return FleetHealth(
+        T0,
+        sum(h.devices for h in sites),
+        sum(h.online for h in sites),
+        sum(h.degraded for h in sites),
+        sum(h.offline for h in sites),
+        by_state,
+        sites,
+    )
+
+
+def test_site_chart_shows_the_most_troubled_sites_first_with_hostile_names_escaped() -> None:
+    sites = [SiteHealth(i, f"shop-{i:02d}", 10, 10, 0, 0, {"ready": 10}) for i in range(20)]
+    sites[13] = SiteHealth(13, HOSTILE, 10, 2, 3, 5, {"ready": 5, "degraded": 3, "enrolled": 2})
+    sites[4] = SiteHealth(4, "shop-04", 10, 8, 0, 2, {"ready": 10})
+    health = health_of(sites)
+    root = parse(charts.sites_chart(health, limit=5))
+    assert "<script" not in str(charts.sites_chart(health, limit=5))
+    labels = texts(root, "ef-bar-label")
+    assert labels[0] == f"{HOSTILE} · 10" and labels[1] == "shop-04 · 10" and len(labels) == 5
+    assert texts(root, "ef-title") == [
+        "Sites: online, degraded, offline (5 of 20 sites, most troubled first)"
+    ]
+    first_row = [r for r in bar_rects(root) if r.get("y") == bar_rects(root)[0].get("y")]
+    assert [(r.get("data-key"), r.get("data-value")) for r in first_row] == [
+        ("online", "2"),
+        ("degraded", "3"),
+        ("offline", "5"),
+    ]
+    states = parse(
+        charts.fleet_states_chart(
+            health_of([*sites, SiteHealth(99, "x", 0, 0, 0, 0, {"decommissioned": 4})])
+        )
+    )
+    values = {r.get("data-key"): int(r.get("data-value", "")) for r in bar_rects(states)}
+    assert values == {"ready": 195, "degraded": 3, "enrolled": 2}, "decommissioned is not the fleet"
