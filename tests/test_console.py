@@ -236,3 +236,25 @@ def test_an_installer_lands_on_the_claims_and_may_approve_only_into_their_site(
     assert done.status_code == 303, done.text
     approved = api.ok("GET", f"/claims/{claim.id}", api.admin)
     assert approved["state"] == "approved" and approved["name"] == "till-3"
+
+
+def test_one_click_hands_a_device_s_place_to_its_replacement(api: Api) -> None:
+    api.site("shop-1")
+    api.profile("vision", {"config": {"n": 1}})
+    token = api.token(site="shop-1", profile="vision", labels={"zone": "till"})["token"]
+    old = api.device(token)
+    olga = _logged_in(api)
+    assert olga.post(f"/console/devices/{old.id}/rename", {"name": "till-3"}).status_code == 303
+    assert "Replace this device" not in olga.get(f"/console/devices/{old.id}").text
+    new = api.device(api.token(site="shop-1")["token"])
+    page = olga.get(f"/console/devices/{old.id}")
+    assert f'<option value="{new.id}">' in page.text
+    r = olga.post(f"/console/devices/{old.id}/replace", {"new": new.id, "reason": "broken fan"})
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/console/devices/{new.id}")
+    took = api.ok("GET", f"/devices/{new.id}", api.admin)
+    assert (took["name"], took["labels"], took["profile"]) == ("till-3", {"zone": "till"}, "vision")
+    assert api.ok("GET", f"/devices/{old.id}", api.admin)["state"] == "decommissioned"
+    shown = olga.get(f"/console/devices/{new.id}").text
+    assert "This place's devices" in shown and old.id in shown
+    again = olga.post(f"/console/devices/{old.id}/replace", {"new": new.id})
+    assert again.status_code == 409 and 'class="flash bad"' in again.text

@@ -155,6 +155,24 @@ ROWS: list[Row] = [
             "update_retries"
         ],
     ),
+    Row(
+        "POST",
+        "/console/devices/{device_id}/rename",
+        WRITERS,
+        ok=303,
+        form=lambda w: {"name": w.unique("till")},
+        fresh=World.enrolled_device,
+        observe=lambda w, p: w.api.ok("GET", f"/devices/{p['device_id']}", w.api.admin)["name"],
+    ),
+    Row(
+        "POST",
+        "/console/devices/{device_id}/replace",
+        WRITERS,
+        ok=303,
+        form=lambda w: {"new": w.enrolled_device()["device_id"]},
+        fresh=World.enrolled_device,
+        observe=_device_state,
+    ),
     Row("GET", "/console/tokens", READERS),
     Row(
         "POST",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -9,6 +10,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller import roles
+from edgefleet.controller.console import charts, series
 from edgefleet.controller.console.web import (
     Viewer,
     back_to,
@@ -18,7 +20,8 @@ from edgefleet.controller.console.web import (
     require,
     runtime,
 )
-from edgefleet.controller.services import devices, profiles, results, sites, updates
+from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import devices, profiles, replacement, results, sites
 from edgefleet.errors import BadRequest
 from edgefleet.wire import DeviceState
 
@@ -70,21 +73,70 @@ async def device_page(request: Request, device_id: str, cur: Viewer) -> HTMLResp
     require(cur, roles.READ)
     rt, who = runtime(request), cur.operator
     device = await run_in_threadpool(devices.get_device, rt, who, device_id)
-    history = await run_in_threadpool(updates.list_updates, rt, who, device=device_id, limit=20)
+    history = await run_in_threadpool(replacement.history, rt, who, device_id, 20)
+    candidates = await run_in_threadpool(_successors, rt, who, device)
     recent = await run_in_threadpool(
         results.list_results, rt, who, device=device_id, newest=True, limit=10
     )
     profile_names = [p["name"] for p in await run_in_threadpool(profiles.list_profiles, rt.engine)]
+    pictures = await run_in_threadpool(_charts, rt, device_id)
     return page(
         request,
         "device.html",
         cur,
         d=device,
-        updates=history,
+        updates=history["updates"],
+        lineage=history["lineage"],
+        successors=candidates,
         results=recent["results"],
+        charts=pictures,
         profiles=profile_names,
         nav="devices",
     )
+
+
+def _successors(rt: Runtime, who: Any, device: dict[str, Any]) -> list[dict[str, Any]]:
+    """Devices at the same site that could take this one's place: enrolled since, and
+    not replacing anyone yet (the newest first)."""
+    if device["state"] == "decommissioned" or device.get("replaced_by"):
+        return []
+    near = devices.list_devices(rt, who, site=device["site"], limit=1000)
+    enrolled = device.get("enrolled_at") or ""
+    fresh = [
+        d
+        for d in near
+        if d["id"] != device["id"]
+        and not d.get("replaces")
+        and d["state"] != "decommissioned"
+        and (d.get("enrolled_at") or "") >= enrolled
+    ]
+    return sorted(fresh, key=lambda d: d.get("enrolled_at") or "", reverse=True)[:20]
+
+
+def _charts(rt: Runtime, device_id: str) -> list[Any]:
+    """The device's last day: what it reported, and the results that reached us."""
+    day = series.last_day(datetime.now(UTC))
+    status = series.device_status_per_bucket(rt.engine, day, device_id)
+    stored = series.results_per_bucket(rt.engine, day, device_id=device_id)
+    starts = day.starts()
+    return [
+        charts.time_chart(
+            "Inference p95 (last 24 h)",
+            starts,
+            day.step,
+            [charts.Line("p95", [b.p95_ms for b in status])],
+            unit="ms",
+        ),
+        charts.time_chart(
+            "Results: waiting on the device and stored (last 24 h)",
+            starts,
+            day.step,
+            [
+                charts.Line("waiting", [b.buffer_depth for b in status], "ef-series-2"),
+                charts.Line("stored", [b.results for b in stored], "ef-series-1"),
+            ],
+        ),
+    ]
 
 
 def _action(verb: str, allowed: frozenset[roles.Role], call: Any) -> Any:
@@ -119,3 +171,25 @@ def _assign(rt: Any, who: Any, device_id: str, form: Any) -> Any:
 
 
 router.post("/devices/{device_id}/assign")(_action("assigned", roles.WRITE, _assign))
+router.post("/devices/{device_id}/rename")(
+    _action(
+        "renamed",
+        roles.WRITE,
+        lambda rt, who, d, f: devices.rename(rt, who, d, str(f.get("name") or "")),
+    )
+)
+
+
+@router.post("/devices/{device_id}/replace")
+async def replace(request: Request, device_id: str, cur: Viewer) -> Response:
+    """One click: the chosen device takes this one's name, labels, profile and place."""
+    require(cur, roles.WRITE)
+    form = await form_of(request, cur)
+    new = str(form.get("new") or "").strip()
+    if not new:
+        raise BadRequest("choose the device that replaces this one", code="bad_request")
+    reason = str(form.get("reason") or "").strip()
+    await run_in_threadpool(
+        replacement.replace, runtime(request), cur.operator, device_id, new, reason
+    )
+    return back_to(f"/devices/{new}", f"{new} replaces {device_id}")

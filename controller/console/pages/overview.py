@@ -25,8 +25,8 @@ LAGGING_AFTER_SECONDS = 600.0
 SHOWN = 10
 HEALTH = [
     charts.Segment("online", "online", "ef-ok"),
-    charts.Segment("degraded", "degraded", "ef-warn"),
-    charts.Segment("offline", "offline", "ef-bad"),
+    charts.Segment("degraded", "degraded", "ef-bad"),
+    charts.Segment("offline", "offline", "ef-warn"),
 ]
 
 
@@ -86,7 +86,7 @@ def _charts(rt: Runtime) -> list[Any]:
             day.step,
             [
                 charts.Line("median", [b.p95_median_ms for b in status], "ef-series-1"),
-                charts.Line("worst", [b.p95_max_ms for b in status], "ef-warn"),
+                charts.Line("worst", [b.p95_max_ms for b in status], "ef-series-2"),
             ],
             unit="ms",
         ),
