@@ -1,4 +1,5 @@
-"""``edgefleet devices list | show | approve | reject | decommission | assign``."""
+"""``edgefleet devices list | show | approve | reject | decommission | assign | rename |
+replace | history``."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ from edgefleet.cli.updates import render_slots
 from edgefleet.readable import duration
 
 app = typer.Typer(help="Devices in the fleet.", no_args_is_help=True)
-COLUMNS = ["id", "state", "site", "profile", "serial", "applied_revision", "last_seen_at", "lag"]
+COLUMNS = [
+    "id",
+    "name",
+    "state",
+    "site",
+    "profile",
+    "serial",
+    "applied_revision",
+    "last_seen_at",
+    "lag",
+]
 
 
 def _readable(row: dict[str, Any]) -> dict[str, Any]:
@@ -36,10 +47,13 @@ def list_(
     site: str | None = typer.Option(None),
     state: str | None = typer.Option(None),
     label: list[str] = typer.Option([], help="key=value (repeat; all must match)"),
+    search: str | None = typer.Option(
+        None, "--search", "-q", help="Part of a name, serial or hostname, or an id prefix"
+    ),
     output: Format = OutputOpt,
 ) -> None:
-    """List devices, optionally filtered by site, state and labels."""
-    rows = controller(ctx).get("/devices", site=site, state=state, label=label or None)
+    """List devices, optionally filtered by site, state, labels and a search."""
+    rows = controller(ctx).get("/devices", site=site, state=state, label=label or None, q=search)
     _show(rows, output, COLUMNS)
 
 
@@ -47,7 +61,8 @@ def list_(
 @handled
 def show_(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
     device = controller(ctx).get(f"/devices/{device_id}")
-    _show(device, output, [*COLUMNS, "buffer_depth", "buffer_drops", "inventory"])
+    extra = ["replaces", "replaced_by", "buffer_depth", "buffer_drops", "inventory"]
+    _show(device, output, [*COLUMNS, *extra])
     if output == Format.table:
         render_slots(device)
 
@@ -88,3 +103,51 @@ def assign(
     result = controller(ctx).post(f"/devices/{device_id}/assign", body)
     _show(result, output, COLUMNS)
     gitops_note(result, output)
+
+
+@app.command("rename")
+@handled
+def rename(
+    ctx: typer.Context,
+    device_id: str,
+    name: str = typer.Argument(..., help="What people at the site call it; '' clears it"),
+    output: Format = OutputOpt,
+) -> None:
+    """Name a device (unique among the serving devices of its site)."""
+    result = controller(ctx).post(f"/devices/{device_id}/rename", {"name": name or None})
+    _show(result, output, COLUMNS)
+
+
+@app.command("replace")
+@handled
+def replace(
+    ctx: typer.Context,
+    old: str = typer.Argument(..., help="The device being replaced (it is decommissioned)"),
+    new: str = typer.Argument(..., help="The enrolled device that takes its place"),
+    reason: str = typer.Option("", help="Why, for the audit log and the fleet repository"),
+    across_sites: bool = typer.Option(
+        False, "--across-sites", help="Move NEW to OLD's site if it enrolled elsewhere"
+    ),
+    output: Format = OutputOpt,
+) -> None:
+    """Hand OLD's name, labels, profile and history to NEW, and decommission OLD."""
+    body = {"new": new, "reason": reason, "across_sites": across_sites}
+    result = controller(ctx).post(f"/devices/{old}/replace", body)
+    _show(result, output, [*COLUMNS, "replaces"])
+    if output == Format.table:
+        typer.echo(f"{old} was decommissioned; {new} took its place")
+    gitops_note(result, output)
+
+
+@app.command("history")
+@handled
+def history(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> None:
+    """The devices this one replaced (and that replaced it), and their update reports."""
+    found = controller(ctx).get(f"/devices/{device_id}/history")
+    if output == Format.json:
+        show(found, output, [])
+        return
+    lineage = ["id", "name", "state", "serial", "enrolled_at", "decommissioned_at"]
+    show(found["lineage"], output, lineage)
+    if found["updates"]:
+        show(found["updates"], output, ["device", "revision", "outcome", "reason", "finished_at"])

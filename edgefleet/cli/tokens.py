@@ -24,6 +24,7 @@ COLUMNS = [
     "expires_at",
     "require_approval",
     "revoked_at",
+    "replaces",
 ]
 
 
@@ -39,7 +40,9 @@ def _duration(text: str) -> int:
 @handled
 def create(
     ctx: typer.Context,
-    site: str = typer.Option(..., help="Site the devices belong to"),
+    site: str | None = typer.Option(
+        None, help="Site the devices belong to (with --replaces: that device's)"
+    ),
     profile: str | None = typer.Option(None, help="Profile the devices get"),
     label: list[str] = typer.Option([], help="key=value label for the devices (repeat)"),
     expires: str = typer.Option("7d", help="Lifetime: 90m, 12h, 7d; 'never' for none"),
@@ -53,6 +56,11 @@ def create(
     serial: list[str] = typer.Option([], help="Allow only these serial numbers (repeat)"),
     hardware_id: list[str] = typer.Option([], help="Allow only these hardware ids (repeat)"),
     description: str = typer.Option("", help="A note for other operators"),
+    replaces: str | None = typer.Option(
+        None,
+        help="Replacement mode: the one device that enrols with it takes this device's "
+        "place (name, labels, profile) and this one is decommissioned, no operator step",
+    ),
     output_file: Path | None = typer.Option(
         None, "--output-file", "--registration", help="Write the registration file here"
     ),
@@ -78,6 +86,7 @@ def create(
         "allowed_hardware_ids": hardware_id,
         "description": description,
         "qr": qr is not None,
+        "replaces": replaces,
     }
     created = controller(ctx).post("/tokens", body)
     if output_file is not None:
