@@ -31,12 +31,13 @@ from edgefleet.controller.api import (
     users,
 )
 from edgefleet.controller.claimwake import ClaimWaits
+from edgefleet.controller.console import routes as console
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.rollouts.driver import Driver
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.settings import Settings, load_settings
-from edgefleet.errors import ApiError
+from edgefleet.errors import ApiError, BadRequest, NotFound
 from edgefleet.wire import API_PREFIX
 
 log = logging.getLogger("edgefleet.controller")
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         claims,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
+    console.mount(app)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -143,16 +145,21 @@ async def _flush_last_seen(rt: Runtime) -> None:
             log.exception("writing status samples failed; will retry")
 
 
-async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+async def _api_error(request: Request, exc: ApiError) -> Response:
+    if console.is_console(request):
+        return console.error_page(request, exc)
     headers = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(int(exc.retry_after))
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
     """Unknown paths and wrong methods answer in the same shape as every other error."""
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    if console.is_console(request):
+        error = NotFound if exc.status_code == 404 else BadRequest
+        return console.error_page(request, error(str(exc.detail), code=code))
     return JSONResponse(
         {"error": {"code": code, "message": str(exc.detail)}},
         status_code=exc.status_code,
@@ -160,11 +167,13 @@ async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONRes
     )
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
     problems = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"] if p != "body") or "body"
         problems.append(f"{where}: {err['msg']}")
+    if console.is_console(request):
+        return console.error_page(request, BadRequest("; ".join(problems)))
     return JSONResponse(
         {"error": {"code": "invalid_request", "message": "; ".join(problems)}},
         status_code=422,

@@ -151,7 +151,6 @@ class RateLimits:
             ("enrol", "enrolment", settings.enrol_rate_per_second, settings.enrol_burst),
             ("token", "access-token", settings.token_rate_per_second, settings.token_burst),
             ("claim", "claim", settings.claim_rate_per_second, settings.claim_burst),
-            ("claim", "claim", settings.claim_rate_per_second, settings.claim_burst),
             ("login", "console login", settings.login_rate_per_second, settings.login_burst),
         ]
         limits = [
