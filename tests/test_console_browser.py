@@ -4,6 +4,7 @@ the pages it visits, at phone and desktop widths (``tests/support/browser.py``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from tests.support.browser import (
     screenshot,
 )
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
+from tests.test_claims_e2e import claim_registration, zbar
 
 PASSWORD = "correct horse battery"
 
@@ -193,3 +195,59 @@ def test_a_viewer_sees_no_button_that_changes_anything_and_the_api_refuses_them_
     assert revoke.status_code == 403, revoke.text
     with _api(ctl) as c:
         assert c.get(f"/devices/{device}").json()["state"] == "awaiting_approval"
+
+
+def test_an_installer_scans_a_devices_claim_on_a_phone_and_the_agent_is_enrolled(
+    controller: ControllerProcess, chromium: Any, tmp_path: Path
+) -> None:
+    """From the agent's PNG, through the login the scanned page asks for, to an approval
+    by an installer of the site; the agent is enrolled within seconds."""
+    ctl = controller
+    with _api(ctl) as c:
+        c.post("/sites", json={"name": "shop-claim"}).raise_for_status()
+        c.post("/profiles", json={"name": "claim-cam", "spec": {}}).raise_for_status()
+    _user(ctl, "ines", "installer", site="shop-claim")
+    registration = claim_registration(ctl, tmp_path / "registration.yaml")
+    agent = AgentProcess(registration, tmp_path / "claimer", "SN-CLAIM-1")
+    try:
+        png = agent.state_dir / "claim.png"
+        wait_for(lambda: png.exists() and png.stat().st_size > 0, 60, "the agent's claim.png")
+        url = zbar(png.read_bytes())[0]
+        assert url.startswith(ctl.url + "/console/claims/clm-"), url
+        shown = (agent.state_dir / "claim.txt").read_text()
+
+        page = person(chromium, PHONE)
+        page.goto(url)  # what the phone's camera opens
+        assert "/console/login" in page.url
+        page.fill("input[name=username]", "ines")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#claim-code")
+        assert page.url == url
+        code = page.inner_text("#claim-code").strip()
+        assert f"code: {code}" in shown, (code, shown)
+        screenshot(page, "claim-phone")
+        page.select_option("select[name=site]", "shop-claim")
+        page.select_option("select[name=profile]", "claim-cam")
+        page.fill("input[name=name]", "door-cam")
+        approved = time.monotonic()
+        page.click("#approve-form button[type=submit]")
+        wait_for(
+            lambda: agent.state().get("phase") in ("enrolled", "ready"),
+            10,
+            "the agent enrolled",
+            every=0.02,
+        )
+        took = time.monotonic() - approved
+        assert took < 5, f"approved to enrolled took {took:.2f} s"
+        page.wait_for_selector(".flash.ok")
+        screenshot(page, "claim-approved-phone")
+        with _api(ctl) as c:
+            device = c.get(f"/devices/{agent.state()['device_id']}").json()
+        assert (device["site"], device["profile"], device["name"]) == (
+            "shop-claim",
+            "claim-cam",
+            "door-cam",
+        )
+    finally:
+        agent.stop()
