@@ -7,13 +7,17 @@ rollout running over the replaced device."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edgefleet.controller.roles import Operator, Role
+from edgefleet.controller.services import replacement
 from edgefleet.controller.settings import Settings, load_settings
-from tests.support.apiclient import Api, TestDevice
+from edgefleet.errors import Conflict
+from tests.support.apiclient import Api, TestDevice, new_key
 
 STARTED = "2030-01-01T00:00:00+00:00"
 HOURLY = {"policies": {"interval_seconds": 3600}}
@@ -386,3 +390,53 @@ def test_replacing_a_device_a_rollout_moved_gives_the_safe_revision(api: Api) ->
         time.sleep(0.05)
     hist = api.ok("GET", f"/devices/{spare.id}/history", api.admin)
     assert [(p["device"], p["outcome"]) for p in hist["rollouts"]] == [(canary.id, "skipped")]
+
+
+def test_a_retried_replacement_enrolment_is_the_same_device(api: Api, shop: dict[str, Any]) -> None:
+    """A lost answer: the agent sends the same key again and gets the same device; the
+    token's one use was spent once and nothing is replaced twice."""
+    old = shop["old"]
+    made = api.token(site=None, replaces=old.id)
+    key = new_key()
+    first = api.enrol(made["token"], key, serial="SN-R")
+    again = api.enrol(made["token"], key, serial="SN-R")
+    assert first.status_code == again.status_code == 200, again.text
+    assert first.json()["device_id"] == again.json()["device_id"]
+    assert len(audit(api, "device.replace")) == 1
+
+
+def test_same_hardware_with_a_replacement_token_replaces_instead_of_rekeying(
+    api: Api, shop: dict[str, Any]
+) -> None:
+    """The old device's own hardware, reflashed (new key, same hardware id): with a plain
+    token its new key would wait on the old device for approval; the replacement token
+    says what the operator wants, a new device in its place."""
+    api.site("shop-9")
+    hw_token = api.token(site="shop-9")["token"]
+    old = api.device(hw_token, hardware_id="HW-1")
+    made = api.token(site=None, replaces=old.id)
+    r = api.enrol(made["token"], hardware_id="HW-1")
+    assert r.status_code == 200, r.text
+    assert device(api, r.json()["device_id"])["replaces"] == old.id
+    assert device(api, old.id)["state"] == "decommissioned"
+
+
+def test_two_replacements_of_one_device_at_once_one_wins(api: Api, shop: dict[str, Any]) -> None:
+    rt = api.client.app.state.rt  # type: ignore[attr-defined]
+    old = shop["old"]
+    spares = [shop["new"].id, api.device(shop["spare_token"]).id]
+    who = Operator("admin", Role.admin)
+
+    def attempt(new: str) -> str:
+        try:
+            replacement.replace(rt, who, old.id, new, "race")
+            return "won"
+        except Conflict as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = sorted(pool.map(attempt, spares))
+    assert outcomes == ["already_replaced", "won"]
+    winner = device(api, old.id)["replaced_by"]
+    loser = next(s for s in spares if s != winner)
+    assert device(api, loser)["replaces"] is None and device(api, loser)["name"] is None
