@@ -258,3 +258,31 @@ def test_one_click_hands_a_device_s_place_to_its_replacement(api: Api) -> None:
     assert "This place's devices" in shown and old.id in shown
     again = olga.post(f"/console/devices/{old.id}/replace", {"new": new.id})
     assert again.status_code == 409 and 'class="flash bad"' in again.text
+
+
+def test_a_rolled_back_update_shows_its_evidence(api: Api) -> None:
+    api.site("shop-1")
+    device = api.device(api.token(site="shop-1")["token"])
+    times = {"started_at": "2030-01-01T00:00:00Z", "finished_at": "2030-01-01T00:00:09Z"}
+    outcome = {"revision": 4, "outcome": "rolled_back", "slot": "B", "reason": "probe", **times}
+    evidence = {
+        "failed_checks": [{"name": "probe", "detail": "output y differs", "output": ""}],
+        "probe": [{"model": "det", "output": "y", "expected": [1.0, 2.0], "actual": [1.0, 9.5]}],
+        "latency": [{"model": "det", "samples_ms": [3.0, 4.5, 40.0], "budget_ms": 20.0}],
+        "log": ["<b>switching to slot B</b>"],
+    }
+    ack = api.ok(
+        "POST",
+        f"/devices/{device.id}/updates",
+        device.access_token,
+        json={"outcome": outcome, "evidence": evidence},
+    )
+    olga = _logged_in(api, role="viewer")
+    history = olga.get(f"/console/devices/{device.id}").text
+    assert f'/console/updates/{ack["id"]}">evidence</a>' in history
+    page = olga.get(f"/console/updates/{ack['id']}")
+    assert page.status_code == 200
+    for shown in ("output y differs", "9.5", "budget 20.0 ms", "&lt;b&gt;switching to slot B"):
+        assert shown in page.text, shown
+    assert "<svg" in page.text  # the latency samples as a sparkline
+    assert olga.get("/console/updates/999999").status_code == 404

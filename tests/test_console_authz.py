@@ -40,6 +40,7 @@ from tests.test_authz_matrix import (
     World,
     served_routes,
 )
+from tests.test_authz_matrix import _update_id as update_id
 
 PEOPLE = (ANON, ADMIN, OPERATOR, VIEWER, INSTALLER, INSTALLER_ELSEWHERE, DISABLED)
 LOGGED_IN = READERS | INSTALLERS
@@ -173,6 +174,7 @@ ROWS: list[Row] = [
         fresh=World.enrolled_device,
         observe=_device_state,
     ),
+    Row("GET", "/console/updates/{update_id}", READERS, fresh=update_id),
     Row("GET", "/console/tokens", READERS),
     Row(
         "POST",

@@ -251,3 +251,37 @@ def test_an_installer_scans_a_devices_claim_on_a_phone_and_the_agent_is_enrolled
         )
     finally:
         agent.stop()
+
+
+MAIN_PAGES = (
+    ("overview", "/console/"),
+    ("devices", "/console/devices"),
+    ("claims", "/console/claims"),
+    ("tokens", "/console/tokens"),
+    ("profiles", "/console/profiles"),
+    ("rollouts", "/console/rollouts"),
+    ("repository", "/console/gitops"),
+    ("users", "/console/users"),
+    ("audit", "/console/audit"),
+    ("account", "/console/account"),
+)
+
+
+def test_every_main_page_fits_a_phone_and_a_desktop(
+    controller: ControllerProcess, chromium: Any
+) -> None:
+    """Screenshots of each page at both widths, and on a phone nothing wider than the
+    screen (a table or form that forces sideways scrolling is unusable there)."""
+    ctl = controller
+    page = person(chromium, PHONE)
+    log_in(page, ctl.url, "admin", ctl.admin_password)
+    wide = []
+    for name, path in MAIN_PAGES:
+        page.set_viewport_size(PHONE)
+        page.goto(ctl.url + path)
+        assert page.locator("main h1").count() >= 1, path
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        if overflow > 1:
+            wide.append(f"{path} is {overflow}px wider than a phone")
+        _both_widths(page, f"page-{name}")
+    assert not wide, wide

@@ -21,7 +21,14 @@ from edgefleet.controller.console.web import (
     runtime,
 )
 from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import devices, profiles, replacement, results, sites
+from edgefleet.controller.services import (
+    devices,
+    profiles,
+    replacement,
+    results,
+    sites,
+    updates,
+)
 from edgefleet.errors import BadRequest
 from edgefleet.wire import DeviceState
 
@@ -93,6 +100,23 @@ async def device_page(request: Request, device_id: str, cur: Viewer) -> HTMLResp
         profiles=profile_names,
         nav="devices",
     )
+
+
+@router.get("/updates/{update_id}", response_class=HTMLResponse)
+async def update_page(request: Request, update_id: int, cur: Viewer) -> HTMLResponse:
+    """One update attempt with the evidence the device kept: why a slot rolled back."""
+    require(cur, roles.READ)
+    found = await run_in_threadpool(updates.get_update, runtime(request), cur.operator, update_id)
+    evidence = found.get("evidence") or {}
+    latency = [
+        (
+            sample["model"],
+            sample.get("budget_ms"),
+            charts.sparkline(sample["model"], sample.get("samples_ms") or [], unit="ms"),
+        )
+        for sample in evidence.get("latency") or []
+    ]
+    return page(request, "update.html", cur, u=found, e=evidence, latency=latency, nav="devices")
 
 
 def _successors(rt: Runtime, who: Any, device: dict[str, Any]) -> list[dict[str, Any]]:
