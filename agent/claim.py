@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ CLAIM_PNG = "claim.png"
 CLAIM_TXT = "claim.txt"
 UNHELD_PAUSE_S = 5.0
 """Between polls of a controller that holds none (``claim_poll_seconds: 0``)."""
+RENDER_TIMEOUT_S = 60.0
 POLL_WAIT_S = 5.0
 """Longest poll the agent asks the controller to hold. A decision answers a held poll at
 once whatever this is; it bounds how long a SIGTERM waits for the poll to return."""
@@ -119,7 +121,7 @@ class Claimer:
             secret=made.secret,
             code=made.code,
             url=made.url,
-            expires_at=made.expires_at.isoformat(),
+            expires_at=made.expires_at.isoformat(timespec="seconds"),
             poll_seconds=made.poll_seconds,
             controller_url=self.controller_url,
         )
@@ -143,28 +145,25 @@ class Claimer:
 
     def show(self) -> None:
         """The QR code on stderr, and claim.png / claim.txt in the state folder."""
-        from edgefleet.agent import qrimage  # the QR encoder, in claim mode only
-
         claim = self.claim
         assert claim is not None
-        dark = qrimage.matrix(claim.url)
-        words = (
-            f"Scan the QR code, or open {claim.url}\n"
-            f"and check that the page shows the confirmation code {claim.code}.\n"
-            f"This claim expires at {claim.expires_at}.\n"
-        )
-        atomic_write(self.state_dir / CLAIM_PNG, qrimage.png(dark, claim.code))
         atomic_write(
             self.state_dir / CLAIM_TXT,
             f"code: {claim.code}\nurl: {claim.url}\nexpires_at: {claim.expires_at}\n",
         )
-        print(
-            f"\nThis device waits to be added to the fleet (claim {claim.id}).\n\n"
-            f"{qrimage.terminal(dark)}\n\n"
-            f"  Confirmation code: {claim.code}\n  {words.replace(chr(10), chr(10) + '  ')}",
-            file=self.out,
-            flush=True,
-        )
+        lines = [
+            "",
+            f"This device waits to be added to the fleet (claim {claim.id}).",
+            "",
+            render(claim.url, claim.code, self.state_dir / CLAIM_PNG),
+            "",
+            f"  Confirmation code: {claim.code}",
+            f"  Scan the QR code, or open {claim.url}",
+            f"  and check that the page shows the confirmation code {claim.code}.",
+            f"  This claim expires at {claim.expires_at}.",
+            "",
+        ]
+        print("\n".join(lines), file=self.out, flush=True)
         log.info(
             "claim %s waiting for a person: code %s at %s (also %s)",
             claim.id,
@@ -173,3 +172,24 @@ class Claimer:
             self.state_dir / CLAIM_PNG,
         )
         self._shown = claim.id + claim.code
+
+
+def render(url: str, code: str, png: Path) -> str:
+    """Write ``png`` and return the terminal rendering, in a child process
+    (``agent/qrimage.py``) so the QR encoder never stays in the daemon's memory; without
+    it the device still shows the URL and code."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "edgefleet.agent.qrimage", url, code, str(png)],
+            capture_output=True,
+            text=True,
+            timeout=RENDER_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("cannot draw the claim's QR code: %s", exc)
+        return "  (no QR code: open the URL below)"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        log.warning("cannot draw the claim's QR code (%s); is qrcode installed?", why)
+        return "  (no QR code: open the URL below)"
+    return done.stdout.rstrip("\n")

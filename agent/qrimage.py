@@ -1,16 +1,19 @@
 """A QR code as a device shows it: text blocks for a terminal, and a PNG with the
 confirmation code drawn under the symbol, for a screen.
 
-Only a device showing a claim needs this, so the daemon imports it then and never when
-idle. The symbol comes from ``qrcode`` (pure Python, imported here lazily); the PNG is
-written with ``zlib`` and ``struct`` and the code drawn with a 5x7 pixel font, so the
-device needs neither Pillow nor PyPNG.
+Only a device showing a claim needs this, and the daemon runs it as a child process
+(``python -m edgefleet.agent.qrimage URL CODE PNG``), so that ``qrcode`` (and Pillow,
+which ``qrcode`` imports wherever it finds it) never stays in the daemon's memory once
+the device is enrolled and idle. The PNG is written with ``zlib`` and ``struct`` and
+the code drawn with a 5x7 pixel font: the device needs neither Pillow nor PyPNG.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from pathlib import Path
 
 QUIET_ZONE = 4
 """Modules of light around the symbol, as ISO/IEC 18004 asks."""
@@ -142,3 +145,18 @@ def _encode(width: int, rows: list[bytes]) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw, 9))
         + chunk(b"IEND", b"")
     )
+
+
+def main(argv: list[str]) -> int:
+    """``URL CODE PNG``: write the PNG (atomically), print the terminal rendering."""
+    from edgefleet.agent.files import atomic_write
+
+    url, code, target = argv
+    dark = matrix(url)
+    atomic_write(Path(target), png(dark, code))
+    sys.stdout.write(terminal(dark) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
