@@ -383,6 +383,23 @@ def test_new_claims_are_rate_limited_per_address(api: Api) -> None:
     assert count(api, "claim") == BURST
 
 
+def test_a_claim_names_the_devices_that_already_have_its_hardware_id(api: Api) -> None:
+    tokens = world(api)
+    for site in ("shop-a", "shop-b"):
+        api.enrol(api.token(site=site)["token"], hardware_id="hw-1")
+    made = create(api, hardware_id="hw-1")
+    seen = api.ok("GET", f"/claims/{made['id']}", api.admin)["same_hardware_id"]
+    assert sorted(d["site"] for d in seen) == ["shop-a", "shop-b"]
+    assert all(d["state"] == "enrolled" for d in seen)
+    mine = api.ok("GET", f"/claims/{made['id']}", tokens["a"])["same_hardware_id"]
+    assert [d["site"] for d in mine] == ["shop-a"], "installers see their own site's only"
+    other = create(api, hardware_id="hw-2")
+    assert api.ok("GET", f"/claims/{other['id']}", api.admin)["same_hardware_id"] == []
+    approved = api.ok("POST", f"/claims/{made['id']}/approve", api.admin, json={"site": "shop-a"})
+    after = api.ok("GET", f"/claims/{made['id']}", api.admin)["same_hardware_id"]
+    assert approved["device_id"] not in str(after) and len(after) == 2
+
+
 def test_a_key_that_is_already_enrolled_cannot_claim(api: Api) -> None:
     api.site("shop-a")
     key = new_key()

@@ -228,7 +228,27 @@ def get_claim(rt: Runtime, who: Operator, claim_id: str) -> dict[str, Any]:
         if row is None or not _visible(who, row[0]):
             raise NotFound(f"no claim {claim_id}", code="unknown_claim")
         reason = _reasons(s, [claim_id]).get(claim_id)
-    return public(rt, *row, now=datetime.now(UTC), reason=reason)
+        same = _same_hardware(s, who, row[0])
+    return {**public(rt, *row, now=datetime.now(UTC), reason=reason), "same_hardware_id": same}
+
+
+def _same_hardware(s: Session, who: Operator, claim: Claim) -> list[dict[str, Any]]:
+    """Devices already enrolled with the claim's hardware id (a replaced board, a wiped
+    disk, or someone else's device): worth a look before approving a second one. An
+    installer sees only those of their own site."""
+    if not claim.hardware_id:
+        return []
+    q = (
+        select(Device.id, Device.state, Site.name)
+        .join(Site, Site.id == Device.site_id)
+        .where(Device.hardware_id == claim.hardware_id)
+        .order_by(Device.created_at)
+    )
+    if claim.device_id is not None:
+        q = q.where(Device.id != claim.device_id)  # not the device the claim became
+    if who.role == Role.installer:
+        q = q.where(Device.site_id == who.site_id)
+    return [{"id": i, "state": state, "site": site} for i, state, site in s.execute(q)]
 
 
 def approve(rt: Runtime, who: Operator, claim_id: str, req: ClaimApprove) -> dict[str, Any]:
