@@ -103,12 +103,6 @@ class ClaimWaits:
         self._wake_r, self._wake_w = -1, -1
         self.held = 0
         """Polls held open now."""
-        self.wakeups = 0
-        """Claim ids heard (for tests)."""
-
-    @property
-    def listening(self) -> bool:
-        return self._up.is_set()
 
     async def poll(
         self, claim_id: str, hold: float, read: Callable[[], ClaimStatus]
@@ -145,7 +139,6 @@ class ClaimWaits:
                         del self._waiting[claim_id]
 
     def _wake(self, claim_id: str) -> None:
-        self.wakeups += 1
         with self._lock:
             entries = list(self._waiting.get(claim_id, ()))
         for loop, event in entries:

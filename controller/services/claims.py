@@ -28,7 +28,10 @@ Choices worth knowing:
 - **Waking the device.** The deciding transaction announces the claim
   (``claimwake``), so a poll held open in any worker of any replica answers at once.
 - **What the device hears** is the state and, once rejected, the reason typed; never who
-  decided (the operators' names stay on the controller).
+  decided (the operators' names stay on the controller). The reason lives in the
+  rejection's audit record (the claim table has no column for it).
+- **Nothing is deleted**: decided and expired claims stay, as a record of who let what
+  in; the per-address limit on new claims bounds how fast they accumulate.
 """
 
 from __future__ import annotations
