@@ -196,6 +196,44 @@ def test_poll_held_open_answers_the_moment_the_claim_is_approved(api: Api) -> No
     assert poll(api, made).json()["enrolment"] == enrolment, "asking again is idempotent"
 
 
+def test_a_decision_in_another_process_wakes_the_held_poll(api: Api, settings: Settings) -> None:
+    """A second app on the same database stands for another worker or replica: its own
+    listener (socket or LISTEN connection), its own caches."""
+    from fastapi.testclient import TestClient
+
+    from edgefleet.controller.app import create_app
+
+    world(api)
+    made = create(api)
+    other = create_app(settings)
+    answered: dict[str, Any] = {}
+
+    def wait() -> None:
+        answered["r"] = poll(api, made, wait=15)
+        answered["at"] = time.monotonic()
+
+    try:
+        with TestClient(other, base_url="https://testserver") as client:
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            time.sleep(0.5)
+            assert "r" not in answered
+            r = client.post(
+                f"/api/v1/claims/{made['id']}/reject",
+                headers=api.auth(api.admin),
+                json={"reason": "elsewhere"},
+            )
+            decided = time.monotonic()
+            assert r.status_code == 200, r.text
+            waiter.join(10)
+    finally:
+        other.state.rt.engine.dispose()
+    latency = answered["at"] - decided
+    print(f"poll answered {latency * 1000:.1f} ms after another process's decision")
+    assert latency < 1.0, latency
+    assert answered["r"].json()["state"] == "rejected"
+
+
 def test_an_approved_device_holds_credentials_and_its_site_repository_is_written(
     api: Api,
 ) -> None:
