@@ -158,10 +158,10 @@ def main() -> None:
         device_status.store(rt, d, *reports[d])
         (with_sampling if i % 2 else without).append(time.perf_counter() - t0)
     sampler.record = record  # type: ignore[method-assign]
-    for d in ids:
+    for i, d in enumerate(ids):
         body, digest = reports[d]
         rt.status_digests[d] = (digest, DeviceState.ready)
-        sampler.record(d, values_of(body, DeviceState.ready, 1))
+        sampler.record(d, values_of(body, DeviceState.ready, i % 100 + 1))  # populate's sites
     sampler._sampled.clear()
     sampler._pending.clear()
     beat = {d: reports[d][1] for d in ids}
