@@ -141,24 +141,12 @@ def _charts(rt: Runtime, device_id: str) -> list[Any]:
     """The device's last day: what it reported, and the results that reached us."""
     day = series.last_day(datetime.now(UTC))
     status = series.device_status_per_bucket(rt.engine, day, device_id)
-    stored = series.results_per_bucket(rt.engine, day, device_id=device_id)
-    starts = day.starts()
     return [
-        charts.time_chart(
-            "Inference p95 (last 24 h)",
-            starts,
-            day.step,
-            [charts.Line("p95", [b.p95_ms for b in status])],
-            unit="ms",
-        ),
-        charts.time_chart(
-            "Results: waiting on the device and stored (last 24 h)",
-            starts,
-            day.step,
-            [
-                charts.Line("waiting", [b.buffer_depth for b in status], "ef-series-2"),
-                charts.Line("stored", [b.results for b in stored], "ef-series-1"),
-            ],
+        charts.device_chart(status, "p95_ms", title="Inference p95 (last 24 h)"),
+        charts.device_chart(status, "buffer_depth", title="Results waiting (last 24 h)"),
+        charts.results_chart(
+            series.results_per_bucket(rt.engine, day, device_id=device_id),
+            title="Results stored (last 24 h)",
         ),
     ]
 

@@ -23,11 +23,6 @@ router = APIRouter()
 LAGGING_AFTER_SECONDS = 600.0
 """Results older than this still on a device: worth a look (one status interval is not)."""
 SHOWN = 10
-HEALTH = [
-    charts.Segment("online", "online", "ef-ok"),
-    charts.Segment("degraded", "degraded", "ef-bad"),
-    charts.Segment("offline", "offline", "ef-warn"),
-]
 
 
 def _failures(rt: Runtime, who: Operator) -> list[dict[str, Any]]:
@@ -45,51 +40,25 @@ def _lagging(rt: Runtime) -> list[Any]:
 
 def _numbers(rt: Runtime, who: Operator) -> dict[str, Any]:
     health = series.fleet_health(rt.engine, rt.settings.device_interval_seconds)
-    bars = [charts.Bar(site.site, _counts(site)) for site in health.sites]
     return {
         "health": health,
-        "by_site": charts.stacked_bars("Devices by site", bars, HEALTH),
+        "by_state": charts.fleet_states_chart(health),
+        "by_site": charts.sites_chart(health),
         "failures": _failures(rt, who),
         "lagging": _lagging(rt),
         "lag_after": LAGGING_AFTER_SECONDS,
     }
 
 
-def _counts(site: Any) -> dict[str, int]:
-    return {"online": site.online, "degraded": site.degraded, "offline": site.offline}
-
-
 def _charts(rt: Runtime) -> list[Any]:
     day = series.last_day(datetime.now(UTC))
-    results = series.results_per_bucket(rt.engine, day)
     status = series.status_per_bucket(rt.engine, day)
     return [
-        charts.time_chart(
-            "Devices reporting (last 24 h)",
-            day.starts(),
-            day.step,
-            [
-                charts.Line("reporting", [b.reporting for b in status], "ef-series-1"),
-                charts.Line("unhealthy", [b.unhealthy for b in status], "ef-bad"),
-            ],
+        charts.health_chart(status, title="Devices reporting (last 24 h)"),
+        charts.results_chart(
+            series.results_per_bucket(rt.engine, day), title="Results stored (last 24 h)"
         ),
-        charts.time_chart(
-            "Results stored (last 24 h)",
-            day.starts(),
-            day.step,
-            [charts.Line("results", [b.results for b in results], "ef-series-1")],
-            area=True,
-        ),
-        charts.time_chart(
-            "Inference p95 (last 24 h)",
-            day.starts(),
-            day.step,
-            [
-                charts.Line("median", [b.p95_median_ms for b in status], "ef-series-1"),
-                charts.Line("worst", [b.p95_max_ms for b in status], "ef-series-2"),
-            ],
-            unit="ms",
-        ),
+        charts.latency_chart(status, title="Inference p95 (last 24 h)"),
     ]
 
 

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, QueryParams
 
 from edgefleet.controller import roles
-from edgefleet.controller.console import charts
+from edgefleet.controller.console import charts, series
 from edgefleet.controller.console.web import (
     Viewer,
     back_to,
@@ -29,14 +29,6 @@ from edgefleet.errors import ApiError, BadRequest
 from edgefleet.labels import parse_labels
 
 router = APIRouter()
-OUTCOMES = [
-    charts.Segment("succeeded", "succeeded", "ef-ok"),
-    charts.Segment("updating", "updating", "ef-active"),
-    charts.Segment("pending", "pending", "ef-muted"),
-    charts.Segment("failed", "failed", "ef-bad"),
-    charts.Segment("skipped", "skipped", "ef-warn"),
-    charts.Segment("reverted", "reverted", "ef-other"),
-]
 ACTIONS = {
     "pause": rollout_actions.pause,
     "resume": rollout_actions.resume,
@@ -178,9 +170,10 @@ async def create(request: Request, cur: Viewer) -> Response:
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
 async def rollout_page(request: Request, rollout_id: int, cur: Viewer) -> HTMLResponse:
     require(cur, roles.READ)
-    r = await run_in_threadpool(rollout_views.get_rollout, runtime(request), rollout_id)
-    bars = [charts.Bar(f"wave {w['number']} ({w['step']})", w["counts"]) for w in r["waves"]]
-    chart = charts.stacked_bars("Devices per wave", bars, OUTCOMES)
+    rt = runtime(request)
+    r = await run_in_threadpool(rollout_views.get_rollout, rt, rollout_id)
+    progress = await run_in_threadpool(series.rollout_progress, rt.engine, rollout_id)
+    chart = charts.rollout_chart(progress, title="Devices per wave")
     name = "rollout_progress.html" if fragment(request) else "rollout.html"
     return page(request, name, cur, r=r, chart=chart, nav="rollouts")
 
