@@ -178,6 +178,7 @@ def test_a_rate_of_zero_turns_the_limit_off(world: Callable[..., World]) -> None
         token_rate_per_second=0,
         token_burst=1,
         claim_rate_per_second=0,
+        login_rate_per_second=0,
     )
     assert all(w.enrol().status_code != 429 for _ in range(10))
     assert all(w.token().status_code != 429 for _ in range(10))
