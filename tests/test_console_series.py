@@ -13,7 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from edgefleet.controller import sample_rollup
 from edgefleet.controller.console import series
@@ -25,6 +25,7 @@ from edgefleet.controller.status_samples import StatusSampler, values_of
 from edgefleet.errors import BadRequest, NotFound
 from edgefleet.wire import DeviceState, StatusReport
 from tests.support.apiclient import Api, TestDevice
+from tests.support.sqlwatch import request_statements
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 HALF_HOUR = timedelta(minutes=30)
@@ -173,17 +174,9 @@ def test_a_heartbeat_is_sampled_without_a_database_write_on_the_request_path(api
     assert rt.status_samples.flush() == 1
     (first,) = samples(api)
     # The next period: a heartbeat (the same report) must give it its sample from memory.
-    statements: list[str] = []
-
-    def record(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
     rt.status_samples._sampled.clear()  # as if the period had just turned
-    event.listen(rt.engine, "before_cursor_execute", record)
-    try:
+    with request_statements(rt.engine) as statements:
         assert report(api, dev, **body) == "ready"
-    finally:
-        event.remove(rt.engine, "before_cursor_execute", record)
     assert statements == [], "a heartbeat touched the database"
     assert rt.status_samples.pending() == 1
     rt.status_samples.flush()

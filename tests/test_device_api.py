@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import event
 from typer.testing import CliRunner
 
 from edgefleet.cli import common
@@ -23,6 +22,7 @@ from edgefleet.controller.bootstrap import Prepared
 from edgefleet.controller.settings import Settings
 from edgefleet.signing import cert_pin
 from tests.support.apiclient import Api
+from tests.support.sqlwatch import request_statements
 
 Json = dict[str, Any]
 
@@ -126,18 +126,10 @@ def test_identical_report_is_a_heartbeat_that_only_advances_last_seen(api: Api) 
     body = {"applied_revision": 1, "buffer": {"depth": 3}}
     assert report(api, dev, body).json()["state"] == "ready"
     first = show(api, dev.id)
-    statements: list[str] = []
     engine = api.client.app.state.rt.engine  # type: ignore[attr-defined]
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
     time.sleep(0.01)
-    event.listen(engine, "before_cursor_execute", record)
-    try:
+    with request_statements(engine) as statements:
         again = report(api, dev, body)
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
     assert again.status_code == 200 and again.json()["state"] == "ready"
     rewrites = [s for s in statements if "status" in s.lower()]
     assert rewrites == [], "a heartbeat read or rewrote the stored status"

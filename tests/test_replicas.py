@@ -29,6 +29,7 @@ from edgefleet.signing import make_assertion
 from tests.support.apiclient import Api, csr_for, new_key
 from tests.support.apiclient import TestDevice as Device
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
+from tests.support.sqlwatch import request_statements
 
 pytestmark = pytest.mark.usefixtures("postgres_available")
 
@@ -295,21 +296,7 @@ def test_replica_whose_listener_is_killed_reconnects_and_never_serves_stale(
 
 
 def _statements(api: Api) -> Any:
-    engine = api.client.app.state.rt.engine  # type: ignore[attr-defined]
-    seen: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        seen.append(statement)
-
-    class Recorder:
-        def __enter__(self) -> list[str]:
-            event.listen(engine, "before_cursor_execute", record)
-            return seen
-
-        def __exit__(self, *_: Any) -> None:
-            event.remove(engine, "before_cursor_execute", record)
-
-    return Recorder()
+    return request_statements(api.client.app.state.rt.engine)  # type: ignore[attr-defined]
 
 
 def _desired_in_process(api: Api, dev: Device, etag: str | None = None) -> Any:
