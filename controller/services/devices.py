@@ -1,4 +1,5 @@
-"""Operator actions on devices: list, show, approve, reject, decommission, assign."""
+"""Operator actions on devices: list (and search), show, approve, reject, decommission,
+assign, rename. Hardware replacement builds on these in ``replacement.py``."""
 
 from __future__ import annotations
 
