@@ -61,6 +61,14 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/rollout_plan.py --database-url postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/rollout_engine.py
 	$(BIN)/python bench/rollout_engine.py --database-url postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/device_list.py
+	$(BIN)/python bench/device_list.py --database-url postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/console.py
+	$(BIN)/python bench/console.py --database-url postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/claim.py --runs 10
+	$(BIN)/python bench/claim.py --runs 10 --database-url postgresql://postgres@127.0.0.1:5432/test
+	$(BIN)/python bench/status_samples.py
+	$(BIN)/python bench/status_samples.py --database-url postgresql://postgres@127.0.0.1:5432/test
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache

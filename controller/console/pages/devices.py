@@ -59,8 +59,12 @@ async def device_list(request: Request, cur: Viewer) -> HTMLResponse:
         limit=PAGE + 1,
         offset=offset,
     )
+    total = await run_in_threadpool(
+        devices.count_devices, rt, cur.operator, site=site, state=state, query=q
+    )
     context: dict[str, Any] = {
         "devices": found[:PAGE],
+        "total": total,
         "more": len(found) > PAGE,
         "offset": offset,
         "page_size": PAGE,
