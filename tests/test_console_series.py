@@ -420,3 +420,18 @@ def test_rollout_progress_is_the_apis_per_wave_counts(api: Api) -> None:
     assert sum(sum(w.counts.values()) for w in progress.waves) == 4
     with pytest.raises(NotFound):
         series.rollout_progress(engine, rid + 100)
+
+
+def test_running_revisions_count_devices_in_service_by_profile_and_revision(api: Api) -> None:
+    api.profile("vision", {**HOURLY, "config": {"v": 1}})
+    api.profile("audio", {**HOURLY, "config": {"v": 1}})
+    vision = [device(api, "shop-1", profile="vision") for _ in range(3)]
+    audio = device(api, "shop-2", profile="audio")
+    silent = device(api, "shop-2", profile="audio")
+    gone = device(api, "shop-1", profile="vision")
+    for d, revision in ((vision[0], 1), (vision[1], 1), (vision[2], 2), (audio, 1), (gone, 1)):
+        report(api, d, applied_revision=revision)
+    api.ok("POST", f"/devices/{gone.id}/decommission", api.admin)
+    assert silent.id  # enrolled, never reported
+    counted = [(r.profile, r.revision, r.devices) for r in series.revisions(rt_of(api).engine)]
+    assert counted == [("vision", 1, 2), ("audio", None, 1), ("audio", 1, 1), ("vision", 2, 1)]

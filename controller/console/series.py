@@ -397,6 +397,31 @@ def fleet_health(engine: Engine, interval_seconds: int, now: datetime | None = N
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RevisionCount:
+    """Devices of a profile running one revision (``None``: it has not said yet)."""
+
+    profile: str | None
+    revision: int | None
+    devices: int
+
+
+def revisions(engine: Engine) -> list[RevisionCount]:
+    """Devices in service by profile and the revision they report running: one grouped
+    pass over the device table, the most common first."""
+    serving = [s.value for s in RENDERED]
+    with reading(engine) as conn:
+        rows = conn.execute(
+            select(Profile.name, D.c.applied_revision, func.count())
+            .select_from(D)
+            .outerjoin(Profile, Profile.id == D.c.profile_id)
+            .where(D.c.state.in_(serving))
+            .group_by(Profile.name, D.c.applied_revision)
+        ).all()
+    counted = [RevisionCount(name, rev, n) for name, rev, n in rows]
+    return sorted(counted, key=lambda r: (-r.devices, r.profile or "", r.revision or 0))
+
+
 # -- rollout progress ------------------------------------------------------------------
 
 

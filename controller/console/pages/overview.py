@@ -44,6 +44,7 @@ def _numbers(rt: Runtime, who: Operator) -> dict[str, Any]:
         "health": health,
         "by_state": charts.fleet_states_chart(health),
         "by_site": charts.sites_chart(health),
+        "revisions": series.revisions(rt.engine),
         "failures": _failures(rt, who),
         "lagging": _lagging(rt),
         "lag_after": LAGGING_AFTER_SECONDS,
