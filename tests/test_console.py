@@ -286,3 +286,15 @@ def test_a_rolled_back_update_shows_its_evidence(api: Api) -> None:
         assert shown in page.text, shown
     assert "<svg" in page.text  # the latency samples as a sparkline
     assert olga.get("/console/updates/999999").status_code == 404
+
+
+def test_a_weak_password_for_a_new_user_makes_no_user(api: Api) -> None:
+    olga = _logged_in(api, role="admin")
+    r = olga.post("/console/users", {"username": "newbie", "role": "viewer", "password": "short"})
+    assert r.status_code == 400 and "at least 10 characters" in r.text
+    assert "newbie" not in [u["username"] for u in api.ok("GET", "/users", api.admin)]
+    made = olga.post(
+        "/console/users", {"username": "newbie", "role": "viewer", "password": "long enough now"}
+    )
+    assert made.status_code == 200 and 'id="api-token">efo.' in made.text
+    assert Browser(api).login("newbie", "long enough now").status_code == 303

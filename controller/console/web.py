@@ -11,6 +11,7 @@ from urllib.parse import quote
 from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
@@ -20,7 +21,7 @@ from edgefleet.controller.roles import Role
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import console_sessions
 from edgefleet.controller.services.console_sessions import Current
-from edgefleet.errors import Forbidden, Unauthorized
+from edgefleet.errors import BadRequest, Forbidden, Unauthorized
 
 COOKIE = "__Host-ef_session"
 """``__Host-``: the browser keeps it only if Secure, for this host alone, on path /."""
@@ -87,6 +88,14 @@ async def form_of(request: Request, cur: Current) -> FormData:
             code="csrf",
         )
     return form
+
+
+def invalid(exc: ValidationError) -> BadRequest:
+    """A form that does not make a valid request, said as the API says it."""
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
+    )
+    return BadRequest(problems, code="invalid_request")
 
 
 def can(cur: Current | None) -> dict[str, bool]:

@@ -2,32 +2,40 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller import roles
 from edgefleet.controller.console.web import Viewer, back_to, form_of, page, require, runtime
-from edgefleet.controller.services import audit, sites, users
+from edgefleet.controller.services import audit, passwords, sites, users
 
 router = APIRouter()
 AUDIT_SHOWN = 200
 
 
-@router.get("/users", response_class=HTMLResponse)
-async def user_list(request: Request, cur: Viewer) -> HTMLResponse:
-    require(cur, roles.ADMIN)
-    rt = runtime(request)
+async def _users_page(
+    request: Request, cur: Viewer, created: dict[str, Any] | None = None
+) -> HTMLResponse:
+    engine = runtime(request).engine
     return page(
         request,
         "users.html",
         cur,
-        users=await run_in_threadpool(users.list_users, rt.engine),
-        sites=await run_in_threadpool(sites.list_sites, rt.engine),
+        users=await run_in_threadpool(users.list_users, engine),
+        sites=await run_in_threadpool(sites.list_sites, engine),
         roles=list(roles.Role),
-        created=None,
+        created=created,
         nav="users",
     )
+
+
+@router.get("/users", response_class=HTMLResponse)
+async def user_list(request: Request, cur: Viewer) -> HTMLResponse:
+    require(cur, roles.ADMIN)
+    return await _users_page(request, cur)
 
 
 @router.post("/users", response_class=HTMLResponse)
@@ -39,22 +47,15 @@ async def create(request: Request, cur: Viewer) -> HTMLResponse:
     role = str(form.get("role") or "")
     site = str(form.get("site") or "") if role == roles.Role.installer else None
     username = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    if password:
+        passwords.check_strength(password)  # before the user exists: nothing half made
     created = await run_in_threadpool(
         users.create_user, rt.engine, cur.operator, username, role, site or None
     )
-    password = str(form.get("password") or "")
     if password:
         await run_in_threadpool(users.set_password, rt.engine, cur.operator, username, password)
-    return page(
-        request,
-        "users.html",
-        cur,
-        users=await run_in_threadpool(users.list_users, rt.engine),
-        sites=await run_in_threadpool(sites.list_sites, rt.engine),
-        roles=list(roles.Role),
-        created=created,
-        nav="users",
-    )
+    return await _users_page(request, cur, created)
 
 
 @router.post("/users/{username}/disable")

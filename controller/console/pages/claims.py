@@ -12,10 +12,17 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller import roles
-from edgefleet.controller.console.web import Viewer, back_to, form_of, page, require, runtime
+from edgefleet.controller.console.web import (
+    Viewer,
+    back_to,
+    form_of,
+    invalid,
+    page,
+    require,
+    runtime,
+)
 from edgefleet.controller.services import claims, profiles, sites
 from edgefleet.controller.services.claims import ClaimApprove
-from edgefleet.errors import BadRequest
 from edgefleet.labels import parse_labels
 
 router = APIRouter()
@@ -61,8 +68,7 @@ async def approve(request: Request, claim_id: str, cur: Viewer) -> Response:
             labels=parse_labels(labels),
         )
     except ValidationError as exc:
-        where = ", ".join(str(e["loc"][0]) for e in exc.errors())
-        raise BadRequest(f"check these fields: {where}", code="invalid_request") from exc
+        raise invalid(exc) from exc
     done = await run_in_threadpool(claims.approve, runtime(request), cur.operator, claim_id, req)
     return back_to(f"/claims/{claim_id}", f"approved: device {done['device_id']} is enrolling")
 

@@ -19,6 +19,7 @@ from edgefleet.controller.console.web import (
     back_to,
     form_of,
     fragment,
+    invalid,
     page,
     require,
     runtime,
@@ -106,10 +107,7 @@ def spec_of(fields: QueryParams | FormData) -> RolloutSpec:
     try:
         return RolloutSpec.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
-        )
-        raise BadRequest(problems, code="invalid_request") from exc
+        raise invalid(exc) from exc
 
 
 async def _list_page(

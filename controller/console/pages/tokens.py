@@ -13,7 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
 from edgefleet.controller import roles
-from edgefleet.controller.console.web import Viewer, back_to, form_of, page, require, runtime
+from edgefleet.controller.console.web import (
+    Viewer,
+    back_to,
+    form_of,
+    invalid,
+    page,
+    require,
+    runtime,
+)
 from edgefleet.controller.services import profiles, sites, tokens
 from edgefleet.controller.services.tokens import TokenCreate
 from edgefleet.errors import ApiError, BadRequest
@@ -53,10 +61,7 @@ def request_of(form: FormData) -> TokenCreate:
     try:
         return TokenCreate.model_validate(body)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3]
-        )
-        raise BadRequest(problems, code="invalid_request") from exc
+        raise invalid(exc) from exc
 
 
 async def _list(request: Request, cur: Viewer, error: str = "", status: int = 200) -> HTMLResponse:
