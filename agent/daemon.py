@@ -66,6 +66,7 @@ from edgefleet.wire import (
 )
 
 if TYPE_CHECKING:
+    from edgefleet.agent.k3s.backend import K3sBackend
     from edgefleet.agent.update.applier import SlotApplier
 
 log = logging.getLogger("edgefleet.agent")
@@ -105,6 +106,7 @@ class Agent:
         stop: threading.Event | None = None,
         applier: SlotApplier | None = None,
         rng: random.Random | None = None,
+        k3s: K3sBackend | None = None,
     ) -> None:
         self.settings = settings
         self.registration = registration
@@ -144,6 +146,14 @@ class Agent:
         self._upload_roots = ""
         self._capacity_warned: ResultPolicy | None = None
         self._claimer: Claimer | None = None
+        self.k3s = k3s
+        if k3s is None and settings.mode == "k3s":
+            from edgefleet.agent.k3s.backend import K3sBackend  # loads kubernetes
+
+            self.k3s = K3sBackend.from_settings(settings)
+        self._fetch_desired = self._desired_from_api if self.k3s is None else self.k3s.desired
+        """Where the desired state comes from: the device API, or (``mode: k3s``) the
+        ConfigMap in the cluster; everything else is the same in both modes."""
 
     # -- the loop ---------------------------------------------------------------
 
@@ -511,11 +521,13 @@ class Agent:
         """One reconcile step: desired state (if due), status, and a re-check the ack asks for."""
         if identity.renewal_due(self.state_dir, self.clock.now()):
             self._renew()
-        if not self._desired_checked:
+        if not self._desired_checked or self.k3s is not None:  # a ConfigMap sends no ETag
             self._sync_desired()
+        if self.k3s is not None:
+            self.k3s.serve()
         self._start_uploads()
         ack = self._report()
-        if ack.desired_etag != self.store.current.desired_etag:
+        if self.k3s is None and ack.desired_etag != self.store.current.desired_etag:
             log.info("controller has a new desired state (etag %s)", ack.desired_etag)
             if self._sync_desired():
                 self._report()
@@ -525,13 +537,18 @@ class Agent:
         """Fetch the desired state unless unchanged (304); apply it if new. True if applied."""
         assert self.client is not None and self.enrolment is not None
         device_id = self.enrolment.device_id
-        etag = self.store.current.desired_etag
-        desired, new_etag = self._authorized(lambda t: self.client.desired(device_id, t, etag))
+        desired, new_etag = self._fetch_desired(device_id, self.store.current.desired_etag)
         self._desired_checked = True
         if desired is None:
             return False
         self._apply(desired, new_etag)
         return True
+
+    def _desired_from_api(
+        self, device_id: str, etag: str | None
+    ) -> tuple[DesiredState | None, str | None]:
+        assert self.client is not None
+        return self._authorized(lambda t: self.client.desired(device_id, t, etag))
 
     @property
     def applier(self) -> SlotApplier:
@@ -669,12 +686,13 @@ class Agent:
         )
 
     def _health(self) -> Health:
-        if self._apply_error is None:
-            return Health(ok=True)
-        return Health(
-            ok=False,
-            checks=[CheckResult(name="apply", ok=False, detail=self._apply_error[:MAX_TEXT_CHARS])],
-        )
+        checks = []
+        if self._apply_error is not None:
+            detail = self._apply_error[:MAX_TEXT_CHARS]
+            checks.append(CheckResult(name="apply", ok=False, detail=detail))
+        if self.k3s is not None and self.enrolment is not None:
+            checks.extend(self.k3s.checks(self.enrolment.device_id))
+        return Health(ok=all(c.ok for c in checks), checks=checks)
 
     def _inference(self) -> InferenceStats:
         """From the runners serving the active set; none serve before the first model."""
@@ -693,6 +711,7 @@ class Agent:
             health=self._health(),
             buffer=self._buffer_stats(),
             inference=self._inference(),
+            gitops=None if self.k3s is None else self.k3s.gitops(device_id),
             **self._slots(),
         )
         ack = self._authorized(lambda t: self.client.status(device_id, t, report))

@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnxruntime threads per model (EDGEFLEET_AGENT_MODEL_THREADS; default 1)",
     )
     p.add_argument(
+        "--mode",
+        choices=["direct", "k3s"],
+        help="where the desired state comes from: the device API (direct, the default) or "
+        "the ConfigMap the site's Flux/Argo CD applied (k3s) (EDGEFLEET_AGENT_MODE)",
+    )
+    p.add_argument(
         "--once",
         action="store_const",
         const=True,

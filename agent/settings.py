@@ -28,6 +28,7 @@ REGISTRATION_SEARCH_PATH = (
 write from any laptop."""
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+MODES = ("direct", "k3s")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,13 @@ class Settings:
     slot_images: tuple[tuple[str, Path], ...] = ()
     """Slots on block devices or image files, ``A=/dev/mmcblk0p5,B=/dev/mmcblk0p6``; empty
     keeps the slots in folders under the state directory (the default)."""
+    mode: str = "direct"
+    """``direct`` reads the desired state from the device API; ``k3s`` (the DaemonSet)
+    reads the ConfigMap the site's Flux or Argo CD applied (``agent/k3s/``)."""
+    service_port: int = 8080
+    """K3s mode: the port of the runner's Service in the agent's namespace."""
+    service_selector: str = "app.kubernetes.io/name=edgefleet-agent"
+    """K3s mode: the agent pods' labels, ``k=v,k=v``, that the runner's Service selects."""
 
     @property
     def sockets(self) -> Path:
@@ -85,6 +93,9 @@ _CONVERT: dict[str, Any] = {
     ),
     "model_threads": int,
     "slot_images": lambda v: _slot_images(v),
+    "mode": lambda v: str(v).lower(),
+    "service_port": int,
+    "service_selector": str,
 }
 
 
@@ -148,6 +159,8 @@ def load_settings(
     settings = Settings(**values)
     if settings.log_level.lower() not in LOG_LEVELS:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if settings.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {settings.mode!r}")
     return settings
 
 

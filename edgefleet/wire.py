@@ -351,6 +351,20 @@ class InferenceStats(Strict):
     error_rate: float | None = Field(default=None, ge=0, le=1)
 
 
+class GitopsStatus(Strict):
+    """K3s mode: the site's applier of the device's folder, as the agent reads it."""
+
+    applier: Literal["flux", "argocd"]
+    synced: bool = False
+    """Flux: Ready and the last applied revision is the last attempted one; Argo CD:
+    sync status ``Synced``."""
+    healthy: bool = False
+    """Flux: the Healthy condition (else Ready); Argo CD: health status ``Healthy``."""
+    revision: Short = ""
+    """The Git commit the applier last applied."""
+    message: Text = ""
+
+
 class StatusReport(Strict):
     """Sent when something changed and as a heartbeat on the interval."""
 
@@ -363,6 +377,8 @@ class StatusReport(Strict):
     buffer: BufferStats = Field(default_factory=BufferStats)
     inference: InferenceStats = Field(default_factory=InferenceStats)
     inventory: Inventory | None = None
+    gitops: GitopsStatus | None = None
+    """K3s mode only: Flux ``Kustomization`` / Argo CD ``Application`` sync and health."""
 
 
 MAX_EVIDENCE_BYTES = 48 * 1024

@@ -41,6 +41,7 @@ CONFIGMAP = "edgefleet-desired"
 MANAGED = {"app.kubernetes.io/managed-by": "edgefleet"}
 FLUX_NAMESPACE = "flux-system"
 ARGOCD_NAMESPACE = "argocd"
+_HEALTH_KEYS = ("health_checks", "health_deadline_seconds", "max_attempts")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CACHE = 1 << 17
 
@@ -130,6 +131,11 @@ def _desired(revision: Revision | None) -> bytes:
             "models": _canonical(_models(spec)),
             "config": _canonical(spec.get("config", {})),
             "interval_seconds": str(spec.get("policies", {}).get("interval_seconds", "")),
+            # what the K3s-mode agent reads instead of the device API (agent/k3s/desired.py)
+            "health": _canonical(
+                {k: v for k, v in spec.get("policies", {}).items() if k in _HEALTH_KEYS}
+            ),
+            "results": _canonical(spec.get("results", {})),
         },
     }
     head = (

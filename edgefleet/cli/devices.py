@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from edgefleet.cli.common import controller, handled
 from edgefleet.cli.gitops import gitops_note
-from edgefleet.cli.output import Format, OutputOpt, show
+from edgefleet.cli.output import Format, OutputOpt, console, show
 from edgefleet.cli.updates import render_slots
 from edgefleet.readable import duration
 
@@ -65,6 +66,23 @@ def show_(ctx: typer.Context, device_id: str, output: Format = OutputOpt) -> Non
     _show(device, output, [*COLUMNS, *extra])
     if output == Format.table:
         render_slots(device)
+        render_gitops(device)
+
+
+def render_gitops(device: dict[str, Any]) -> None:
+    """K3s devices: what the site's Flux or Argo CD says about the device's folder, as the
+    agent last reported it (``status.gitops``; JSON output has it as it is)."""
+    gitops = (device.get("status") or {}).get("gitops")
+    if not gitops:
+        return
+    synced = "synced" if gitops.get("synced") else "[bold red]not synced[/bold red]"
+    healthy = "healthy" if gitops.get("healthy") else "[bold red]not healthy[/bold red]"
+    revision = escape(gitops.get("revision") or "-")
+    message = f": {escape(gitops['message'])}" if gitops.get("message") else ""
+    console.print(
+        f"gitops: {gitops['applier']} {synced}, {healthy}, revision {revision}{message}",
+        highlight=False,
+    )
 
 
 def _action(verb: str, doc: str) -> None:

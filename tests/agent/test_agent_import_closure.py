@@ -47,7 +47,7 @@ def test_agent_main_imports_nothing_from_controller_or_cli():
         "print(*sorted(k for k, v in sys.modules.items() if v is not None))"
     )
     assert "http.client" in modules and "cryptography" in modules  # sees real imports
-    assert _offenders(modules, FORBIDDEN + NOT_IDLE) == []
+    assert _offenders(modules, FORBIDDEN + NOT_IDLE + K3S_ONLY) == []
 
 
 def test_edgefleet_agent_run_through_the_cli_entry_imports_no_typer_or_rich():
@@ -62,7 +62,7 @@ def test_edgefleet_agent_run_through_the_cli_entry_imports_no_typer_or_rich():
     )
     modules = _modules_after(code)
     assert "edgefleet.agent.main" in modules
-    assert _offenders(modules) == []
+    assert _offenders(modules, FORBIDDEN + K3S_ONLY) == []
 
 
 RUNNER_ONLY = ("onnxruntime", "numpy", "onnx")
@@ -141,3 +141,41 @@ def test_agent_slots_import_only_the_standard_library_and_edgefleet():
         if m.split(".")[0] not in sys.stdlib_module_names and m.split(".")[0] != "edgefleet"
     ]
     assert foreign == []
+
+
+K3S_ONLY = ("kubernetes", "edgefleet.agent.k3s", "urllib3", "requests", "google", "oauthlib")
+"""The ``k3s`` extra's client and what it brings: loaded by an agent in ``mode: k3s`` only."""
+
+_AGENT_IN_MODE = (
+    "import sys, tempfile\n"
+    "from pathlib import Path\n"
+    "from edgefleet.agent.daemon import Agent\n"
+    "from edgefleet.agent.settings import load_settings\n"
+    "from edgefleet.wire import Registration\n"
+    "state = Path(tempfile.mkdtemp())\n"
+    "env = {{'EDGEFLEET_AGENT_MODE': {mode!r}}}\n"
+    "settings = load_settings({{'state_dir': str(state)}}, env=env)\n"
+    "reg = Registration(controller_url='https://127.0.0.1:1', controller_id='c', root_pins=['x'])\n"
+    "agent = Agent(settings, reg, k3s=None)\n"
+    "assert agent.settings.mode == {mode!r}\n"
+    "if agent.k3s is not None:\n"
+    "    try:\n"
+    "        agent.k3s.api  # the client, as the loop's first cluster call makes it\n"
+    "    except Exception as exc:\n"
+    "        assert 'not running in a Kubernetes pod' in str(exc), exc\n"
+    "print(*sorted(k for k, v in sys.modules.items() if v is not None))"
+)
+
+
+def test_an_agent_in_direct_mode_never_imports_the_kubernetes_client():
+    modules = _modules_after(_AGENT_IN_MODE.format(mode="direct"))
+    assert "edgefleet.agent.daemon" in modules
+    assert _offenders(modules, FORBIDDEN + NOT_IDLE + K3S_ONLY) == []
+
+
+def test_an_agent_in_k3s_mode_imports_the_kubernetes_client():
+    """The other side of the test above: the same code in ``mode: k3s`` loads it when the
+    loop first asks the cluster (outside a pod that call says so, and the loop retries)."""
+    modules = _modules_after(_AGENT_IN_MODE.format(mode="k3s"))
+    assert "kubernetes" in modules and "edgefleet.agent.k3s.backend" in modules
+    assert _offenders(modules) == []
