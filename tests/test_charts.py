@@ -93,6 +93,22 @@ def test_the_validator_refuses_a_broken_chart_object() -> None:
     assert "Deployment r-edgefleet-controller" in stderr and "replicas must be integer" in stderr
 
 
+@pytest.mark.parametrize("chart", [CONTROLLER, AGENT], ids=lambda p: p.name)
+def test_every_top_level_value_is_documented(chart: Path) -> None:
+    """Each top-level key has a comment above it, or follows one in the same paragraph."""
+    lines = (chart / "values.yaml").read_text().splitlines()
+    undocumented = []
+    for i, line in enumerate(lines):
+        if not line or line[0] in " #":
+            continue
+        j = i - 1
+        while j >= 0 and lines[j] and lines[j][0] != "#":
+            j -= 1
+        if j < 0 or not lines[j]:
+            undocumented.append(line.split(":")[0])
+    assert not undocumented
+
+
 # -- the controller -----------------------------------------------------------------------
 
 
