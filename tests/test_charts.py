@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,50 @@ def test_controller_pods_run_as_non_root_with_resources(values: str) -> None:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True
             assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+@pytest.mark.parametrize("values", ["postgres-replicas-values.yaml", "postgres-inline-values.yaml"])
+def test_controller_env_is_read_by_the_controllers_own_settings(
+    values: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every EDGEFLEET_* name the chart sets is a setting, and its value parses."""
+    from edgefleet.controller.settings import Settings, load_settings
+
+    given = env(pod(render(CONTROLLER, values))["containers"][0])
+    unknown = [
+        k for k in given if k.removeprefix("EDGEFLEET_").lower() not in Settings.model_fields
+    ]
+    assert not unknown
+    for name in [k for k in os.environ if k.startswith("EDGEFLEET_")]:
+        monkeypatch.delenv(name)
+    for name, value in given.items():
+        if isinstance(value, str):  # the rest come from Secrets
+            monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert str(settings.data_dir) == "/var/lib/edgefleet" and settings.port == 8443
+    assert settings.host == "0.0.0.0" and settings.gitops_writer is True
+    assert "r-edgefleet-controller.edge.svc" in settings.server_names
+    if values == "postgres-replicas-values.yaml":
+        assert settings.trusted_proxies == ["10.0.0.0/8"]
+        assert settings.gitops_applier == "argocd"
+    else:
+        assert settings.workers == 4 and settings.device_interval_seconds == 30
+
+
+def test_agent_env_is_read_by_the_agents_own_settings() -> None:
+    from edgefleet.agent.settings import load_settings
+
+    given = env(pod(render(AGENT, "argocd-values.yaml"), "DaemonSet")["containers"][0])
+    settings = load_settings({}, env=given)
+    assert settings.mode == "k3s"
+    assert str(settings.state_dir) == "/var/lib/edgefleet/agent"
+    assert str(settings.registration) == "/etc/edgefleet/registration/registration.yaml"
+    assert settings.service_port == 9000
+    assert settings.service_selector == (
+        "app.kubernetes.io/name=edgefleet-agent,app.kubernetes.io/instance=r"
+    )
+    known = {f"EDGEFLEET_AGENT_{name.upper()}" for name in vars(settings)}
+    assert set(given) <= known
 
 
 # -- the agent ----------------------------------------------------------------------------
