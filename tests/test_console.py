@@ -298,3 +298,14 @@ def test_a_weak_password_for_a_new_user_makes_no_user(api: Api) -> None:
     )
     assert made.status_code == 200 and 'id="api-token">efo.' in made.text
     assert Browser(api).login("newbie", "long enough now").status_code == 303
+
+
+def test_a_device_page_says_what_its_buffer_holds(api: Api) -> None:
+    api.site("shop-1")
+    device = api.device(api.token(site="shop-1")["token"])
+    buffer = {"depth": 1200, "bytes": 3 * 1024 * 1024, "cap_bytes": 64 * 1024 * 1024}
+    report = {"buffer": {**buffer, "oldest_age_seconds": 90.0, "drops": {"drop_oldest": 7}}}
+    api.ok("POST", f"/devices/{device.id}/status", device.access_token, json=report)
+    page = _logged_in(api, role="viewer").get(f"/console/devices/{device.id}").text
+    assert "1200 (3.0 MiB of 64.0 MiB)" in page
+    assert "drop_oldest: 7" in page
