@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from edgefleet.agent.k3s import names
 from tests.support.k8stools import ROOT, documents, helm, validate
 
 CHARTS = ROOT / "charts"
@@ -372,7 +373,7 @@ def _device_and_service_rules() -> dict[tuple[str, str, str], list[dict[str, Any
             {
                 "apiGroups": [""],
                 "resources": ["configmaps"],
-                "resourceNames": ["edgefleet-desired"],
+                "resourceNames": [names.CONFIGMAP],
                 "verbs": ["get"],
             },
             {
@@ -386,7 +387,7 @@ def _device_and_service_rules() -> dict[tuple[str, str, str], list[dict[str, Any
             {
                 "apiGroups": [""],
                 "resources": ["services"],
-                "resourceNames": ["edgefleet-runner"],
+                "resourceNames": [names.SERVICE],
                 "verbs": ["get", "patch"],
             },
         ],
@@ -396,7 +397,7 @@ def _device_and_service_rules() -> dict[tuple[str, str, str], list[dict[str, Any
 def test_agent_rbac_is_exactly_what_k3s_mode_calls_on_flux() -> None:
     docs = render(AGENT, "flux-values.yaml")
     assert _rules(docs) == _device_and_service_rules() | {
-        ("Role", "flux-system", "r-edgefleet-agent-applier"): [
+        ("Role", names.FLUX_NAMESPACE, "r-edgefleet-agent-applier"): [
             {
                 "apiGroups": ["kustomize.toolkit.fluxcd.io"],
                 "resources": ["kustomizations"],
@@ -410,7 +411,7 @@ def test_agent_rbac_is_exactly_what_k3s_mode_calls_on_flux() -> None:
 def test_agent_rbac_is_exactly_what_k3s_mode_calls_on_argocd() -> None:
     docs = render(AGENT, "argocd-values.yaml")
     assert _rules(docs) == _device_and_service_rules() | {
-        ("Role", "argo", "r-edgefleet-agent-applier"): [
+        ("Role", names.ARGOCD_NAMESPACE, "r-edgefleet-agent-applier"): [
             {"apiGroups": ["argoproj.io"], "resources": ["applications"], "verbs": ["get"]}
         ]
     }
