@@ -16,6 +16,7 @@ from tests.support.apiclient import Api
 from tests.support.console import PASSWORD, Browser, user_with_password
 
 COOKIE = "__Host-ef_session"
+DASH = "\N{EN DASH}"  # "1-50 of 53" as the page writes it
 
 
 def _logged_in(api: Api, username: str = "olga", role: str = "operator") -> Browser:
@@ -309,3 +310,24 @@ def test_a_device_page_says_what_its_buffer_holds(api: Api) -> None:
     page = _logged_in(api, role="viewer").get(f"/console/devices/{device.id}").text
     assert "1200 (3.0 MiB of 64.0 MiB)" in page
     assert "drop_oldest: 7" in page
+
+
+def test_the_device_list_pages_filters_and_searches(api: Api) -> None:
+    api.site("shop-1")
+    api.site("shop-2")
+    token = api.token(site="shop-1")["token"]
+    made = [api.device(token, serial=f"SN-{i:03d}") for i in range(53)]
+    other = api.device(api.token(site="shop-2")["token"], serial="SN-OTHER")
+    olga = _logged_in(api, role="viewer")
+    first = olga.get("/console/devices?site=shop-1").text
+    assert f"1{DASH}50 of 53" in first and "offset=50" in first and other.id not in first
+    rest = olga.get("/console/devices?site=shop-1&offset=50").text
+    assert f"51{DASH}53 of 53" in rest and "Next" not in rest
+    shown = {d.id for d in made if d.id in first} | {d.id for d in made if d.id in rest}
+    assert shown == {d.id for d in made}
+    found = olga.get("/console/devices?q=SN-OTHER").text
+    assert other.id in found and f"1{DASH}1 of 1" in found
+    live = olga.get("/console/devices?q=SN-OTHER", headers={"X-Live": "1"}).text
+    assert other.id in live and "<html" not in live
+    bad = olga.get("/console/devices?offset=lots")
+    assert bad.status_code == 400 and "not a number" in bad.text

@@ -56,27 +56,27 @@ async def device_list(request: Request, cur: Viewer) -> HTMLResponse:
         site=site,
         state=state,
         query=q,
-        limit=PAGE + 1,
+        limit=PAGE,
         offset=offset,
     )
     total = await run_in_threadpool(
         devices.count_devices, rt, cur.operator, site=site, state=state, query=q
     )
+    live = fragment(request)
     context: dict[str, Any] = {
-        "devices": found[:PAGE],
+        "devices": found,
         "total": total,
-        "more": len(found) > PAGE,
+        "more": offset + len(found) < total,
         "offset": offset,
         "page_size": PAGE,
         "q": q or "",
         "site": site or "",
         "state": state or "",
         "states": list(DeviceState),
-        "sites": await run_in_threadpool(sites.list_sites, rt.engine),
+        "sites": [] if live else await run_in_threadpool(sites.list_sites, rt.engine),
         "nav": "devices",
     }
-    name = "devices_table.html" if fragment(request) else "devices.html"
-    return page(request, name, cur, **context)
+    return page(request, "devices_table.html" if live else "devices.html", cur, **context)
 
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
