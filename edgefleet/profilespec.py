@@ -41,6 +41,7 @@ def errors(doc: Any) -> list[tuple[str, str]]:
     for err in _validator().iter_errors(doc):
         out.extend(_explain(err))
     out.extend(_duplicates(doc))
+    out.extend(_k3s_only(doc))
     return sorted(set(out))
 
 
@@ -63,6 +64,18 @@ def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
             "its digest when the profile is applied) or registry/repo@sha256:<64 hex>"
         )
         return [(where, reason)]
+    if err.validator == "pattern" and path[-2:] == ["k3s", "version"]:
+        reason = (
+            f"{err.instance!r} is not a K3s release: write it as K3s tags it, e.g. v1.30.4+k3s1"
+        )
+        return [(where, reason)]
+    if err.validator == "pattern" and path[-2:] == ["os", "version"]:
+        return [(where, f"{err.instance!r} is not an image tag (letters, digits, . _ -)")]
+    if err.validator == "pattern" and path[-2:] == ["os", "image"]:
+        reason = f"{err.instance!r} is not an image name: write registry/repository, no tag"
+        return [(where, reason)]
+    if err.validator == "oneOf" and path == ["k3s"]:
+        return [(where, "give exactly one of 'version' (pinned) or 'channel' (a release URL)")]
     if err.validator == "oneOf" and len(path) >= 2 and path[-2] == "applications":
         return [(where, "an application needs exactly one of 'kustomize' or 'helm'")]
     if err.validator == "required" and isinstance(err.instance, dict):
@@ -87,6 +100,24 @@ def _duplicates(doc: Any) -> list[tuple[str, str]]:
                     out.append((pointer([section, i, "name"]), f"duplicate name {name!r}"))
                 seen.add(name)
     return out
+
+
+K3S_ONLY = ("os", "k3s")
+"""Fields rendered as system-upgrade-controller Plans, which only a K3s device runs."""
+
+
+def _k3s_only(doc: Any) -> list[tuple[str, str]]:
+    if not isinstance(doc, dict) or doc.get("mode") != "direct":
+        return []
+    return [
+        (
+            pointer([key]),
+            "only a mode: k3s profile can set it (it becomes a system-upgrade-controller "
+            "Plan); a direct device has no K3s to run one: remove it or use mode: k3s",
+        )
+        for key in K3S_ONLY
+        if key in doc
+    ]
 
 
 def describe(problems: list[tuple[str, str]]) -> str:

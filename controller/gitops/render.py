@@ -6,12 +6,18 @@ Layout of one repository (a site's, or the fleet's)::
     devices/<device-id>/desired.yaml         ConfigMap edgefleet-desired: revision, models, config
     devices/<device-id>/apps/<app>.yaml      Flux only: HelmRepository+HelmRelease, or
                                              GitRepository+Kustomization for a Kustomize app
+    devices/<device-id>/upgrade/plans.yaml   k3s devices whose profile sets ``os``/``k3s``:
+                                             system-upgrade-controller Plans (own kustomization)
     appliers/flux/<device-id>.yaml           Namespace + GitRepository + Kustomization (k3s devices)
     appliers/argocd/<device-id>.yaml         Application with the device path and its apps as
                                              sources (k3s devices)
 
 A device's folder depends only on its revision, never on its id (the applier puts it in the
-device's namespace), so devices on the same revision share one Git tree. Applications are
+device's namespace), so devices on the same revision share one Git tree; only ``upgrade/``
+names the device (its Plans select its node, in the ``system-upgrade`` namespace). Argo CD
+keeps a namespace a document sets, so its device folder lists ``upgrade``; Flux's
+``targetNamespace`` would move the Plans into the device's namespace, so Flux applies
+``upgrade/`` with a Kustomization of its own, without one. Applications are
 never inflated here: Helm charts stay HelmRelease/Argo CD Helm sources, Kustomize apps stay
 Flux/Argo CD Git sources, so ``kubectl kustomize devices/<id>`` works offline.
 Outputs are memoized: a revision is immutable, so its folder is rendered once per process.
@@ -41,6 +47,12 @@ CONFIGMAP = "edgefleet-desired"
 MANAGED = {"app.kubernetes.io/managed-by": "edgefleet"}
 FLUX_NAMESPACE = "flux-system"
 ARGOCD_NAMESPACE = "argocd"
+UPGRADE_NAMESPACE = "system-upgrade"
+UPGRADE_SERVICE_ACCOUNT = "system-upgrade"
+K3S_UPGRADE_IMAGE = "rancher/k3s-upgrade"
+NODE_LABEL = "edgefleet.io/device"
+"""The label that marks a device's node (value: its namespace name, ``k8s_name(id)``):
+the Plans of a device upgrade that node only."""
 _HEALTH_KEYS = ("health_checks", "health_deadline_seconds", "max_attempts")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CACHE = 1 << 17
@@ -217,7 +229,11 @@ def _git_ref(ref: str) -> dict[str, str]:
 
 @lru_cache(maxsize=_CACHE)
 def _device_folder(
-    key: tuple[str, int] | None, spec_json: str, applier: Applier, interval: str
+    key: tuple[str, int] | None,
+    spec_json: str,
+    applier: Applier,
+    interval: str,
+    upgrade: bool = False,
 ) -> tuple[tuple[str, bytes], ...]:
     """The files of a device folder, relative to it: a function of the revision only."""
     spec = json.loads(spec_json)
@@ -226,13 +242,99 @@ def _device_folder(
     if applier == "flux":
         for app in spec.get("applications", []):
             files[f"apps/{app['name']}.yaml"] = _flux_app(app, interval)
+    resources = sorted(files) + (["upgrade"] if upgrade and applier == "argocd" else [])
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": sorted(files),
+        "resources": resources,
     }
     files["kustomization.yaml"] = _dump(kustomization)
     return tuple(sorted(files.items()))
+
+
+# -- OS and K3s upgrades ---------------------------------------------------------------
+
+
+def _plan(name: str, labels: dict[str, str], spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "upgrade.cattle.io/v1",
+        "kind": "Plan",
+        "metadata": {"name": name, "namespace": UPGRADE_NAMESPACE, "labels": labels},
+        "spec": {"concurrency": 1, "serviceAccountName": UPGRADE_SERVICE_ACCOUNT, **spec},
+    }
+
+
+def _node(device_id: str, *role: dict[str, Any]) -> dict[str, Any]:
+    own = {"key": NODE_LABEL, "operator": "In", "values": [k8s_name(device_id)]}
+    return {"matchExpressions": [own, *role]}
+
+
+@lru_cache(maxsize=_CACHE)
+def _upgrade_files(
+    device_id: str, key: tuple[str, int], os_json: str, k3s_json: str
+) -> tuple[tuple[str, bytes], ...]:
+    """system-upgrade-controller Plans for the device's node: the OS image, then K3s on a
+    server node and (after the server plan) on an agent node."""
+    labels = {**MANAGED, "edgefleet.io/revision": f"{key[1]}"}
+    plans = []
+    os_spec, k3s = json.loads(os_json), json.loads(k3s_json)
+    if os_spec:
+        plans.append(
+            _plan(
+                k8s_name(f"{device_id}-os"),
+                labels,
+                {
+                    "version": os_spec["version"],
+                    "nodeSelector": _node(device_id),
+                    "cordon": True,
+                    "upgrade": {"image": os_spec["image"]},
+                },
+            )
+        )
+    if k3s:
+        release = {"version": k3s["version"]} if "version" in k3s else {"channel": k3s["channel"]}
+        control_plane = "node-role.kubernetes.io/control-plane"
+        server = k8s_name(f"{device_id}-k3s-server")
+        plans.append(
+            _plan(
+                server,
+                labels,
+                {
+                    **release,
+                    "nodeSelector": _node(
+                        device_id, {"key": control_plane, "operator": "In", "values": ["true"]}
+                    ),
+                    "cordon": True,
+                    "upgrade": {"image": K3S_UPGRADE_IMAGE},
+                },
+            )
+        )
+        plans.append(
+            _plan(
+                k8s_name(f"{device_id}-k3s-agent"),
+                labels,
+                {
+                    **release,
+                    "nodeSelector": _node(
+                        device_id, {"key": control_plane, "operator": "DoesNotExist"}
+                    ),
+                    "prepare": {"image": K3S_UPGRADE_IMAGE, "args": ["prepare", server]},
+                    "drain": {"force": True},
+                    "upgrade": {"image": K3S_UPGRADE_IMAGE},
+                },
+            )
+        )
+    head = f"# profile {key[0]} revision {key[1]}: OS and K3s of device {device_id}\n"
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["plans.yaml"],
+    }
+    prefix = f"devices/{device_id}/upgrade/"
+    return (
+        (prefix + "kustomization.yaml", _dump(kustomization)),
+        (prefix + "plans.yaml", head.encode() + _dump(*plans)),
+    )
 
 
 @lru_cache(maxsize=_CACHE)
@@ -243,9 +345,27 @@ def _device_files(
     return tuple((prefix + rel, data) for rel, data in folder)
 
 
-def _flux_applier(device_id: str, url: str, branch: str, interval: str) -> bytes:
+def _flux_applier(
+    device_id: str, url: str, branch: str, interval: str, upgrade: bool = False
+) -> bytes:
     name = k8s_name(device_id)
     meta = {"name": name, "namespace": FLUX_NAMESPACE, "labels": MANAGED}
+    extra = []
+    if upgrade:  # no targetNamespace: the Plans stay in system-upgrade
+        upgrade_name = k8s_name(f"{device_id}-upgrade")
+        extra.append(
+            {
+                "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+                "kind": "Kustomization",
+                "metadata": {**meta, "name": upgrade_name},
+                "spec": {
+                    "interval": interval,
+                    "path": f"./devices/{device_id}/upgrade",
+                    "prune": True,
+                    "sourceRef": {"kind": "GitRepository", "name": name},
+                },
+            }
+        )
     return _dump(
         {
             "apiVersion": "v1",
@@ -270,6 +390,7 @@ def _flux_applier(device_id: str, url: str, branch: str, interval: str) -> bytes
                 "targetNamespace": name,
             },
         },
+        *extra,
     )
 
 
@@ -320,10 +441,17 @@ def _argo_applier(device_id: str, url: str, branch: str, apps_json: str) -> byte
 
 @lru_cache(maxsize=_CACHE)
 def _applier_file(
-    device_id: str, applier: Applier, url: str, branch: str, interval: str, apps_json: str
+    device_id: str,
+    applier: Applier,
+    url: str,
+    branch: str,
+    interval: str,
+    apps_json: str,
+    upgrade: bool = False,
 ) -> tuple[str, bytes]:
     if applier == "flux":
-        return f"appliers/flux/{device_id}.yaml", _flux_applier(device_id, url, branch, interval)
+        data = _flux_applier(device_id, url, branch, interval, upgrade)
+        return f"appliers/flux/{device_id}.yaml", data
     return f"appliers/argocd/{device_id}.yaml", _argo_applier(device_id, url, branch, apps_json)
 
 
@@ -350,9 +478,18 @@ def render(state: FleetState, params: GitopsParams, local_root: str = "") -> dic
         entry = revisions.get(key) if key else None
         if key and entry is None:
             raise RenderError(f"device {device.id} is assigned {key}, which is not in the state")
-        folder = _device_folder(key, entry[1], params.applier, params.interval) if entry else empty
-        files.update(_device_files(device.id, folder))
         mode = device.mode or (entry[0].spec.get("mode") if entry else None) or "k3s"
+        spec = entry[0].spec if entry else {}
+        upgrade = mode == "k3s" and bool(spec.get("os") or spec.get("k3s"))
+        folder = (
+            _device_folder(key, entry[1], params.applier, params.interval, upgrade)
+            if entry
+            else empty
+        )
+        files.update(_device_files(device.id, folder))
+        if upgrade and key:
+            os_json, k3s_json = _canonical(spec.get("os", {})), _canonical(spec.get("k3s", {}))
+            files.update(_upgrade_files(device.id, key, os_json, k3s_json))
         if mode == "k3s":
             url = repository_url(repo, params, local_root)
             path, data = _applier_file(
@@ -362,6 +499,7 @@ def render(state: FleetState, params: GitopsParams, local_root: str = "") -> dic
                 params.branch,
                 params.interval,
                 entry[2] if entry else "[]",
+                upgrade,
             )
             files[path] = data
     return out
