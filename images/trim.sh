@@ -20,6 +20,30 @@ rm -rf "$site"/onnxruntime/quantization "$site"/onnxruntime/transformers \
 rm -rf "$site"/numpy/_core/include "$site"/numpy/f2py "$site"/numpy/_pyinstaller \
     "$site"/numpy/doc
 find "$site" -name '*.pyi' -delete
+# protobuf: onnxruntime requires it for its model tooling (removed above); its runtime
+# never imports it (the model is parsed in C++)
+rm -rf "$site"/google/protobuf "$site"/protobuf-*.dist-info
+rmdir "$site"/google 2>/dev/null || true
+# The tzdata package is the IANA database for systems without one; Python's zoneinfo reads
+# the system's first, so it goes only when the base has /usr/share/zoneinfo
+if [ -d /usr/share/zoneinfo/Europe ]; then
+    rm -rf "$site"/tzdata "$site"/tzdata-*.dist-info
+fi
 # C/C++ headers any package ships for building against it
 find "$site" -name include -type d -prune -exec rm -rf {} +
 rm -rf "$venv"/include
+# The kubernetes client (k3s extra) ships an asyncio twin of itself (kubernetes/aio, 68 MB)
+# and pulls aiohttp for it; the agent imports only the synchronous client
+# (agent/k3s/api.py), and `import kubernetes` loads neither.
+if [ -d "$site"/kubernetes ]; then
+    rm -rf "$site"/kubernetes/aio
+    for dist in aiohttp aiohttp_retry aiosignal aiohappyeyeballs frozenlist multidict \
+        propcache yarl; do
+        rm -rf "$site"/"$dist" "$site"/"$dist"-*.dist-info
+    done
+    # Its generated client (a module per API object, 34 MB of source) kept as bytecode
+    # only: imports are unchanged, tracebacks inside it show no source lines.
+    "$venv"/bin/python -m compileall -q -b -j 0 "$site"/kubernetes
+    find "$site"/kubernetes -name '*.py' -delete
+    find "$site"/kubernetes -name __pycache__ -prune -exec rm -rf {} +
+fi

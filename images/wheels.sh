@@ -18,6 +18,12 @@ print(",".join(e for e in ("agent", "controller", "k3s") if e in extras))
 PY
 )
 mkdir -p "$OUT"
-rm -f "$OUT"/edgefleet-*.whl  # the project itself is always rebuilt; dependencies are reused
-"$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$OUT" pip ".[$extras]"
+# The project is always rebuilt, dependencies reused; a fixed SOURCE_DATE_EPOCH makes its
+# wheel the same bytes when the source is, so the image builds hit their layer cache.
+rm -f "$OUT"/edgefleet-*.whl
+# The controller image also has the `edgefleet` command for `edgefleet controller serve |
+# migrate` (what the chart runs): the CLI's own imports, not the whole cli extra (onnx).
+SOURCE_DATE_EPOCH=315532800 "$PYTHON" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$OUT" \
+    pip ".[$extras]" "typer>=0.12" "rich>=13" "httpx>=0.27" >"$OUT.log" 2>&1 ||
+    { cat "$OUT.log" >&2; exit 1; }
 echo "wheels: $(ls "$OUT" | wc -l) in $OUT ($(du -sh "$OUT" | cut -f1)), extras $extras"

@@ -122,6 +122,31 @@ def test_images_are_small_and_run_as_a_user(images: None, image: str, budget: in
     assert not re.search(r"gcc|/cc$|pip|apt-get|\.cache", leftovers, re.M), leftovers
 
 
+def test_images_import_what_they_run_after_the_trim(images: None) -> None:
+    """images/trim.sh removes files no import reaches: these imports prove it."""
+    agent = (
+        "import importlib.util, numpy, onnxruntime, edgefleet.agent.main, edgefleet.agent.daemon\n"
+        "if importlib.util.find_spec('kubernetes'):\n"
+        "    from kubernetes import client, config\n"
+        "    client.V1Service(metadata=client.V1ObjectMeta(name='x'))\n"
+        "print('ok')\n"
+    )
+    out = podman(
+        "run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "python", AGENT_IMAGE,
+        "-c", agent,
+    )  # fmt: skip
+    assert out.strip() == "ok"
+    out = podman("run", "--rm", "--network", "none", *LIMITS, CONTROLLER_IMAGE, "--help")
+    assert "serve" in out and "migrate" in out
+    # Sites have time zones (controller/services/sites.py): the system's IANA database.
+    zone = "from zoneinfo import ZoneInfo; print(ZoneInfo('Europe/Berlin').key)"
+    out = podman(
+        "run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "python", CONTROLLER_IMAGE,
+        "-c", zone,
+    )  # fmt: skip
+    assert out.strip() == "Europe/Berlin"
+
+
 # -- the fleet -------------------------------------------------------------------------
 
 
