@@ -48,14 +48,17 @@ async def list_devices(
 ) -> list[dict[str, Any]]:
     """A page of devices; ``q`` searches id prefix, name, serial and hostname. The
     ``X-Total-Count`` header counts every device the filters match."""
-    filters: dict[str, Any] = {"site": site, "state": state, "labels": label, "query": q}
-    rows = await run_in_threadpool(
-        devices.list_devices, rt, who, limit=limit, offset=offset, **filters
+    rows, total = await run_in_threadpool(
+        devices.page_of_devices,
+        rt,
+        who,
+        limit=limit,
+        offset=offset,
+        site=site,
+        state=state,
+        labels=label,
+        query=q,
     )
-    if offset == 0 and len(rows) < limit:
-        total = len(rows)  # the whole answer: no count needed
-    else:
-        total = await run_in_threadpool(devices.count_devices, rt, who, **filters)
     response.headers["X-Total-Count"] = str(total)
     return rows
 

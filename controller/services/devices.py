@@ -126,6 +126,22 @@ def count_devices(
         return int(conn.execute(q).scalar_one())
 
 
+def page_of_devices(
+    rt: Runtime,
+    who: Operator,
+    *,
+    limit: int,
+    offset: int = 0,
+    **filters: Any,
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of ``list_devices`` and how many devices the filters match in all; the
+    count is a second query only when the page does not already say it."""
+    rows = list_devices(rt, who, limit=limit, offset=offset, **filters)
+    if offset == 0 and len(rows) < limit:
+        return rows, len(rows)  # the whole answer: no count needed
+    return rows, count_devices(rt, who, **filters)
+
+
 _DEVICES = Device.__table__  # type: ignore[attr-defined]
 _DEVICE_COLUMNS = [c for c in _DEVICES.c if c.name not in ("public_key_pem", "certificate_pem")]
 """What ``public`` reads; the PEMs are the widest columns and a list shows neither."""

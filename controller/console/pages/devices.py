@@ -49,18 +49,15 @@ async def device_list(request: Request, cur: Viewer) -> HTMLResponse:
     rt, args = runtime(request), request.query_params
     q, site, state = args.get("q") or None, args.get("site") or None, args.get("state") or None
     offset = _int(args.get("offset"), 0)
-    found = await run_in_threadpool(
-        devices.list_devices,
+    found, total = await run_in_threadpool(
+        devices.page_of_devices,
         rt,
         cur.operator,
+        limit=PAGE,
+        offset=offset,
         site=site,
         state=state,
         query=q,
-        limit=PAGE,
-        offset=offset,
-    )
-    total = await run_in_threadpool(
-        devices.count_devices, rt, cur.operator, site=site, state=state, query=q
     )
     live = fragment(request)
     context: dict[str, Any] = {
