@@ -453,7 +453,11 @@ def rollout_progress(engine: Engine, rollout_id: int) -> RolloutProgress:
     """Per wave, its devices by outcome: what the API's rollout detail says
     (``rollout_views.detail``), as dataclasses. NotFound for an unknown rollout."""
     with Session(engine) as s:
-        d = detail(s, rollout_id)
+        return progress_of(detail(s, rollout_id))
+
+
+def progress_of(d: dict[str, Any]) -> RolloutProgress:
+    """A rollout detail the caller already read, as dataclasses."""
     return RolloutProgress(
         rollout_id=d["id"],
         profile=d["profile"],

@@ -168,10 +168,8 @@ async def create(request: Request, cur: Viewer) -> Response:
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
 async def rollout_page(request: Request, rollout_id: int, cur: Viewer) -> HTMLResponse:
     require(cur, roles.READ)
-    rt = runtime(request)
-    r = await run_in_threadpool(rollout_views.get_rollout, rt, rollout_id)
-    progress = await run_in_threadpool(series.rollout_progress, rt.engine, rollout_id)
-    chart = charts.rollout_chart(progress, title="Devices per wave")
+    r = await run_in_threadpool(rollout_views.get_rollout, runtime(request), rollout_id)
+    chart = charts.rollout_chart(series.progress_of(r), title="Devices per wave")
     name = "rollout_progress.html" if fragment(request) else "rollout.html"
     return page(request, name, cur, r=r, chart=chart, nav="rollouts")
 
