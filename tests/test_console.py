@@ -331,3 +331,14 @@ def test_the_device_list_pages_filters_and_searches(api: Api) -> None:
     assert other.id in live and "<html" not in live
     bad = olga.get("/console/devices?offset=lots")
     assert bad.status_code == 400 and "not a number" in bad.text
+
+
+def test_a_replacement_token_made_in_the_console_takes_the_old_devices_site(api: Api) -> None:
+    api.site("shop-1")
+    api.site("shop-2")
+    old = api.device(api.token(site="shop-2")["token"])
+    olga = _logged_in(api)
+    r = olga.post("/console/tokens", {"site": "shop-1", "replaces": old.id})
+    assert r.status_code == 200, r.text[:500]
+    made = api.ok("GET", "/tokens", api.admin)[-1]
+    assert (made["site"], made["replaces"], made["max_uses"]) == ("shop-2", old.id, 1)

@@ -55,7 +55,9 @@ def request_of(form: FormData) -> TokenCreate:
         "qr": form.get("qr") == "on",
     }
     if text("replaces"):
-        body["replaces"] = text("replaces")
+        # A replacement token enrols at the replaced device's site, whatever the form's
+        # site list showed: the service takes it from the device.
+        body["replaces"], body["site"] = text("replaces"), None
     if uses and not uses.isdigit():
         raise BadRequest("uses must be a whole number, or empty for no limit", code="bad_request")
     try:
