@@ -37,6 +37,7 @@ Choices worth knowing:
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -436,7 +437,10 @@ def public(
         "age_seconds": round((now - created).total_seconds(), 1),
         "expires_at": expires.isoformat(),
         "expires_in_seconds": (
-            round((expires - now).total_seconds(), 1) if state == ClaimState.pending else None
+            # rounded down: never more time than is left (3599.96 s reads 59m, not 1h)
+            math.floor((expires - now).total_seconds() * 10) / 10
+            if state == ClaimState.pending
+            else None
         ),
         "site": site,
         "profile": profile,
