@@ -47,20 +47,25 @@ def test_controller_killed_mid_enrolment_every_agent_enrols_once(
     tmp_path: Path, postgres_url: str, agents: list[AgentProcess]
 ) -> None:
     """PostgreSQL. SIGKILL the controller while agents enrol; restart it; each agent ends
-    enrolled exactly once (no duplicate device, token uses equal to devices)."""
+    enrolled exactly once (no duplicate device, token uses equal to devices).
+
+    Half the fleet is powered on only once the controller is dead, so enrolments span
+    the kill whatever the machine's speed (on a fast machine all twenty once enrolled
+    before the kill landed, and the test then proved nothing)."""
     ctl = ControllerProcess(
         tmp_path / "ctl", database_url=postgres_url, device_interval_seconds=1
     ).start()
     try:
         reg = ctl.registration(tmp_path / "registration.yaml")
-        for i in range(20):
+        for i in range(10):
             agents.append(AgentProcess(reg, tmp_path / f"agent-{i}", f"SN-{i:03d}"))
         with ctl.client() as c:
             wait_for(
                 lambda: len(c.get("/devices").json()) >= 1, 60, "the first enrolment", every=0.02
             )
         ctl.kill()
-        enrolled_before_restart = sum(1 for a in agents if a.state().get("device_id"))
+        for i in range(10, 20):
+            agents.append(AgentProcess(reg, tmp_path / f"agent-{i}", f"SN-{i:03d}"))
         ctl.start()
         ready = wait_for(
             lambda: len(_ready_ids(ctl)) == 20 and _ready_ids(ctl),
@@ -74,7 +79,6 @@ def test_controller_killed_mid_enrolment_every_agent_enrols_once(
         assert len(devices) == 20, [d["serial"] for d in devices]
         assert {a.state()["device_id"] for a in agents} == ready
         assert uses == 20
-        assert enrolled_before_restart < 20, "the kill came too late to test anything"
     finally:
         ctl.close()
 
