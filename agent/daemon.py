@@ -129,7 +129,9 @@ class Agent:
         identity.settle_renewal(self.state_dir)
         self.key = identity.load_or_create_key(self.state_dir)
         self.enrolment = identity.load_enrolment(self.state_dir)
-        self.inventory = collect(settings.serial, settings.hardware_id)
+        self.inventory = collect(
+            settings.serial, settings.hardware_id, settings.mode, settings.node_name
+        )
         self.client: ControllerClient | None = None
         self._roots = ""
         self.interval = float(self.store.current.interval_seconds or DEFAULT_INTERVAL_S)

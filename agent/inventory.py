@@ -57,8 +57,14 @@ def _memory_mb() -> int | None:
     return None
 
 
-def collect(serial: str | None = None, hardware_id: str | None = None) -> Inventory:
-    """This machine's inventory; ``serial``/``hardware_id`` from settings win over probes."""
+def collect(
+    serial: str | None = None,
+    hardware_id: str | None = None,
+    mode: str = "direct",
+    node: str | None = None,
+) -> Inventory:
+    """This machine's inventory; ``serial``/``hardware_id`` from settings win over probes;
+    ``mode`` and ``node`` (K3s mode's node name) come from settings only."""
 
     def short(v: str | None) -> str | None:
         return v[:256] if v else None
@@ -73,4 +79,6 @@ def collect(serial: str | None = None, hardware_id: str | None = None) -> Invent
         agent_version=__version__,
         cpu_count=os.cpu_count(),
         memory_mb=_memory_mb(),
+        mode="k3s" if mode == "k3s" else "direct",
+        node=short(node),
     )

@@ -69,6 +69,9 @@ class Settings:
     """K3s mode: the port of the runner's Service in the agent's namespace."""
     service_selector: str = "app.kubernetes.io/name=edgefleet-agent"
     """K3s mode: the agent pods' labels, ``k=v,k=v``, that the runner's Service selects."""
+    node_name: str | None = None
+    """K3s mode: the node the pod runs on (the chart sets it from ``spec.nodeName``),
+    reported in the inventory so that the device's upgrade Plans select that node."""
 
     @property
     def sockets(self) -> Path:
@@ -96,6 +99,7 @@ _CONVERT: dict[str, Any] = {
     "mode": lambda v: str(v).lower(),
     "service_port": int,
     "service_selector": str,
+    "node_name": str,
 }
 
 

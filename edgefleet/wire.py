@@ -63,6 +63,9 @@ class Inventory(Strict):
     memory_mb: int | None = Field(default=None, ge=0)
     accelerators: list[Short] = Field(default_factory=list, max_length=16)
     mode: Literal["direct", "k3s"] = "direct"
+    node: Short | None = None
+    """K3s mode: the Kubernetes node the agent's pod runs on (the chart passes
+    ``spec.nodeName``); the device's OS and K3s upgrade Plans select this node."""
     extra: dict[Short, Short] = Field(default_factory=dict, max_length=32)
 
 

@@ -92,6 +92,53 @@ def test_os_and_k3s_become_plans_for_the_devices_node() -> None:
     }
 
 
+def test_the_plans_select_the_node_the_agent_reported_by_its_name() -> None:
+    """A K3s agent reports its node (``spec.nodeName``) in its inventory: the Plans then
+    select that node by the kubelet's hostname label, with nothing for anyone to label."""
+    state = _state(Revision("camera", 1, _spec()))
+    state.devices[0] = Device("cam-1", "shop", mode="k3s", node="k3s-node-7")
+    plans = _by_role(_files(state))
+    own = {"key": "kubernetes.io/hostname", "operator": "In", "values": ["k3s-node-7"]}
+    for plan in plans.values():
+        assert plan["spec"]["nodeSelector"]["matchExpressions"][0] == own
+    control_plane = plans["server"]["spec"]["nodeSelector"]["matchExpressions"][1]
+    assert control_plane["key"] == "node-role.kubernetes.io/control-plane"
+
+
+def test_the_agent_chart_tells_the_agent_its_node() -> None:
+    from tests.test_charts import AGENT, env, pod
+    from tests.test_charts import render as helm_template
+
+    container = pod(helm_template(AGENT, "flux-values.yaml"), "DaemonSet")["containers"][0]
+    node = env(container)["EDGEFLEET_AGENT_NODE_NAME"]
+    assert node == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_the_node_an_enrolled_agent_reported_reaches_the_plans(api: Api) -> None:
+    """From the enrolment's inventory through the database to the rendered Plans."""
+    from edgefleet.controller.gitops import fleet
+
+    api.site("shop")
+    api.ok("POST", "/profiles", api.admin, json={"name": "camera", "spec": _spec()})
+    token = api.token("shop", profile="camera")["token"]
+    on_node = api.device(token, serial="SN-1", mode="k3s", node="k3s-node-7")
+    unknown = api.device(token, serial="SN-2", mode="k3s")
+    state = fleet.load(api.client.app.state.rt.engine, ["shop"])
+    nodes = {d.id: d.node for d in state.devices}
+    assert nodes == {on_node.id: "k3s-node-7", unknown.id: None}
+    files = render.render(state, GitopsParams())["shop"]
+    for device, key, value in (
+        (on_node.id, "kubernetes.io/hostname", "k3s-node-7"),
+        (unknown.id, "edgefleet.io/device", render.k8s_name(unknown.id)),
+    ):
+        [first, *_] = _docs(files[f"devices/{device}/upgrade/plans.yaml"])
+        assert first["spec"]["nodeSelector"]["matchExpressions"][0] == {
+            "key": key,
+            "operator": "In",
+            "values": [value],
+        }
+
+
 def test_a_release_channel_is_rendered_instead_of_a_version() -> None:
     channel = "https://update.k3s.io/v1-release/channels/stable"
     spec = {**_spec(), "k3s": {"channel": channel}}

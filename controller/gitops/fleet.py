@@ -40,6 +40,7 @@ def load(engine: Engine, sites: Collection[str] | None = None) -> FleetState:
             Profile.name,
             Profile.latest_revision,
             Profile.released_revision,
+            DeviceRow.inventory["node"].as_string(),  # type: ignore[index]
         )
         .join(SiteRow, SiteRow.id == DeviceRow.site_id)
         .outerjoin(Profile, Profile.id == DeviceRow.profile_id)
@@ -52,10 +53,10 @@ def load(engine: Engine, sites: Collection[str] | None = None) -> FleetState:
     with reading(engine) as conn:
         site_names = list(conn.execute(site_q).scalars())
         devices, assignments, wanted = [], {}, set()
-        for device_id, site, profile_id, pinned, profile, latest, released in conn.execute(
+        for device_id, site, profile_id, pinned, profile, latest, released, node in conn.execute(
             device_q
         ):
-            devices.append(Device(device_id, site))
+            devices.append(Device(device_id, site, node=node))
             number = pinned or released or latest
             if profile_id is not None and number:
                 assignments[device_id] = (profile, number)

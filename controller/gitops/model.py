@@ -29,6 +29,9 @@ class Device:
     mode: Mode | None = None
     """``k3s`` devices get applier objects; ``direct`` devices read desired.yaml's state
     through the device API. Unset: the assigned revision's ``mode``, else ``k3s``."""
+    node: str | None = None
+    """The Kubernetes node the device's agent reported (K3s mode): its upgrade Plans
+    select it. Unknown: they select the node labelled ``edgefleet.io/device``."""
 
 
 @dataclass(frozen=True)

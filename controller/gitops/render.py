@@ -51,8 +51,10 @@ UPGRADE_NAMESPACE = "system-upgrade"
 UPGRADE_SERVICE_ACCOUNT = "system-upgrade"
 K3S_UPGRADE_IMAGE = "rancher/k3s-upgrade"
 NODE_LABEL = "edgefleet.io/device"
-"""The label that marks a device's node (value: its namespace name, ``k8s_name(id)``):
-the Plans of a device upgrade that node only."""
+"""The label that marks a device's node (value: its namespace name, ``k8s_name(id)``)
+when the agent has not reported its node: the Plans of a device upgrade that node only."""
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+"""Set by the kubelet to the node's name: the Plans select the node the agent reported."""
 _HEALTH_KEYS = ("health_checks", "health_deadline_seconds", "max_attempts")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CACHE = 1 << 17
@@ -264,17 +266,22 @@ def _plan(name: str, labels: dict[str, str], spec: dict[str, Any]) -> dict[str, 
     }
 
 
-def _node(device_id: str, *role: dict[str, Any]) -> dict[str, Any]:
-    own = {"key": NODE_LABEL, "operator": "In", "values": [k8s_name(device_id)]}
+def _node(device_id: str, node: str | None, *role: dict[str, Any]) -> dict[str, Any]:
+    own = (
+        {"key": HOSTNAME_LABEL, "operator": "In", "values": [node]}
+        if node
+        else {"key": NODE_LABEL, "operator": "In", "values": [k8s_name(device_id)]}
+    )
     return {"matchExpressions": [own, *role]}
 
 
 @lru_cache(maxsize=_CACHE)
 def _upgrade_files(
-    device_id: str, key: tuple[str, int], os_json: str, k3s_json: str
+    device_id: str, node: str | None, key: tuple[str, int], os_json: str, k3s_json: str
 ) -> tuple[tuple[str, bytes], ...]:
-    """system-upgrade-controller Plans for the device's node: the OS image, then K3s on a
-    server node and (after the server plan) on an agent node."""
+    """system-upgrade-controller Plans for the device's node (the one its agent reported,
+    else the one labelled for it): the OS image, then K3s on a server node and (after the
+    server plan) on an agent node."""
     labels = {**MANAGED, "edgefleet.io/revision": f"{key[1]}"}
     plans = []
     os_spec, k3s = json.loads(os_json), json.loads(k3s_json)
@@ -285,7 +292,7 @@ def _upgrade_files(
                 labels,
                 {
                     "version": os_spec["version"],
-                    "nodeSelector": _node(device_id),
+                    "nodeSelector": _node(device_id, node),
                     "cordon": True,
                     "upgrade": {"image": os_spec["image"]},
                 },
@@ -302,7 +309,9 @@ def _upgrade_files(
                 {
                     **release,
                     "nodeSelector": _node(
-                        device_id, {"key": control_plane, "operator": "In", "values": ["true"]}
+                        device_id,
+                        node,
+                        {"key": control_plane, "operator": "In", "values": ["true"]},
                     ),
                     "cordon": True,
                     "upgrade": {"image": K3S_UPGRADE_IMAGE},
@@ -316,7 +325,7 @@ def _upgrade_files(
                 {
                     **release,
                     "nodeSelector": _node(
-                        device_id, {"key": control_plane, "operator": "DoesNotExist"}
+                        device_id, node, {"key": control_plane, "operator": "DoesNotExist"}
                     ),
                     "prepare": {"image": K3S_UPGRADE_IMAGE, "args": ["prepare", server]},
                     "drain": {"force": True},
@@ -489,7 +498,7 @@ def render(state: FleetState, params: GitopsParams, local_root: str = "") -> dic
         files.update(_device_files(device.id, folder))
         if upgrade and key:
             os_json, k3s_json = _canonical(spec.get("os", {})), _canonical(spec.get("k3s", {}))
-            files.update(_upgrade_files(device.id, key, os_json, k3s_json))
+            files.update(_upgrade_files(device.id, device.node, key, os_json, k3s_json))
         if mode == "k3s":
             url = repository_url(repo, params, local_root)
             path, data = _applier_file(

@@ -303,7 +303,7 @@ def test_a_service_selector_setting_that_is_not_labels_is_refused() -> None:
 def _k3s_agent(fake: FakeController, state_dir, kube: Any) -> AgentThread:
     fake.interval_seconds = 1
     backend = K3sBackend(lambda: kube, lambda: AGENT_NS, LABELS, 8080)
-    settings = fast_settings(state_dir, mode="k3s")
+    settings = fast_settings(state_dir, mode="k3s", node_name="node-a")
     reg = Registration.model_validate(fake.registration())
     return AgentThread(Agent(settings, reg, k3s=backend)).start()
 
@@ -344,6 +344,8 @@ def test_a_k3s_agent_follows_the_configmap_and_reports_workloads_and_flux(
         assert fake.count("GET", "/desired") == 0  # the device API's desired state is unused
         assert ("create service", f"{AGENT_NS}/{names.SERVICE}") in kube.calls
         assert agent.state.phase == Phase.ready
+        inventory = fake.devices[device_id].statuses[0].inventory
+        assert (inventory.mode, inventory.node) == ("k3s", "node-a")  # the Plans select it
     finally:
         agent.stop()
 
