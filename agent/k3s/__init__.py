@@ -11,5 +11,7 @@ Only this package imports ``kubernetes`` (the ``k3s`` extra), and only the daemo
     status.py     the Flux/Argo CD sync and health status (workload readiness is a
                   health check: agent/health/workloads.py)
     service.py    the runner's Service
+    gateway.py    what listens behind it: HTTP on the Service port, relayed to each
+                  model runner's Unix socket (standard library only)
     backend.py    the daemon's one object for all of it
 """

@@ -1,19 +1,23 @@
 """K3s mode's one object for the daemon: the desired state from the cluster, the
-runner's Service, and what the status report adds (checks, the applier's status).
+runner's Service and the gateway behind it, and what the status report adds (checks,
+the applier's status).
 
-A cluster call that fails never stops the device's loop: the controller still gets
-the report, with a failed ``k3s`` check that says which call failed and why.
+A cluster call that fails, or a gateway that cannot listen, never stops the device's
+loop: the controller still gets the report, with a failed ``k3s`` check that says which
+step failed and why, and the step is tried again next cycle.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from edgefleet.agent.health.workloads import workloads_ready
 from edgefleet.agent.k3s import names
 from edgefleet.agent.k3s.api import ClusterApi, ClusterError, KubeApi, own_namespace
 from edgefleet.agent.k3s.desired import desired_from, etag_of
+from edgefleet.agent.k3s.gateway import Gateway, GatewayError
 from edgefleet.agent.k3s.service import ensure_service, selector
 from edgefleet.agent.k3s.status import ARGOCD, FLUX, argocd_status, flux_status
 from edgefleet.agent.settings import Settings
@@ -29,12 +33,19 @@ class K3sBackend:
         namespace: Callable[[], str],
         labels: dict[str, str],
         port: int,
+        socket_dir: Path | None = None,
+        gateway_host: str = "0.0.0.0",
     ) -> None:
+        """``socket_dir``: the runners' sockets, which the gateway on ``port`` relays to;
+        None runs no gateway (the Service then has nothing behind it)."""
         self._connect = connect
         self._namespace = namespace
         self._api: KubeApi | None = None
         self.labels = labels
         self.port = port
+        self.gateway = (
+            Gateway(socket_dir, port, host=gateway_host) if socket_dir is not None else None
+        )
         self._service_done = False
         self._problems: dict[str, str] = {}
         """Failed cluster calls of this cycle, by step: reported as a failed check."""
@@ -43,7 +54,11 @@ class K3sBackend:
     def from_settings(cls, settings: Settings) -> K3sBackend:
         """The client and namespace are made on first use, inside the daemon's loop."""
         return cls(
-            ClusterApi, own_namespace, selector(settings.service_selector), settings.service_port
+            ClusterApi,
+            own_namespace,
+            selector(settings.service_selector),
+            settings.service_port,
+            socket_dir=settings.sockets,
         )
 
     @property
@@ -55,7 +70,7 @@ class K3sBackend:
     def _step(self, step: str, call: Callable[[], object]) -> object | None:
         try:
             result = call()
-        except ClusterError as exc:
+        except (ClusterError, GatewayError) as exc:
             if self._problems.get(step) != exc.message:
                 log.warning("k3s %s: %s", step, exc.message)
             self._problems[step] = exc.message
@@ -90,13 +105,24 @@ class K3sBackend:
     # -- the cycle's other work ---------------------------------------------------
 
     def serve(self) -> None:
-        """The runner's Service, once per process (again after a failure)."""
+        """The runner's Service and the gateway behind it, once per process (each again
+        after a failure). The gateway does not wait for the Service: pods can reach it by
+        the pod's address while the API server is away."""
+        gateway = self.gateway
+        if gateway is not None and not gateway.listening:
+            self._step("gateway", gateway.start)
         if self._service_done:
             return
         done = self._step(
             "service", lambda: ensure_service(self.api, self._namespace(), self.labels, self.port)
         )
         self._service_done = done is not None
+
+    def close(self) -> None:
+        """Stop the gateway (the daemon has no close path for this object yet: its thread
+        is a daemon thread and ends with the process)."""
+        if self.gateway is not None:
+            self.gateway.close()
 
     def checks(self, device_id: str) -> list[CheckResult]:
         """Workload readiness, and a failed ``k3s`` check for every failed call."""
