@@ -1,7 +1,8 @@
 """The Helm charts in charts/: ``helm lint`` and ``helm template`` with every example values
 file (charts/*/ci/), and what users rely on in the rendered objects: replicas and the refusal
 of SQLite replicas, HTTPS probes, the migration hook, Secrets wired into env and never
-elsewhere, the agent's host state directory and its RBAC rules exactly.
+elsewhere, the agent's host state directory, its RBAC rules exactly, and the NetworkPolicy
+that keeps the unauthenticated runner port to its clients.
 
 The real helm binary and the Kubernetes object schemas (node, deps/npm): ``make tools``."""
 
@@ -357,6 +358,52 @@ def test_agent_needs_its_registration_file() -> None:
     assert not [d for d in docs if d["kind"] == "Secret"]
     volumes = {v["name"]: v for v in pod(docs, "DaemonSet")["volumes"]}
     assert volumes["registration"]["secret"]["secretName"] == "edgefleet-registration"
+
+
+def _runner_rule(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The NetworkPolicy's one ingress rule, after checking it guards exactly the agent pods
+    and that the gateway listens on the port it admits."""
+    policy = one(docs, "NetworkPolicy")
+    daemonset = one(docs, "DaemonSet")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert selector == daemonset["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= daemonset["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    container = pod(docs, "DaemonSet")["containers"][0]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["runner"]
+    assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+    assert env(container)["EDGEFLEET_AGENT_SERVICE_PORT"] == str(port)
+    return rule
+
+
+def test_agent_runner_port_admits_only_labelled_runner_clients_by_default() -> None:
+    rule = _runner_rule(render(AGENT, "flux-values.yaml"))
+    assert rule["ports"][0]["port"] == 8080
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {},
+            "podSelector": {"matchLabels": {"edgefleet.io/runner-client": "true"}},
+        }
+    ]
+
+
+def test_agent_runner_policy_takes_the_peers_given() -> None:
+    given = yaml.safe_load((AGENT / "ci" / "argocd-values.yaml").read_text())
+    rule = _runner_rule(render(AGENT, "argocd-values.yaml"))
+    assert rule["ports"][0]["port"] == 9000
+    assert rule["from"] == given["runnerService"]["allowFrom"]
+
+
+def test_agent_runner_policy_with_no_peers_admits_nobody_and_can_be_left_out() -> None:
+    """An ingress rule without ``from`` would admit every source: none is written."""
+    text = _template(AGENT, "flux-values.yaml", "runnerService.allowFrom=null")
+    policy = one(documents(text), "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [] and policy["spec"]["policyTypes"] == ["Ingress"]
+    code, _, stderr = validate(text)
+    assert code == 0, stderr
+    docs = render(AGENT, "flux-values.yaml", "runnerService.networkPolicy=false")
+    assert not [d for d in docs if d["kind"] == "NetworkPolicy"]
 
 
 def _rules(docs: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
