@@ -192,6 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._route("POST")
 
+    def _refuse_method(self) -> None:
+        self._error(405, "method_not_allowed", "use GET or POST (see GET /models)", True)
+
+    do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _refuse_method
+
     def _route(self, method: str) -> None:
         path = urlsplit(self.path).path
         if path == "/models" and method == "GET":

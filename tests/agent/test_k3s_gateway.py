@@ -155,13 +155,15 @@ def test_an_unknown_model_is_404_at_once_naming_the_models_served(
         conn.close()
 
 
-def test_an_unknown_path_is_404_with_the_routes(gateway: Gateway) -> None:
+def test_an_unknown_path_is_404_and_a_method_405_in_the_runners_shape(gateway: Gateway) -> None:
     conn = connect(gateway)
     try:
         for path in ("/predict", "/models/affine", "/models/affine/predict/x", "/models/a/b"):
             status, doc, _ = call(conn, "GET", path)
             assert status == 404 and "try GET /models" in doc["error"]["message"], path
             conn.close()
+        status, doc, _ = call(conn, "DELETE", "/models/affine/predict")
+        assert status == 405 and doc["error"]["code"] == "method_not_allowed"
     finally:
         conn.close()
 
