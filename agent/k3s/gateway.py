@@ -208,7 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(
                 404,
                 "not_found",
-                f"no such endpoint {path}; try GET /models, POST /models/<name>/predict, "
+                f"no such endpoint {path[:200]}; try GET /models, POST /models/<name>/predict, "
                 "GET /models/<name>/health or /models/<name>/model",
                 close=True,
             )
