@@ -20,6 +20,7 @@ from edgefleet.cli import (
     registry,
     results,
     rollouts,
+    simulate,
     sites,
     tokens,
     updates,
@@ -69,6 +70,7 @@ app.add_typer(results.app, name="results")
 app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(claims.app, name="claims")
 app.command("login")(login.login)
+app.command("simulate")(simulate.simulate)
 
 agent = typer.Typer(help="The device agent.", no_args_is_help=True)
 

@@ -1,0 +1,70 @@
+"""The controller's CPU seconds and RSS, read from /proc for a process and all its
+descendants (``edgefleet controller serve`` is a supervisor with worker processes).
+
+Read from /proc rather than the controller's ``/metrics``: its registry carries no
+``process_*`` collector, and in multiprocess mode (several workers) prometheus-client
+cannot export per-process figures at all. /proc needs the controller on this machine,
+which is where the budgets are measured.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    cpu_seconds: float
+    rss_bytes: int
+    processes: int
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rfind(")") + 2 :].split()
+
+
+def tree(root: int) -> list[int]:
+    """``root`` and every process descended from it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        fields = _stat(int(entry.name))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def sample(root: int) -> ProcSample | None:
+    """CPU (user + system, of live processes) and RSS summed over the tree; None when
+    ``root`` is gone."""
+    cpu, rss, count = 0.0, 0, 0
+    for pid in tree(root):
+        fields = _stat(pid)
+        if fields is None:
+            continue
+        # after "pid (comm) ": state=0 ppid=1 ... utime=11 stime=12 ... rss=21
+        cpu += (int(fields[11]) + int(fields[12])) / _TICKS
+        rss += int(fields[21]) * _PAGE
+        count += 1
+    return ProcSample(cpu, rss, count) if count else None
+
+
+def own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system

@@ -1,0 +1,168 @@
+"""The run's figures as one JSON document: the summary (requests/s and p50/p95/p99 per
+endpoint, errors by kind, shed load, the simulator's CPU) and the series per bucket
+(throughput, latency percentiles, errors, the simulator's and the controller's CPU and
+the controller's RSS)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgefleet.simulate.run import Outcome
+from edgefleet.simulate.stats import percentiles_ms
+
+ENROL = "POST /enrol"
+
+
+def build(out: Outcome) -> dict[str, Any]:
+    """The report; every latency in milliseconds, every rate per second."""
+    cfg, rec = out.config, out.recorder
+    endpoints: dict[str, Any] = {}
+    for name, samples in sorted(rec.latencies.items()):
+        seconds = out.enrol_seconds if name == ENROL else out.run_seconds
+        endpoints[name] = {
+            "requests": len(samples),
+            "per_second": round(len(samples) / seconds, 2) if seconds else None,
+            **percentiles_ms(samples),
+            "errors": rec.errors_by_endpoint.get(name, 0),
+            "shed": rec.shed.get(name, 0),
+        }
+    for name in set(rec.errors_by_endpoint) | set(rec.shed):
+        endpoints.setdefault(
+            name,
+            {
+                "requests": 0,
+                "per_second": 0.0,
+                **percentiles_ms([]),
+                "errors": rec.errors_by_endpoint.get(name, 0),
+                "shed": rec.shed.get(name, 0),
+            },
+        )
+    loop = [s for name, s in rec.latencies.items() if name != ENROL]
+    loop_requests = sum(len(s) for s in loop)
+    all_loop = [x for s in loop for x in s]
+    kinds = Counter(d.kind for d in out.devices)
+    enrolled = [d for d in out.devices if d.device_id is not None]
+    return {
+        "config": {
+            "url": cfg.url,
+            "devices": cfg.devices,
+            "interval_s": cfg.interval,
+            "duration_s": cfg.duration,
+            "site": cfg.site,
+            "profile": cfg.profile,
+            "seed": cfg.seed,
+            "connections": cfg.connections,
+            "enrol_concurrency": cfg.enrol_concurrency,
+            "timeout_s": cfg.timeout,
+            "batch": cfg.batch,
+            "bucket_s": cfg.bucket,
+            "mix": dict(cfg.mix.items()),
+            "controller_pid": cfg.controller_pid,
+        },
+        "registration_token": out.token_kid,
+        "devices": {
+            "requested": cfg.devices,
+            "enrolled": len(enrolled),
+            "by_behaviour": dict(sorted(kinds.items())),
+            "reports": sum(d.reports for d in out.devices),
+            "results_acked": sum(d.acked for d in out.devices),
+            "updates_reported": sum(d.updates_reported for d in out.devices),
+        },
+        "enrol_seconds": round(out.enrol_seconds, 3),
+        "run_seconds": round(out.run_seconds, 3),
+        "drain_seconds": round(out.drain_seconds, 3),
+        "requests_per_second": round(loop_requests / out.run_seconds, 2)
+        if out.run_seconds
+        else None,
+        "latency": percentiles_ms(all_loop),
+        "endpoints": endpoints,
+        "errors": dict(sorted(rec.errors.items())),
+        "error_count": rec.error_count,
+        "first_errors": dict(sorted(rec.first_error.items())),
+        "shed": sum(rec.shed.values()),
+        "simulator_cpu_seconds": round(out.sim_cpu_s, 3),
+        "controller": _controller(out),
+        "series": series(out),
+        "device_list": [
+            {
+                "id": d.device_id,
+                "serial": d.serial,
+                "behaviour": d.kind,
+                "enrolled_at": d.enrolled_at,
+                "reports": d.reports,
+                "results_acked": d.acked,
+                "updates_reported": d.updates_reported,
+            }
+            for d in out.devices
+        ],
+    }
+
+
+def _controller(out: Outcome) -> dict[str, Any] | None:
+    points = [s for s in out.samples if s.controller_cpu_s is not None]
+    if not points:
+        return None
+    rss = [s.controller_rss_bytes or 0 for s in points]
+    return {
+        "source": f"/proc, process {out.config.controller_pid} and its descendants",
+        "cpu_seconds": round(
+            (points[-1].controller_cpu_s or 0) - (points[0].controller_cpu_s or 0), 3
+        ),
+        "rss_start_mb": round(rss[0] / 2**20, 1),
+        "rss_end_mb": round(rss[-1] / 2**20, 1),
+        "rss_max_mb": round(max(rss) / 2**20, 1),
+        "processes": points[-1].controller_processes,
+    }
+
+
+def series(out: Outcome) -> list[dict[str, Any]]:
+    """One point per bucket: requests and their percentiles in that bucket, and CPU
+    (percent of one core over the bucket) and RSS from the samples nearest to it."""
+    rec, step = out.recorder, out.config.bucket
+    last = max([*rec.buckets, int(out.samples[-1].t / step) if out.samples else 0])
+    points = []
+    samples = sorted(out.samples, key=lambda s: s.t)
+    for i in range(last + 1):
+        b = rec.buckets.get(i)
+        count = len(b.latencies) if b else 0
+        point: dict[str, Any] = {
+            "t": round(i * step, 3),
+            "requests": count,
+            "per_second": round(count / step, 2),
+            **(percentiles_ms(b.latencies) if b else percentiles_ms([])),
+            "by_endpoint": dict(b.by_endpoint) if b else {},
+            "errors": b.errors if b else 0,
+            "shed": b.shed if b else 0,
+        }
+        point.update(_usage(samples, i * step, (i + 1) * step))
+        points.append(point)
+    return points
+
+
+def _usage(samples: list[Any], t0: float, t1: float) -> dict[str, Any]:
+    """CPU % between the samples that bracket [t0, t1], RSS at its end."""
+    before = [s for s in samples if s.t <= t0 + 1e-6]
+    after = [s for s in samples if s.t >= t1 - 1e-6]
+    if not before or not after or after[0].t <= before[-1].t:
+        return {"sim_cpu_pct": None, "controller_cpu_pct": None, "controller_rss_mb": None}
+    a, b = before[-1], after[0]
+    dt = b.t - a.t
+    ctl_cpu = (
+        round((b.controller_cpu_s - a.controller_cpu_s) / dt * 100, 1)
+        if a.controller_cpu_s is not None and b.controller_cpu_s is not None
+        else None
+    )
+    return {
+        "sim_cpu_pct": round((b.sim_cpu_s - a.sim_cpu_s) / dt * 100, 1),
+        "controller_cpu_pct": ctl_cpu,
+        "controller_rss_mb": round(b.controller_rss_bytes / 2**20, 1)
+        if b.controller_rss_bytes is not None
+        else None,
+    }
+
+
+def write(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n")
