@@ -138,6 +138,9 @@ class Agent:
         self._access_token: str | None = None
         self._token_refresh_at = 0.0
         self._desired_checked = False
+        self._controller_etag: str | None = None
+        """K3s mode: the device API's desired state last read for what Git does not
+        carry (the trust bundle, the operator's update retries)."""
         self._inventory_reported = False
         self._apply_error: str | None = None
         self.outbox = Outbox(self.state_dir)
@@ -193,6 +196,8 @@ class Agent:
                 self._upload_client.close()
             if self._applier is not None:
                 self._applier.close()
+            if self.k3s is not None:
+                self.k3s.close()
             if self.client is not None:
                 self.client.close()
 
@@ -533,7 +538,32 @@ class Agent:
             log.info("controller has a new desired state (etag %s)", ack.desired_etag)
             if self._sync_desired():
                 self._report()
+        elif self.k3s is not None and ack.desired_etag != self._controller_etag:
+            self._sync_controller_fields()
         self._send_reports()
+
+    def _sync_controller_fields(self) -> None:
+        """K3s mode: the revision comes from the ConfigMap, but the trust bundle and the
+        operator's update retries live only in the controller (not in Git): read them
+        from the device API whenever its ETag moves. A retry makes the next cycle apply
+        the ConfigMap's state again, even though it did not change."""
+        assert self.enrolment is not None
+        desired, etag = self._desired_from_api(self.enrolment.device_id, self._controller_etag)
+        self._controller_etag = etag
+        if desired is None:
+            return
+        self._learn_trust(desired.trust_bundle)
+        if self._take_retries(desired):
+            self.store.update(desired_etag=None)
+
+    def _take_retries(self, desired: DesiredState) -> bool:
+        """An operator retry (a higher ``update_retries``) lets ``desired.revision`` be
+        tried again where a slot failed it. True if there was a new one."""
+        if desired.update_retries <= self.store.current.update_retries:
+            return False
+        self.applier.retry(desired.revision)
+        self.store.update(update_retries=desired.update_retries)
+        return True
 
     def _sync_desired(self) -> bool:
         """Fetch the desired state unless unchanged (304); apply it if new. True if applied."""
@@ -586,9 +616,7 @@ class Agent:
         write_json(self.state_dir / DESIRED_FILE, desired.model_dump(mode="json"))
         self._learn_trust(desired.trust_bundle)
         self.uploader.configure(desired.results)
-        if desired.update_retries > self.store.current.update_retries:
-            self.applier.retry(desired.revision)
-            self.store.update(update_retries=desired.update_retries)
+        self._take_retries(desired)
         try:
             serving = desired.models or self._applier is not None
             revision = self.applier.apply(desired) if serving else desired.revision

@@ -119,8 +119,7 @@ class K3sBackend:
         self._service_done = done is not None
 
     def close(self) -> None:
-        """Stop the gateway (the daemon has no close path for this object yet: its thread
-        is a daemon thread and ends with the process)."""
+        """Stop the gateway: the daemon does when it stops."""
         if self.gateway is not None:
             self.gateway.close()
 

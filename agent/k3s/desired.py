@@ -1,9 +1,10 @@
 """The desired-state ConfigMap (``edgefleet-desired``, rendered by the controller into
 the device's folder) as the :class:`DesiredState` direct mode gets from the device API.
 
-What Git does not carry stays at its default: the trust bundle (the agent keeps the
-roots it pinned) and the operator's update retries (``devices retry-update`` needs
-direct mode). Model origins are left to the reference's registry, over HTTPS.
+What Git does not carry stays at its default here: the trust bundle and the operator's
+update retries come from the device API instead (the daemon reads them whenever the
+status ack's ETag moves). Model origins are left to the reference's registry, over
+HTTPS, or the site's mirrors.
 """
 
 from __future__ import annotations

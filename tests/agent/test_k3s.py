@@ -341,7 +341,9 @@ def test_a_k3s_agent_follows_the_configmap_and_reports_workloads_and_flux(
         assert check.detail == "not ready: Deployment inference: 1/2 ready, 1/2 updated"
         kube.workload_objects[ns] = [_deployment("inference", 2, 2)]
         wait_until(lambda: last().health.ok, what="healthy once the workload is ready")
-        assert fake.count("GET", "/desired") == 0  # the device API's desired state is unused
+        # The device API's desired state is read once, for what Git does not carry (the
+        # trust bundle, update retries), and not again while its ETag stands.
+        assert fake.count("GET", "/desired") == 1
         assert ("create service", f"{AGENT_NS}/{names.SERVICE}") in kube.calls
         assert agent.state.phase == Phase.ready
         inventory = fake.devices[device_id].statuses[0].inventory
