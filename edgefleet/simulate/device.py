@@ -75,6 +75,7 @@ class SimDevice:
         self.slots: list[SlotStatus] = []
         self.last_update: UpdateOutcome | None = None
         self._inventory_sent = False
+        self._status_cache: tuple[object, bytes] | None = None
         self.epoch = f"{rng.getrandbits(64):016x}"
         self.boot_id = f"{rng.getrandbits(128):032x}"
         self._booted = time.monotonic()
@@ -226,21 +227,30 @@ class SimDevice:
         )
         self.updates_reported += 1
 
+    def _status_body(self) -> bytes:
+        """The report, encoded once per change: a heartbeat repeats the same bytes, as the
+        agent's does (the controller answers an unchanged report from its digest)."""
+        key = (self.applied, self.last_update, self._inventory_sent)
+        if self._status_cache is None or self._status_cache[0] != key:
+            report = StatusReport(
+                applied_revision=self.applied,
+                slots=self.slots,
+                active_slot="A" if self.slots else None,
+                last_update=self.last_update,
+                inventory=None if self._inventory_sent else self.inventory,
+            )
+            self._status_cache = (key, report.model_dump_json().encode())
+        return self._status_cache[1]
+
     async def _status(self, wire: Wire) -> dict[str, object]:
-        report = StatusReport(
-            applied_revision=self.applied,
-            slots=self.slots,
-            active_slot="A" if self.slots else None,
-            last_update=self.last_update,
-            inventory=None if self._inventory_sent else self.inventory,
-        )
+        body = self._status_body()
         headers = {**await self._bearer(wire), **JSON}
         await self._pause()
         answer = await wire.call(
             "POST status",
             "POST",
             f"/devices/{self.device_id}/status",
-            body=report.model_dump_json().encode(),
+            body=body,
             headers=headers,
             slow=self._slow(),
         )

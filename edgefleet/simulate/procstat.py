@@ -22,6 +22,8 @@ class ProcSample:
     cpu_seconds: float
     rss_bytes: int
     processes: int
+    each: dict[int, tuple[float, int]]
+    """Per process: CPU seconds and RSS bytes (are the workers' loads even?)."""
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -53,16 +55,17 @@ def tree(root: int) -> list[int]:
 def sample(root: int) -> ProcSample | None:
     """CPU (user + system, of live processes) and RSS summed over the tree; None when
     ``root`` is gone."""
-    cpu, rss, count = 0.0, 0, 0
+    each: dict[int, tuple[float, int]] = {}
     for pid in tree(root):
         fields = _stat(pid)
         if fields is None:
             continue
         # after "pid (comm) ": state=0 ppid=1 ... utime=11 stime=12 ... rss=21
-        cpu += (int(fields[11]) + int(fields[12])) / _TICKS
-        rss += int(fields[21]) * _PAGE
-        count += 1
-    return ProcSample(cpu, rss, count) if count else None
+        each[pid] = ((int(fields[11]) + int(fields[12])) / _TICKS, int(fields[21]) * _PAGE)
+    if not each:
+        return None
+    cpu = sum(c for c, _ in each.values())
+    return ProcSample(cpu, sum(r for _, r in each.values()), len(each), each)
 
 
 def own_cpu_seconds() -> float:

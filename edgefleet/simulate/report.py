@@ -78,6 +78,7 @@ def build(out: Outcome) -> dict[str, Any]:
         if out.run_seconds
         else None,
         "latency": percentiles_ms(all_loop),
+        "pool_wait": percentiles_ms(rec.pool_wait),
         "endpoints": endpoints,
         "errors": dict(sorted(rec.errors.items())),
         "error_count": rec.error_count,
@@ -115,7 +116,25 @@ def _controller(out: Outcome) -> dict[str, Any] | None:
         "rss_end_mb": round(rss[-1] / 2**20, 1),
         "rss_max_mb": round(max(rss) / 2**20, 1),
         "processes": points[-1].controller_processes,
+        "per_process": _per_process(
+            points[0].controller_each or {}, points[-1].controller_each or {}
+        ),
     }
+
+
+def _per_process(
+    first: dict[int, tuple[float, int]], last: dict[int, tuple[float, int]]
+) -> list[dict[str, Any]]:
+    """CPU over the run and RSS at its end for each process: the supervisor and every
+    worker, to see whether the workers share the load."""
+    return [
+        {
+            "pid": pid,
+            "cpu_seconds": round(cpu - first.get(pid, (0.0, 0))[0], 3),
+            "rss_mb": round(rss / 2**20, 1),
+        }
+        for pid, (cpu, rss) in sorted(last.items())
+    ]
 
 
 def series(out: Outcome) -> list[dict[str, Any]]:

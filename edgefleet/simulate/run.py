@@ -33,6 +33,7 @@ class Sample:
     controller_cpu_s: float | None = None
     controller_rss_bytes: int | None = None
     controller_processes: int | None = None
+    controller_each: dict[int, tuple[float, int]] | None = None
 
 
 @dataclass
@@ -72,6 +73,7 @@ async def _sampler(cfg: SimConfig, out: Outcome, stop: asyncio.Event) -> None:
                 point.controller_cpu_s = proc.cpu_seconds
                 point.controller_rss_bytes = proc.rss_bytes
                 point.controller_processes = proc.processes
+                point.controller_each = proc.each
         out.samples.append(point)
         try:
             await asyncio.wait_for(stop.wait(), cfg.bucket)

@@ -39,6 +39,9 @@ class Recorder:
         self.errors_by_endpoint: Counter[str] = Counter()
         self.shed: Counter[str] = Counter()
         """429/503 with Retry-After, by endpoint: retried, not errors."""
+        self.pool_wait = array("d")
+        """Seconds each answered request waited for a free connection of the pool: when
+        this grows, the pool (``--connections``) or the controller is the bottleneck."""
         self.buckets: dict[int, Bucket] = {}
         self.first_error: dict[str, str] = {}
         """The first message of each error kind, for the operator."""

@@ -47,6 +47,27 @@ class Answer:
         return json.loads(self.body)
 
 
+class _Waited:
+    """How long one request waited for a connection of the pool (aiohttp's trace)."""
+
+    __slots__ = ("seconds", "since")
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.since = 0.0
+
+
+async def _queued_start(_s: object, ctx: Any, _p: object) -> None:
+    if isinstance(ctx.trace_request_ctx, _Waited):
+        ctx.trace_request_ctx.since = time.monotonic()
+
+
+async def _queued_end(_s: object, ctx: Any, _p: object) -> None:
+    waited = ctx.trace_request_ctx
+    if isinstance(waited, _Waited):
+        waited.seconds += time.monotonic() - waited.since
+
+
 class Wire:
     """One aiohttp session over a pool of ``connections`` (0: a new connection, with a
     full TLS handshake, for every request, as a device whose keep-alive lapsed)."""
@@ -64,6 +85,9 @@ class Wire:
         self.recorder = recorder
         self.stopping = False
         """Set at the end of the run: shed requests are no longer retried."""
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_queued_start.append(_queued_start)
+        trace.on_connection_queued_end.append(_queued_end)
         connector = aiohttp.TCPConnector(
             ssl=context,
             limit=connections,
@@ -72,7 +96,10 @@ class Wire:
         )
         self.session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(total=timeout),
+            # Per socket operation, not in total: a request waiting for a free connection
+            # of the pool is the simulator's queue, not the controller's slowness.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout),
+            trace_configs=[trace],
             headers={"User-Agent": f"edgefleet-simulate/{__version__}"},
             skip_auto_headers=("Accept-Encoding",),
             auto_decompress=False,
@@ -96,6 +123,10 @@ class Wire:
         """Send until answered (shed load is retried after Retry-After); record the
         latency of an answer in ``ok``, or the failure, which raises CallFailed.
 
+        The latency runs from the request leaving on a connection (a new one's TCP and
+        TLS handshakes included) to the last byte of the answer; the wait for a free
+        connection of the pool is recorded apart (``pool_wait``).
+
         ``slow``: seconds to wait after the answer's headers before reading its body
         (a slow reader holding its connection); not counted in the latency.
         """
@@ -103,8 +134,11 @@ class Wire:
         rec = self.recorder
         while True:
             started = time.monotonic()
+            waited = _Waited()
             try:
-                async with self.session.request(method, url, data=body, headers=headers) as r:
+                async with self.session.request(
+                    method, url, data=body, headers=headers, trace_request_ctx=waited
+                ) as r:
                     heard = time.monotonic()
                     if slow:
                         await asyncio.sleep(slow)
@@ -128,5 +162,6 @@ class Wire:
             if status not in ok:
                 rec.error(endpoint, f"http {status}", data[:300].decode(errors="replace"))
                 raise CallFailed(endpoint)
-            rec.ok(endpoint, (heard - started) + (done - read_from), done)
+            rec.pool_wait.append(waited.seconds)
+            rec.ok(endpoint, (heard - started - waited.seconds) + (done - read_from), done)
             return Answer(status, answer_headers, data)

@@ -1,0 +1,85 @@
+"""The fleet simulator against a fresh controller: devices at an interval for a while,
+then requests/s, p99 by endpoint, the controller's RSS at start and end and its CPU,
+and the simulator's own CPU (both share this machine's cores).
+
+    python bench/simulate.py [--devices 2000] [--interval 30] [--duration 60]
+        [--workers N] [--database-url postgresql://...] [--connections 64] [--keep DIR]
+
+The controller's per-address enrolment and token rate limits are off (as in every
+benchmark: one simulator is one address); ``edgefleet simulate`` is run as a user
+runs it, in its own process, and its JSON report is read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import EDGEFLEET, start_controller
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--devices", type=int, default=2000)
+    p.add_argument("--interval", type=float, default=30)
+    p.add_argument("--duration", type=float, default=60)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--database-url")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--enrol-concurrency", type=int, default=32)
+    p.add_argument("--uploading", type=float, default=0.0)
+    p.add_argument("--keep", type=Path, help="Write report.json and chart.png here")
+    args = p.parse_args()
+
+    out = args.keep or Path(tempfile.mkdtemp(prefix="ef-sim-"))
+    out.mkdir(parents=True, exist_ok=True)
+    ctl = start_controller(args.database_url, workers=args.workers)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        env.update(EDGEFLEET_URL=ctl.url, EDGEFLEET_TOKEN=ctl.admin_token, EDGEFLEET_CA_FILE=ctl.ca)
+        cmd = [
+            *EDGEFLEET,
+            "simulate",
+            *("--devices", str(args.devices), "--interval", str(args.interval)),
+            *("--duration", str(args.duration), "--connections", str(args.connections)),
+            *("--enrol-concurrency", str(args.enrol_concurrency)),
+            *("--uploading", str(args.uploading), "--bucket", "5"),
+            *("--controller-pid", str(ctl.proc.pid), "--site", "bench"),
+            *("--report", str(out / "report.json"), "--chart", str(out / "chart.png")),
+        ]
+        started = time.monotonic()
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - started
+    finally:
+        ctl.stop()
+    if run.returncode == 2 or not (out / "report.json").exists():
+        raise SystemExit(f"the simulator could not run:\n{run.stdout}\n{run.stderr}")
+    doc = json.loads((out / "report.json").read_text())
+    print(run.stdout, end="")
+    c, lat = doc["controller"] or {}, doc["latency"]
+    db = "PostgreSQL" if args.database_url else "SQLite"
+    workers = args.workers or "default"
+    print(
+        f"simulate ({db}, controller workers {workers}): {doc['devices']['enrolled']} devices "
+        f"at {args.interval:g} s for {args.duration:g} s: {doc['requests_per_second']} req/s, "
+        f"p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, {doc['error_count']} errors, "
+        f"{doc['shed']} shed; enrolment {doc['enrol_seconds']:.1f} s "
+        f"({doc['endpoints']['POST /enrol']['per_second']}/s, "
+        f"p99 {doc['endpoints']['POST /enrol']['p99_ms']} ms); controller RSS "
+        f"{c.get('rss_start_mb')} -> {c.get('rss_end_mb')} MB, CPU {c.get('cpu_seconds')} s; "
+        f"simulator CPU {doc['simulator_cpu_seconds']} s over {wall:.0f} s wall "
+        f"({doc['simulator_cpu_seconds'] / wall * 100:.0f}% of a core); report in {out}"
+    )
+    if run.returncode:
+        raise SystemExit(run.returncode)
+
+
+if __name__ == "__main__":
+    main()
