@@ -93,11 +93,20 @@ def _forget() -> None:
     gitops._open.clear()
 
 
+def _remotes(tmp_path: Path) -> str:
+    """Bare repositories standing in for the Git server the sites pull from; its URL
+    template (``gitops_remote``)."""
+    remotes = tmp_path / "remote"
+    for site in ("shop-a", "shop-b", "empty"):
+        subprocess.run(["git", "init", "-q", "--bare", str(remotes / f"{site}.git")], check=True)
+    return f"file://{remotes}/{{site}}.git"
+
+
 @pytest.mark.skipif(KUBECTL is None, reason="needs kubectl (with kustomize): apt install kubectl")
 @pytest.mark.parametrize("applier", ["flux", "argocd"])
 def test_every_device_folder_builds_with_kubectl_kustomize(tmp_path: Path, applier: str) -> None:
-    root = tmp_path / "gitops"
-    gitops.sync(root, GitopsParams(applier=applier), _state(), "alice", "first render")
+    root, remote = tmp_path / "gitops", _remotes(tmp_path)
+    gitops.sync(root, GitopsParams(applier=applier, remote=remote), _state(), "alice", "first")
     for site, ids in {
         "shop-a": ["cam-a1", "cam-a2", "pi-a3"],
         "shop-b": ["cam-b1", "new-b2"],
@@ -137,7 +146,7 @@ def test_every_device_folder_builds_with_kubectl_kustomize(tmp_path: Path, appli
                 kust = next(d for d in docs if d["kind"] == "Kustomization")
                 assert kust["spec"]["path"] == f"./devices/{device_id}"
                 source = next(d for d in docs if d["kind"] == "GitRepository")
-                assert source["spec"]["url"] == f"file://{root.resolve()}/{site}.git"
+                assert source["spec"]["url"] == remote.format(site=site)
             else:
                 (application,) = docs
                 assert application["kind"] == "Application"
@@ -150,9 +159,9 @@ def test_every_device_folder_builds_with_kubectl_kustomize(tmp_path: Path, appli
 
 def test_same_state_renders_the_same_bytes_and_makes_no_commit(tmp_path: Path) -> None:
     params = GitopsParams()
-    first = render.render(_state(), params, "/r")
+    first = render.render(_state(), params)
     _forget()
-    assert render.render(_state(), params, "/r") == first
+    assert render.render(_state(), params) == first
     root = tmp_path / "gitops"
     commits = gitops.sync(root, params, _state(), "alice", "first")
     assert all(commits.values()) and set(commits) == {"shop-a", "shop-b", "empty"}
@@ -229,7 +238,7 @@ def test_the_fleet_setting_puts_every_site_in_one_repository(tmp_path: Path) -> 
 
 
 def test_no_secret_is_ever_rendered(tmp_path: Path) -> None:
-    files = render.render(_state(), GitopsParams(), "/r")
+    files = render.render(_state(), GitopsParams())
     docs = render.documents(data for repo in files.values() for data in repo.values())
     assert docs and not [d for d in docs if d.get("kind") == "Secret"]
     with pytest.raises(render.RenderError, match="Secret"):
@@ -240,7 +249,7 @@ def test_no_secret_is_ever_rendered(tmp_path: Path) -> None:
     leaky.revisions.append(Revision("camera", 3, spec))
     leaky.assignments["cam-a1"] = ("camera", 3)
     with pytest.raises(render.RenderError, match="password"):
-        render.render(leaky, GitopsParams(), "/r")
+        render.render(leaky, GitopsParams())
 
 
 def test_models_must_be_pinned_by_digest() -> None:
@@ -250,14 +259,25 @@ def test_models_must_be_pinned_by_digest() -> None:
     state.revisions.append(Revision("camera", 3, spec))
     state.assignments["cam-a1"] = ("camera", 3)
     with pytest.raises(render.RenderError, match="digest"):
-        render.render(state, GitopsParams(), "/r")
+        render.render(state, GitopsParams())
+
+
+def test_without_a_remote_the_repositories_carry_no_applier_objects(tmp_path: Path) -> None:
+    """The controller's disk is nobody's Git server: a GitRepository or Application naming
+    it would be refused by Flux's schema and reach nothing. The device folders are there,
+    and the objects appear once ``gitops_remote`` names a server the sites reach."""
+    files = render.render(_state(), GitopsParams())
+    assert files["shop-a"] and not [p for f in files.values() for p in f if "appliers/" in p]
+    assert "devices/cam-a1/desired.yaml" in files["shop-a"]
+    with pytest.raises(render.RenderError, match="gitops_remote"):
+        render.repository_url("shop-a", GitopsParams())
+    remote = GitopsParams(remote="https://git.example/fleet/{site}.git")
+    assert "appliers/flux/cam-a1.yaml" in render.render(_state(), remote)["shop-a"]
 
 
 def test_new_commits_are_pushed_to_the_remote_template(tmp_path: Path) -> None:
     remotes = tmp_path / "remote"
-    for site in ("shop-a", "shop-b", "empty"):
-        subprocess.run(["git", "init", "-q", "--bare", str(remotes / f"{site}.git")], check=True)
-    params = GitopsParams(remote=f"file://{remotes}/{{site}}.git")
+    params = GitopsParams(remote=_remotes(tmp_path))
     root, state = tmp_path / "gitops", _state()
     commits = gitops.sync(root, params, state, "alice", "first")
     state.assignments["new-b2"] = ("camera", 1)

@@ -263,6 +263,10 @@ def test_cli_shows_status_and_log(api: Api) -> None:
     status = cli(api, "gitops", "status", "-o", "json")
     body = json.loads(status.output)
     assert body["last_error"] is None and body["repository_heads"]["shop-1"] == entries[0]["commit"]
+    # no gitops_remote: the operator is told that no site can pull what is written
+    assert (body["remote"], body["sites_can_pull"]) == (None, False)
+    shown = cli(api, "gitops", "status").output
+    assert "sites_can_pull" in shown and "False" in shown
 
 
 def _remote_settings(tmp_path: Path, database_url: str | None) -> Settings:

@@ -32,10 +32,9 @@ KUSTOMIZE_FILE = "kustomize.config.k8s.io/v1beta1"  # read by kustomize, not an 
 UPGRADE_PLAN = "upgrade.cattle.io/v1"  # system-upgrade-controller: no schema in the npm packages
 UNCHECKED = (KUSTOMIZE_FILE, UPGRADE_PLAN)
 REMOTE = "https://127.0.0.1:1/fleet/{site}.git"
-"""Sites pull from a remote; without one the appliers would point at the controller's own
-disk (file://), which Flux's schema refuses (only http, https and ssh). Pushes to this
-loopback port are refused at once and retried in the background; the local repository
-holds every commit meanwhile."""
+"""Sites pull from a remote; without one no applier objects are written at all. Pushes to
+this loopback port are refused at once and retried in the background; the local
+repository holds every commit meanwhile."""
 
 
 @pytest.fixture(params=["flux", "argocd"])

@@ -21,6 +21,8 @@ from tests.test_gitops import _checkout
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 OS_IMAGE = "registry.example/edge/os-upgrade"
+REMOTE = "https://git.example/fleet/{site}.git"
+"""Where the sites pull from: without one no applier objects are rendered."""
 
 
 def _spec(k3s: str = "v1.30.4+k3s1", os_version: str = "2026.1", **extra: Any) -> dict:
@@ -43,7 +45,7 @@ def _state(*revisions: Revision, assign: int = 1, mode: str | None = "k3s") -> F
 
 
 def _files(state: FleetState, applier: str = "flux") -> dict[str, bytes]:
-    return render.render(state, GitopsParams(applier=applier))["shop"]
+    return render.render(state, GitopsParams(applier=applier, remote=REMOTE))["shop"]
 
 
 def _docs(data: bytes) -> list[dict[str, Any]]:

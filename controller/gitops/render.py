@@ -77,11 +77,11 @@ def repository_name(site: str, params: GitopsParams) -> str:
     return "%2E" + name[1:] if name.startswith(".") else name
 
 
-def repository_url(name: str, params: GitopsParams, local_root: str) -> str:
-    """What the appliers pull (and where sync pushes): the remote template, else local."""
-    if params.remote:
-        return params.remote.format(site=name)
-    return f"file://{local_root}/{name}.git"
+def repository_url(name: str, params: GitopsParams) -> str:
+    """What the appliers pull and where sync pushes: the remote template's URL."""
+    if not params.remote:
+        raise RenderError("no gitops_remote: the sites have no Git server to pull from")
+    return params.remote.format(site=name)
 
 
 def k8s_name(text: str, prefix: str = "edgefleet-") -> str:
@@ -467,11 +467,13 @@ def _applier_file(
 # -- the fleet --------------------------------------------------------------------------
 
 
-def render(state: FleetState, params: GitopsParams, local_root: str = "") -> dict[str, Files]:
+def render(state: FleetState, params: GitopsParams) -> dict[str, Files]:
     """Every repository's files: ``{repository name: {path: bytes}}``.
 
     Every site gets a repository, even one without devices (its Flux then finds an empty
-    path instead of an error). Same state and params, same bytes.
+    path instead of an error). Same state and params, same bytes. The appliers' objects
+    are written only with a remote (``gitops_remote``): without one the repositories
+    live on the controller's disk, which no site's Flux or Argo CD can pull from.
     """
     revisions: dict[tuple[str, int], tuple[Revision, str, str]] = {}
     for rev in state.revisions:
@@ -499,8 +501,8 @@ def render(state: FleetState, params: GitopsParams, local_root: str = "") -> dic
         if upgrade and key:
             os_json, k3s_json = _canonical(spec.get("os", {})), _canonical(spec.get("k3s", {}))
             files.update(_upgrade_files(device.id, device.node, key, os_json, k3s_json))
-        if mode == "k3s":
-            url = repository_url(repo, params, local_root)
+        if mode == "k3s" and params.remote:
+            url = repository_url(repo, params)
             path, data = _applier_file(
                 device.id,
                 params.applier,

@@ -96,7 +96,7 @@ def sync(
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     staged = {}
-    for name, files in sorted(render(state, params, str(root)).items()):
+    for name, files in sorted(render(state, params).items()):
         pending = repository(root, name, params.branch).stage(files, message(why, title), who)
         staged[name] = pending
     if any(staged.values()):
@@ -109,7 +109,7 @@ def sync(
     if params.remote:
         for name in staged:
             try:
-                repository(root, name, params.branch).push(repository_url(name, params, str(root)))
+                repository(root, name, params.branch).push(repository_url(name, params))
             except RepositoryError as exc:
                 failed.append(str(exc))
     if failed:

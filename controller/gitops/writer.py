@@ -175,6 +175,7 @@ class GitopsWriter:
             "applier": self.params.applier,
             "repositories": "per-site" if self.params.per_site else "fleet",
             "remote": self.params.remote,
+            "sites_can_pull": bool(self.params.remote),
             "pending": pending,
             "last_success_at": self._last_ok.isoformat() if self._last_ok else None,
             "last_error": self._last_error,
