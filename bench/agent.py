@@ -1,10 +1,14 @@
 """The agent daemon's budgets: start to enrolled on loopback, idle RSS and idle CPU.
 
-    python bench/agent.py [--starts 10] [--idle-seconds 60]
+    python bench/agent.py [--starts 10] [--idle-seconds 60] [--mode k3s]
 
 Start to enrolled is measured from spawning ``edgefleet agent run`` (a fresh state
 directory: key generation, pinning, CSR, enrolment) to its state file naming a device.
 Idle figures are read from /proc for an enrolled agent at the default 10 s interval.
+With ``--mode k3s`` the idle agent runs K3s mode outside a pod: it loads the
+``kubernetes`` client and runs the runner gateway, but its cluster calls fail at once
+(no service account), so the figure leaves out the few objects a real cluster's answers
+would add.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--starts", type=int, default=10)
     p.add_argument("--idle-seconds", type=int, default=60)
+    p.add_argument("--mode", choices=["direct", "k3s"], default="direct")
     args = p.parse_args()
     ctl = start_controller(workers=1)
     work = Path(tempfile.mkdtemp(prefix="ef-agent-bench-"))
@@ -79,7 +84,8 @@ def main() -> None:
         )
 
         state = work / "idle"
-        proc = spawn_agent(reg, state, "idle")
+        mode = {"EDGEFLEET_AGENT_MODE": args.mode, "EDGEFLEET_AGENT_SERVICE_PORT": "0"}
+        proc = spawn_agent(reg, state, "idle", mode)
         while _device_id(state) is None:
             time.sleep(0.05)
         time.sleep(5)
@@ -92,7 +98,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(10)
         print(
-            f"idle (10 s interval): VmRSS {rss['VmRSS'] / 1024:.1f} MB "
+            f"idle, {args.mode} mode (10 s interval): VmRSS {rss['VmRSS'] / 1024:.1f} MB "
             f"(anon {rss['RssAnon'] / 1024:.1f} MB, file {rss['RssFile'] / 1024:.1f} MB), "
             f"after {args.idle_seconds} s {rss_end['VmRSS'] / 1024:.1f} MB; "
             f"CPU {cpu:.2f}% of a core over {args.idle_seconds} s"

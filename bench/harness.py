@@ -27,11 +27,15 @@ ROOT = Path(__file__).resolve().parent.parent
 EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
 
 
-def spawn_agent(reg: Path, state: Path, serial: str) -> subprocess.Popen[bytes]:
-    """``edgefleet agent run`` as a device starts it, quiet, with none of our settings;
-    ``serial`` is its hardware id too, or every agent on this machine would claim the
-    same hardware (and the second would wait for an operator to approve a new key)."""
+def spawn_agent(
+    reg: Path, state: Path, serial: str, settings: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``edgefleet agent run`` as a device starts it, quiet, with none of our settings
+    but ``settings`` (``EDGEFLEET_AGENT_*`` variables); ``serial`` is its hardware id too,
+    or every agent on this machine would claim the same hardware (and the second would
+    wait for an operator to approve a new key)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    env.update(settings or {})
     return subprocess.Popen(
         [
             *EDGEFLEET,
