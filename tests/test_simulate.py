@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from edgefleet.simulate.behaviours import assign
+from edgefleet.simulate.config import Mix
 from tests.support.processes import EDGEFLEET, ControllerProcess, wait_for
 
 DEVICES = 40
@@ -137,6 +140,14 @@ def test_a_simulated_fleet_is_what_the_controller_sees(
     with Image.open(chart) as img:
         img.load()
         assert img.format == "PNG" and img.size == (1000, 640)
+
+
+def test_behaviours_are_exact_counts_and_the_same_for_the_same_seed() -> None:
+    mix = Mix(offline=0.1, flapping=0.25, uploading=0.5)
+    kinds = assign(20, mix, seed=3)
+    assert Counter(kinds) == {"offline": 2, "flapping": 5, "uploading": 10, "plain": 3}
+    assert assign(20, mix, seed=3) == kinds
+    assert assign(20, mix, seed=4) != kinds
 
 
 def _refused_port() -> int:

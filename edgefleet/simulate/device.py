@@ -97,12 +97,13 @@ class SimDevice:
             memory_mb=4096,
         )
 
-    def _slow(self) -> float:
-        return self.rng.uniform(0.0, self.slow_delay) if self.kind == "slow" else 0.0
+    def _slow(self) -> float | None:
+        """A slow device's read delay for one request; None for every other device."""
+        return self.rng.uniform(0.0, self.slow_delay) if self.kind == "slow" else None
 
     async def _pause(self) -> None:
         if self.kind == "slow":
-            await asyncio.sleep(self._slow())
+            await asyncio.sleep(self.rng.uniform(0.0, self.slow_delay))
 
     # -- enrolment and tokens ----------------------------------------------------
 
@@ -129,7 +130,12 @@ class SimDevice:
             body = TokenRequest(client_assertion=assertion).model_dump_json().encode()
             await self._pause()
             answer = await wire.call(
-                "POST /auth/token", "POST", "/auth/token", body=body, headers=JSON
+                "POST /auth/token",
+                "POST",
+                "/auth/token",
+                body=body,
+                headers=JSON,
+                slow=self._slow(),
             )
             data = answer.json()
             self._token = data["access_token"]
@@ -224,6 +230,7 @@ class SimDevice:
             body=report.model_dump_json().encode(),
             headers=headers,
             ok=(200, 201),
+            slow=self._slow(),
         )
         self.updates_reported += 1
 
@@ -284,7 +291,12 @@ class SimDevice:
         body = gzip.compress(batch.model_dump_json().encode(), compresslevel=5)
         headers = {**await self._bearer(wire), **JSON, "Content-Encoding": "gzip"}
         answer = await wire.call(
-            "POST results", "POST", f"/devices/{self.device_id}/results", body=body, headers=headers
+            "POST results",
+            "POST",
+            f"/devices/{self.device_id}/results",
+            body=body,
+            headers=headers,
+            slow=self._slow(),
         )
         acked = int(answer.json().get("acked", 0))
         if acked != self.seq:

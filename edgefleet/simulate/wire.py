@@ -88,13 +88,24 @@ class Wire:
         trace = aiohttp.TraceConfig()
         trace.on_connection_queued_start.append(_queued_start)
         trace.on_connection_queued_end.append(_queued_end)
+        self.session = self._session(context, connections, timeout, trace)
+        self.slow_session = self._session(context, -1, timeout, trace)
+        """Slow devices' own connections, unbounded: a slow reader holds its connection
+        for as long as it dawdles, and in the shared pool it would make every other
+        device wait behind it, which is not what a slow device does to a real fleet."""
+
+    @staticmethod
+    def _session(
+        context: ssl.SSLContext, connections: int, timeout: float, trace: aiohttp.TraceConfig
+    ) -> aiohttp.ClientSession:
+        """``connections``: the pool's size; 0 a new connection per request; -1 unbounded."""
         connector = aiohttp.TCPConnector(
             ssl=context,
-            limit=connections,
+            limit=max(connections, 0),
             force_close=connections == 0,
             enable_cleanup_closed=True,
         )
-        self.session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             # Per socket operation, not in total: a request waiting for a free connection
             # of the pool is the simulator's queue, not the controller's slowness.
@@ -107,6 +118,7 @@ class Wire:
 
     async def close(self) -> None:
         await self.session.close()
+        await self.slow_session.close()
 
     async def call(
         self,
@@ -117,7 +129,7 @@ class Wire:
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
-        slow: float = 0.0,
+        slow: float | None = None,
         root: bool = False,
     ) -> Answer:
         """Send until answered (shed load is retried after Retry-After); record the
@@ -127,8 +139,8 @@ class Wire:
         TLS handshakes included) to the last byte of the answer; the wait for a free
         connection of the pool is recorded apart (``pool_wait``).
 
-        ``slow``: seconds to wait after the answer's headers before reading its body
-        (a slow reader holding its connection); not counted in the latency.
+        ``slow``: a slow device's request (on its own connection), and seconds to wait
+        after the answer's headers before reading its body; not counted in the latency.
         """
         url = (self.root if root else self.base) + path
         rec = self.recorder
@@ -136,7 +148,8 @@ class Wire:
             started = time.monotonic()
             waited = _Waited()
             try:
-                async with self.session.request(
+                session = self.session if slow is None else self.slow_session
+                async with session.request(
                     method, url, data=body, headers=headers, trace_request_ctx=waited
                 ) as r:
                     heard = time.monotonic()
