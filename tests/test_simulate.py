@@ -183,10 +183,13 @@ def test_bad_input_exits_2_with_a_message_and_creates_nothing(
         assert "sim-bad" not in {s["name"] for s in c.get("/sites").json()}
 
 
-def test_a_controller_stopped_mid_run_is_counted_by_kind_and_exits_1(tmp_path: Path) -> None:
+def test_shed_load_is_retried_and_a_controller_stopped_mid_run_is_counted_by_kind(
+    tmp_path: Path,
+) -> None:
     data = tmp_path / "data"
     data.mkdir()
-    ctl = ControllerProcess(data, workers=1).start()
+    # Enrolments beyond a burst of 3 are refused 429 with Retry-After: shed, not errors.
+    ctl = ControllerProcess(data, workers=1, enrol_rate_per_second=4, enrol_burst=3).start()
     try:
         report = tmp_path / "report.json"
         proc = _simulate(
@@ -205,6 +208,8 @@ def test_a_controller_stopped_mid_run_is_counted_by_kind_and_exits_1(tmp_path: P
     assert doc["error_count"] > 0
     assert set(doc["errors"]) <= {"connection", "timeout"} and doc["errors"], doc["errors"]
     assert doc["endpoints"]["GET desired"]["requests"] > 0  # it ran before the kill
+    enrol = doc["endpoints"]["POST /enrol"]
+    assert enrol["requests"] == 10 and enrol["shed"] > 0 and enrol["errors"] == 0
     assert "errors" in out and "first" in out
 
 
