@@ -32,6 +32,7 @@ from edgefleet.controller.api import (
 )
 from edgefleet.controller.claimwake import ClaimWaits
 from edgefleet.controller.console import routes as console
+from edgefleet.controller.fastpath import DesiredFastPath
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.rollouts.driver import Driver
@@ -117,7 +118,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     def metrics() -> Response:
         return Response(rt.metrics.render(), media_type=rt.metrics.content_type)
 
-    app.add_middleware(
+    app.add_middleware(DesiredFastPath, rt=rt)
+    app.add_middleware(  # added last: outermost
         Guard,
         metrics=rt.metrics,
         max_body=rt.settings.max_body_bytes,

@@ -9,9 +9,10 @@ from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller import roles
+from edgefleet.controller.access import DeviceClaims
 from edgefleet.controller.lifecycle import ACTIVE
 from edgefleet.controller.roles import Operator, Role
-from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.runtime import DeviceAuth, Runtime
 from edgefleet.controller.services import users
 from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import DeviceState
@@ -26,7 +27,11 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 def bearer_token(request: Request) -> str:
-    value = request.headers.get("authorization", "")
+    return bearer_of(request.headers.get("authorization", ""))
+
+
+def bearer_of(value: str) -> str:
+    """The token of an ``Authorization: Bearer`` header's value."""
     scheme, _, token = value.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized(
@@ -35,14 +40,17 @@ def bearer_token(request: Request) -> str:
     return token.strip()
 
 
-async def current_device(request: Request, device_id: str) -> str:
-    """The device named in the path, proven by its access token; refuses any other."""
-    rt: Runtime = request.app.state.rt
+def device_claims(rt: Runtime, token: str, device_id: str) -> DeviceClaims:
+    """The access token's claims, if it was issued to ``device_id`` by this controller."""
     rt.epoch.check()
-    claims = rt.access.verify(bearer_token(request))
+    claims = rt.access.verify(token)
     if claims.device_id != device_id:
         raise Forbidden("a device may only reach its own resources", code="other_device")
-    auth = rt.cached_auth(device_id) or await run_in_threadpool(rt.device_auth, device_id)
+    return claims
+
+
+def check_device(auth: DeviceAuth | None, claims: DeviceClaims, device_id: str) -> None:
+    """The device still holds the credentials the token was issued for."""
     if auth is None:
         raise Unauthorized(f"no device {device_id}", code="unknown_device")
     if auth.state == DeviceState.decommissioned:
@@ -52,6 +60,14 @@ async def current_device(request: Request, device_id: str) -> str:
             "this access token was issued for credentials that are no longer valid",
             code="token_revoked",
         )
+
+
+async def current_device(request: Request, device_id: str) -> str:
+    """The device named in the path, proven by its access token; refuses any other."""
+    rt: Runtime = request.app.state.rt
+    claims = device_claims(rt, bearer_token(request), device_id)
+    auth = rt.cached_auth(device_id) or await run_in_threadpool(rt.device_auth, device_id)
+    check_device(auth, claims, device_id)
     return device_id
 
 
