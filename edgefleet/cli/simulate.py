@@ -9,7 +9,6 @@ controller shed (429/503 with Retry-After) is counted apart and retried, not an 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +159,9 @@ def simulate(
             if path is not None and not path.parent.is_dir():
                 raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist")
         from edgefleet.simulate import report as reporting
-        from edgefleet.simulate.run import simulate as run
+        from edgefleet.simulate.run import run_sync
 
-        outcome = asyncio.run(run(cfg, lambda text: err.print(f"[dim]{escape(text)}[/dim]")))
+        outcome = run_sync(cfg, lambda text: err.print(f"[dim]{escape(text)}[/dim]"))
     except ConfigError as exc:
         err.print(f"[red]error[/red] ({exc.code}): {escape(exc.message)}", highlight=False)
         raise typer.Exit(2) from exc

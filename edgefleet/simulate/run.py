@@ -53,6 +53,18 @@ class Outcome:
     token_kid: str = ""
 
 
+def run_sync(cfg: SimConfig, progress: Progress = lambda _: None) -> Outcome:
+    """:func:`simulate` on uvloop where it is installed (it comes with the controller's
+    uvicorn[standard]; the event loop's own overhead is a good part of the simulator's
+    CPU), else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(simulate(cfg, progress))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(simulate(cfg, progress))
+
+
 def ssl_context(cfg: SimConfig) -> ssl.SSLContext:
     if cfg.ca_file is not None:
         return ssl.create_default_context(cafile=str(cfg.ca_file))
