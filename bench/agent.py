@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure
 from harness import median, spawn_agent, start_controller
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -82,6 +83,15 @@ def main() -> None:
             f"start to enrolled: median {median(times) * 1000:.0f} ms, "
             f"min {min(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms over {len(times)}"
         )
+        settings = {"database": "SQLite", "controller workers": 1}
+        figure(
+            "agent start to enrolled, loopback",
+            median(times) * 1000,
+            "ms",
+            budget=1000,
+            note=f"median of {len(times)} starts",
+            settings=settings,
+        )
 
         state = work / "idle"
         mode = {"EDGEFLEET_AGENT_MODE": args.mode, "EDGEFLEET_AGENT_SERVICE_PORT": "0"}
@@ -102,6 +112,23 @@ def main() -> None:
             f"(anon {rss['RssAnon'] / 1024:.1f} MB, file {rss['RssFile'] / 1024:.1f} MB), "
             f"after {args.idle_seconds} s {rss_end['VmRSS'] / 1024:.1f} MB; "
             f"CPU {cpu:.2f}% of a core over {args.idle_seconds} s"
+        )
+        settings = {**settings, "agent mode": args.mode, "interval": "10 s"}
+        figure(
+            f"agent idle RSS, no model ({args.mode})",
+            rss["VmRSS"] / 1024,
+            "MB",
+            budget=50,
+            note="VmRSS 5 s after enrolment",
+            settings=settings,
+        )
+        figure(
+            f"agent idle CPU, 10 s interval ({args.mode})",
+            cpu,
+            "% of a core",
+            budget=1,
+            note=f"over {args.idle_seconds} s",
+            settings=settings,
         )
     finally:
         ctl.stop()

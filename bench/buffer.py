@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -20,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgefleet.agent.buffer import Buffer, Record
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure
 
 RECORD: Record = {
     "payload": {
@@ -99,6 +103,15 @@ def main() -> None:
         print(
             f"  {name:32} {statistics.median(rates):>9,.0f} results/s "
             f"(min {min(rates):,.0f}, max {max(rates):,.0f}; budget >= {budget:,}) {verdict}"
+        )
+        figure(
+            f"agent buffer ingest, {name}",
+            statistics.median(rates),
+            "results/s",
+            budget=budget,
+            better="higher",
+            note=f"median of {args.runs}; {count:,} results",
+            settings={"sqlite": "WAL, synchronous=FULL", "disk": "/tmp"},
         )
 
 

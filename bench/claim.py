@@ -25,6 +25,7 @@ import yaml
 from cryptography import x509
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import database, figure
 from harness import median, spawn_agent, start_controller
 
 from edgefleet.signing import cert_pin
@@ -113,6 +114,29 @@ def main() -> None:
                 f"min {min(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"
             )
         print(f"  agent VmRSS while showing its claim: median {median(rss):.1f} MB")
+        settings = {"database": database(args.database_url), "controller workers": args.workers}
+        figure(
+            f"claim approved to agent enrolled ({db})",
+            median(to_enrolled) * 1000,
+            "ms",
+            budget=2000,
+            note=f"median of {args.runs}",
+            settings=settings,
+        )
+        figure(
+            f"claim approved to first status stored ({db})",
+            median(to_reported) * 1000,
+            "ms",
+            note=f"median of {args.runs}",
+            settings=settings,
+        )
+        figure(
+            f"agent RSS while showing its claim ({db})",
+            median(rss),
+            "MB",
+            note=f"median of {args.runs}",
+            settings=settings,
+        )
     finally:
         ctl.stop()
 

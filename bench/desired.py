@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import database, figure
 from harness import make_csr, median, run_wrk, start_controller
 
 from edgefleet.signing import make_assertion
@@ -76,6 +77,38 @@ def main() -> None:
             f"{median([r.requests_per_s for r in results]):.0f} req/s, median p99 "
             f"{median([r.p99_ms for r in results]):.2f} ms, wrk CPU median "
             f"{median([r.cpu_seconds / r.duration_s for r in results]) * 100:.0f}% of a core"
+        )
+        db = database(args.database_url)
+        settings = {
+            "database": db,
+            "controller workers": args.workers or os.cpu_count(),
+            "devices": args.devices,
+            "wrk": f"{args.threads} threads, {args.connections} connections, {args.seconds} s",
+        }
+        target = "issue 12 aims at >= 10,000/s, p99 < 20 ms"
+        figure(
+            f"GET desired 304/s ({db})",
+            median([r.requests_per_s for r in results]),
+            "/s",
+            budget=5000,
+            better="higher",
+            note=f"median of {args.runs} runs; {target}",
+            settings=settings,
+        )
+        figure(
+            f"GET desired 304 p99 ({db})",
+            median([r.p99_ms for r in results]),
+            "ms",
+            budget=25,
+            note=f"median of {args.runs} runs; {target}",
+            settings=settings,
+        )
+        figure(
+            f"GET desired: wrk CPU ({db})",
+            median([r.cpu_seconds / r.duration_s for r in results]) * 100,
+            "% of a core",
+            note="the load generator's share of this machine",
+            settings=settings,
         )
     finally:
         ctl.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import re
 import sys
 import tempfile
@@ -22,11 +23,13 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import database, figure
 from harness import median, spawn_agent, start_controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from edgefleet.agent.buffer import Buffer, Record
 
+BACKLOG = 345_600  # 2 a second for 48 hours
 DIGEST = "sha256:" + hashlib.sha256(b"model").hexdigest()
 STORED = re.compile(rb"^edgefleet_results_stored_total (\S+)$", re.M)
 
@@ -67,7 +70,7 @@ def rss_mb(pid: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--records", type=int, default=345_600)
+    p.add_argument("--records", type=int, default=BACKLOG)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--database-url")
     args = p.parse_args()
@@ -118,6 +121,30 @@ def main() -> None:
             f"{len(times)} runs, {args.records / median(times):,.0f} results/s; agent peak "
             f"VmRSS median {median(peaks):.1f} MB (max {max(peaks):.1f}); synchronous=FULL "
             "on the agent"
+        )
+        settings = {
+            "database": database(args.database_url),
+            "controller workers": os.environ.get("EDGEFLEET_WORKERS") or os.cpu_count(),
+            "agent buffer": "WAL, synchronous=FULL",
+            "records": args.records,
+        }
+        full = args.records == BACKLOG
+        figure(
+            f"drain {args.records:,} results to the controller ({db})",
+            median(times),
+            "s",
+            budget=60 * args.records / BACKLOG,
+            note=f"median of {len(times)}, {args.records / median(times):,.0f} results/s"
+            + ("" if full else f"; budget scaled from 60 s for {BACKLOG:,} (48 h)"),
+            settings=settings,
+        )
+        figure(
+            f"agent peak RSS while draining ({db})",
+            max(peaks),
+            "MB",
+            budget=60,
+            note=f"VmRSS sampled every 100 ms, max of {len(peaks)} runs",
+            settings=settings,
         )
     finally:
         ctl.stop()

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import database, figure
 from harness import make_csr, median, run_wrk, start_controller
 
 
@@ -71,6 +72,28 @@ def main() -> None:
             f"enrol ({db}): median {median([r.requests_per_s for r in results]):.0f}/s, "
             f"median p99 {median([r.p99_ms for r in results]):.1f} ms over {args.runs} runs; "
             f"{total} successful enrolments, {devices:.0f} devices stored"
+        )
+        settings = {
+            "database": database(args.database_url),
+            "controller workers": os.cpu_count(),
+            "wrk": f"{args.threads} threads, {args.connections} connections, {args.seconds} s",
+        }
+        figure(
+            f"enrolments/s, real CSRs ({db})",
+            median([r.requests_per_s for r in results]),
+            "/s",
+            budget=500,
+            better="higher",
+            note=f"median of {args.runs} runs",
+            settings=settings,
+        )
+        figure(
+            f"enrolment p99 ({db})",
+            median([r.p99_ms for r in results]),
+            "ms",
+            budget=None if args.database_url else 200,
+            note=f"median of {args.runs} runs",
+            settings=settings,
         )
     finally:
         ctl.stop()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure
 from harness import median
 
 from edgefleet.agent.oci.pull import Puller
@@ -129,6 +130,29 @@ def main() -> None:
         for label, t in (("pull (fsync, default):", s), ("pull (no fsync):", u)):
             print(f"{label:<25}median {t * 1000:.0f} ms ({mb / t:.0f} MB/s), {t / c:.2f}x curl")
         print(f"resume after a cut at {on_disk:.0f}%: {again:.2f}% of the model downloaded again")
+        settings = {"model": f"{mb:.0f} MB", "runs": args.runs}
+        figure(
+            "model pull vs curl, fsync (as shipped)",
+            s / c,
+            "x curl",
+            budget=1.5,
+            note=f"{s * 1000:.0f} ms vs {c * 1000:.0f} ms, medians of {args.runs}",
+            settings=settings,
+        )
+        figure(
+            "model pull vs curl, no fsync",
+            u / c,
+            "x curl",
+            note=f"{u * 1000:.0f} ms, median of {args.runs}",
+            settings=settings,
+        )
+        figure(
+            "pull cut at half, downloaded again on resume",
+            again,
+            "% of the model",
+            budget=10,
+            settings=settings,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

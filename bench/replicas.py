@@ -32,6 +32,7 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure
 from harness import (
     EDGEFLEET,
     RunningController,
@@ -177,6 +178,24 @@ def enrolments(
         f"runs; {n} devices stored, {n - serials} duplicate serials, {n - pins} duplicate "
         f"keys; listed by A: {len(on_a)}, by B: {len(on_b)}, identical: {on_a == on_b}"
     )
+    settings = replica_settings(args)
+    figure(
+        "enrolments/s over 2 replicas (PostgreSQL)",
+        median(totals),
+        "/s",
+        budget=500,
+        better="higher",
+        note=f"together, median of {args.runs} runs",
+        settings=settings,
+    )
+    figure(
+        "duplicate devices or keys over 2 replicas (PostgreSQL)",
+        (n - serials) + (n - pins),
+        "",
+        budget=0,
+        note=f"{n} devices; listed by A {len(on_a)}, by B {len(on_b)}, same: {on_a == on_b}",
+        settings=settings,
+    )
     if not (n == serials == pins == len(on_a) == len(on_b) and on_a == on_b):
         raise SystemExit("duplicates, or an enrolment one replica does not list")
 
@@ -235,6 +254,22 @@ def decommissions(a: RunningController, b: RunningController, args: argparse.Nam
         f"{median(ms):.1f} ms, max {ms[-1]:.1f} ms after the call returned; {stale} stale 304s; "
         f"the decommission call itself took median {median([c * 1000 for c in calls]):.1f} ms"
     )
+    figure(
+        "decommission on A refused by B (PostgreSQL)",
+        median(ms),
+        "ms",
+        budget=1000,
+        note=f"median over {args.devices} devices; {stale} stale 304s",
+        settings=replica_settings(args),
+    )
+
+
+def replica_settings(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "database": "PostgreSQL",
+        "controller workers": f"{args.workers or os.cpu_count()} per replica",
+        "wrk": f"2 x ({args.threads} threads, {args.connections} connections), {args.seconds} s",
+    }
 
 
 def main() -> None:

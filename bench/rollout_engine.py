@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import insert, select, update
 
+from bench.figures import database, figure
 from bench.harness import fresh_schema, median
 from bench.rollout_plan import populate
 from edgefleet.controller.bootstrap import prepare
@@ -113,6 +114,22 @@ def main() -> None:
         f"{sum(work) / len(work) * 1000:.2f} ms (hook {median(hooks) * 1000:.2f} ms; "
         f"{len(steps)} step(s), median {median(steps or [0]) * 1000:.2f} ms); the whole store of a "
         f"report {median(stores) * 1000:.2f} ms"
+    )
+    settings = {"database": database(url), "devices": args.devices, "reports": len(waited)}
+    figure(
+        f"rollout engine work per status report ({db})",
+        median(work) * 1000,
+        "ms",
+        budget=2,
+        note=f"median over {len(waited):,} reports; mean {sum(work) / len(work) * 1000:.2f} ms",
+        settings=settings,
+    )
+    figure(
+        f"rollout engine step ({db})",
+        median(steps or [0]) * 1000,
+        "ms",
+        note=f"median of {len(steps)} step(s)",
+        settings=settings,
     )
     t0 = time.perf_counter()
     for _ in range(50):

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import insert
 
+from bench.figures import database, figure
 from bench.harness import fresh_schema, median
 from edgefleet.controller.bootstrap import prepare
 from edgefleet.controller.db import make_engine
@@ -97,6 +98,14 @@ def main() -> None:
         f"(min {min(times) * 1000:.0f}, max {max(times) * 1000:.0f}) over {args.runs} runs; "
         f"label tier=gold selects {sum(len(w.members) for w in waves):,}, waves {sizes}, "
         f"{offline:,} offline"
+    )
+    figure(
+        f"plan a rollout over {args.devices:,} devices ({db})",
+        median(times) * 1000,
+        "ms",
+        budget=2000 if args.devices <= 100_000 else None,
+        note=f"median of {args.runs}; {sum(len(w.members) for w in waves):,} selected",
+        settings={"database": database(url), "devices": args.devices},
     )
     engine.dispose()
 

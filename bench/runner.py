@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure
 from harness import median
 
 from edgefleet.agent.runner import model
@@ -70,6 +71,14 @@ def main() -> None:
         f"model load, {big.stat().st_size / 1e6:.1f} MB: median {median(loads):.1f} ms "
         f"(min {min(loads):.1f}, max {max(loads):.1f}) over {args.loads} loads"
     )
+    figure(
+        f"runner model load, {args.model_mb} MB model",
+        median(loads),
+        "ms",
+        budget=100 if args.model_mb <= 10 else None,
+        note=f"median of {args.loads}",
+        settings={"model": f"{args.model_mb} MB"},
+    )
 
     x = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32)
     session = model.load(tiny, "tiny", "", None, threads=1).session
@@ -86,6 +95,14 @@ def main() -> None:
         f"{median(direct) * 1000:.0f} us: overhead {overhead * 1000:.0f} us "
         f"over {args.calls} calls each"
     )
+    figure(
+        "runner per-call overhead over session.run",
+        overhead * 1000,
+        "us",
+        budget=1000,
+        note=f"medians of {args.calls} calls each",
+        settings={"model": "tiny"},
+    )
     for _ in range(3):
         t = time.perf_counter()
         with Runner(_config(work, big)) as runner:
@@ -99,6 +116,13 @@ def main() -> None:
     print(
         f"runner RSS idle: {idle_tiny:.1f} MB with the tiny model, "
         f"{idle_big:.1f} MB with the {args.model_mb} MB model"
+    )
+    figure("runner RSS idle, tiny model", idle_tiny, "MB", settings={"model": "tiny"})
+    figure(
+        f"runner RSS idle, {args.model_mb} MB model",
+        idle_big,
+        "MB",
+        settings={"model": f"{args.model_mb} MB"},
     )
 
 
