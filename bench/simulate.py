@@ -74,7 +74,8 @@ def main() -> None:
         f"({doc['endpoints']['POST /enrol']['per_second']}/s, "
         f"p99 {doc['endpoints']['POST /enrol']['p99_ms']} ms); controller RSS "
         f"{c.get('rss_start_mb')} -> {c.get('rss_end_mb')} MB, CPU {c.get('cpu_seconds')} s; "
-        f"simulator CPU {doc['simulator_cpu_seconds']} s over {wall:.0f} s wall "
+        f"simulator CPU {doc['simulator_cpu_seconds']} s over {wall:.0f} s wall, "
+        f"max RSS {doc['simulator_max_rss_mb']} MB "
         f"({doc['simulator_cpu_seconds'] / wall * 100:.0f}% of a core); report in {out}"
     )
     if run.returncode:

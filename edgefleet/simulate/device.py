@@ -126,8 +126,12 @@ class SimDevice:
     async def _bearer(self, wire: Wire) -> dict[str, str]:
         if self._token is None or time.monotonic() >= self._token_refresh_at:
             assert self.device_id is not None
-            assertion = make_assertion(self.key, self.device_id, self.controller_id)
-            body = TokenRequest(client_assertion=assertion).model_dump_json().encode()
+            device_id = self.device_id
+
+            def body() -> bytes:  # signed as it leaves: an assertion lives 60 s
+                assertion = make_assertion(self.key, device_id, self.controller_id)
+                return TokenRequest(client_assertion=assertion).model_dump_json().encode()
+
             await self._pause()
             answer = await wire.call(
                 "POST /auth/token",

@@ -6,6 +6,7 @@ the controller's RSS)."""
 from __future__ import annotations
 
 import json
+import resource
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def build(out: Outcome) -> dict[str, Any]:
         "first_errors": dict(sorted(rec.first_error.items())),
         "shed": sum(rec.shed.values()),
         "simulator_cpu_seconds": round(out.sim_cpu_s, 3),
+        "simulator_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "controller": _controller(out),
         "series": series(out),
         "device_list": [

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,9 @@ class Wire:
         trace.on_connection_queued_start.append(_queued_start)
         trace.on_connection_queued_end.append(_queued_end)
         self.session = self._session(context, connections, timeout, trace)
+        self.gate = asyncio.Semaphore(connections) if connections > 0 else None
+        """Requests queue here, not in aiohttp's pool: the wait is measured the same way,
+        and a request's body is built only once it has a connection to go out on."""
         self.slow_session = self._session(context, -1, timeout, trace)
         """Slow devices' own connections, unbounded: a slow reader holds its connection
         for as long as it dawdles, and in the shared pool it would make every other
@@ -126,7 +129,7 @@ class Wire:
         method: str,
         path: str,
         *,
-        body: bytes | None = None,
+        body: bytes | Callable[[], bytes] | None = None,
         headers: dict[str, str] | None = None,
         ok: tuple[int, ...] = (200,),
         slow: float | None = None,
@@ -137,20 +140,28 @@ class Wire:
 
         The latency runs from the request leaving on a connection (a new one's TCP and
         TLS handshakes included) to the last byte of the answer; the wait for a free
-        connection of the pool is recorded apart (``pool_wait``).
+        connection of the pool is recorded apart (``pool_wait``). ``body`` may be built
+        once a connection is free (a callable): a signed assertion must not expire in
+        the simulator's own queue.
 
         ``slow``: a slow device's request (on its own connection), and seconds to wait
         after the answer's headers before reading its body; not counted in the latency.
         """
         url = (self.root if root else self.base) + path
         rec = self.recorder
+        pooled = slow is None
+        session = self.session if pooled else self.slow_session
         while True:
+            queued = time.monotonic()
+            if pooled and self.gate is not None:
+                await self.gate.acquire()
             started = time.monotonic()
             waited = _Waited()
+            waited.seconds = started - queued
+            payload = body() if callable(body) else body  # built anew for a resend
             try:
-                session = self.session if slow is None else self.slow_session
                 async with session.request(
-                    method, url, data=body, headers=headers, trace_request_ctx=waited
+                    method, url, data=payload, headers=headers, trace_request_ctx=waited
                 ) as r:
                     heard = time.monotonic()
                     if slow:
@@ -165,6 +176,9 @@ class Wire:
             except (aiohttp.ClientError, OSError) as exc:
                 rec.error(endpoint, "connection", f"{type(exc).__name__}: {exc}")
                 raise CallFailed(endpoint) from exc
+            finally:
+                if pooled and self.gate is not None:
+                    self.gate.release()
             retry_after = parse_retry_after(answer_headers.get("Retry-After"))
             if status in SHED and retry_after is not None:
                 rec.shed_load(endpoint)
@@ -176,5 +190,6 @@ class Wire:
                 rec.error(endpoint, f"http {status}", data[:300].decode(errors="replace"))
                 raise CallFailed(endpoint)
             rec.pool_wait.append(waited.seconds)
-            rec.ok(endpoint, (heard - started - waited.seconds) + (done - read_from), done)
+            on_wire = heard - queued - waited.seconds
+            rec.ok(endpoint, on_wire + (done - read_from), done)
             return Answer(status, answer_headers, data)
