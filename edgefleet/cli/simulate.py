@@ -158,8 +158,13 @@ def simulate(
         for path, flag in ((report, "--report"), (chart, "--chart")):
             if path is not None and not path.parent.is_dir():
                 raise ConfigError(f"{flag} {path}: folder {path.parent} does not exist")
-        from edgefleet.simulate import report as reporting
-        from edgefleet.simulate.run import run_sync
+        try:
+            from edgefleet.simulate import report as reporting
+            from edgefleet.simulate.run import run_sync
+        except ImportError as exc:  # aiohttp comes with the cli extra
+            raise ConfigError(
+                f"the simulator needs {exc.name}: pip install 'edgefleet[cli]'"
+            ) from exc
 
         outcome = run_sync(cfg, lambda text: err.print(f"[dim]{escape(text)}[/dim]"))
     except ConfigError as exc:
