@@ -197,6 +197,16 @@ def with_unit(text: str, unit: str) -> str:
     return f"{text}{unit}" if tight else f"{text} {unit}"
 
 
+def value_text(r: dict[str, Any]) -> str:
+    """The value, with more digits when rounding would make it read as its budget."""
+    text = number(r["value"])
+    if r.get("budget") is not None and r["value"] != r["budget"]:
+        b = float(r["budget"])
+        if text == number(b) or text == f"{int(b):,}":
+            text = f"{r['value']:,.2f}"
+    return text
+
+
 def budget_text(r: dict[str, Any]) -> str:
     if r.get("budget") is None:
         return "reported"
@@ -216,7 +226,7 @@ def rows(runs: list[Run]) -> list[list[str]]:
     out = []
     for run in runs:
         for r in run.records:
-            value = with_unit(number(r["value"]), r["unit"])
+            value = with_unit(value_text(r), r["unit"])
             out.append([run.label, r["name"], value, budget_text(r), verdict(r), r["note"]])
         if run.failed:
             how = "timed out" if run.returncode is None else f"exit {run.returncode}"

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import database, figure
+from figures import database, figure, median_of
 from harness import make_csr, median, run_wrk, start_controller
 
 from edgefleet.signing import make_assertion
@@ -92,7 +92,7 @@ def main() -> None:
             "/s",
             budget=5000,
             better="higher",
-            note=f"median of {args.runs} runs; {target}",
+            note=median_of(args.runs) + f"; {target}",
             settings=settings,
         )
         figure(
@@ -100,7 +100,7 @@ def main() -> None:
             median([r.p99_ms for r in results]),
             "ms",
             budget=25,
-            note=f"median of {args.runs} runs; {target}",
+            note=median_of(args.runs) + f"; {target}",
             settings=settings,
         )
         figure(

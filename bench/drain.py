@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import database, figure
+from figures import database, figure, median_of
 from harness import median, spawn_agent, start_controller
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -134,7 +134,7 @@ def main() -> None:
             median(times),
             "s",
             budget=60 * args.records / BACKLOG,
-            note=f"median of {len(times)}, {args.records / median(times):,.0f} results/s"
+            note=f"{median_of(len(times))}, {args.records / median(times):,.0f} results/s"
             + ("" if full else f"; budget scaled from 60 s for {BACKLOG:,} (48 h)"),
             settings=settings,
         )
@@ -143,7 +143,7 @@ def main() -> None:
             max(peaks),
             "MB",
             budget=60,
-            note=f"VmRSS sampled every 100 ms, max of {len(peaks)} runs",
+            note=f"VmRSS sampled every 100 ms, the highest of {len(peaks)} run(s)",
             settings=settings,
         )
     finally:

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import database, figure
+from figures import database, figure, median_of
 from harness import make_csr, median, run_wrk, start_controller
 
 
@@ -84,7 +84,7 @@ def main() -> None:
             "/s",
             budget=500,
             better="higher",
-            note=f"median of {args.runs} runs",
+            note=median_of(args.runs),
             settings=settings,
         )
         figure(
@@ -92,7 +92,7 @@ def main() -> None:
             median([r.p99_ms for r in results]),
             "ms",
             budget=None if args.database_url else 200,
-            note=f"median of {args.runs} runs",
+            note=median_of(args.runs),
             settings=settings,
         )
     finally:

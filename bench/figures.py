@@ -64,6 +64,11 @@ def figure(
     return record
 
 
+def median_of(n: int, what: str = "runs") -> str:
+    """``median of 3 runs``, or ``1 run`` (a median of one is not one)."""
+    return f"median of {n} {what}" if n != 1 else f"1 {what.removesuffix('s')}"
+
+
 def database(url: str | None) -> str:
     """The database a bench ran on, as the table names it."""
     return "PostgreSQL" if url else "SQLite"

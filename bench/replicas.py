@@ -32,7 +32,7 @@ import httpx
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from figures import figure
+from figures import figure, median_of
 from harness import (
     EDGEFLEET,
     RunningController,
@@ -185,7 +185,7 @@ def enrolments(
         "/s",
         budget=500,
         better="higher",
-        note=f"together, median of {args.runs} runs",
+        note=f"together, {median_of(args.runs)}",
         settings=settings,
     )
     figure(

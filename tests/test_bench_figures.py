@@ -140,3 +140,14 @@ def test_render_writes_results_from_a_jsonl_file(
     monkeypatch.setattr(sys, "argv", [*sys.argv, "--strict"])
     with pytest.raises(SystemExit):
         bench_all.main()
+
+
+def test_a_value_that_would_round_to_its_budget_keeps_its_digits() -> None:
+    short = {**LINES[1], "value": 499.6}
+    assert bench_all.value_text(short) == "499.60"
+    assert bench_all.value_text(LINES[1]) == "412"
+
+
+def test_a_median_of_one_run_says_one_run() -> None:
+    assert figures.median_of(1) == "1 run"
+    assert figures.median_of(3) == "median of 3 runs"
