@@ -71,6 +71,16 @@ def _print(report: dict[str, Any]) -> None:
             console.print(f"  first {escape(kind)}: {escape(first)}", highlight=False)
     else:
         console.print("errors: none", highlight=False)
+    wait = report["pool_wait"]
+    if (wait["p99_ms"] or 0) > 1000 or report["unsent_at_end"]:
+        console.print(
+            f"[yellow]backlog[/yellow]: requests waited up to "
+            f"{(wait['max_ms'] or 0) / 1000:.1f} s for a connection "
+            f"(p99 {(wait['p99_ms'] or 0) / 1000:.1f} s) and "
+            f"{report['unsent_at_end']} were still waiting at the end: the controller "
+            "(or --connections) did not keep up with this fleet",
+            highlight=False,
+        )
     if report["shed"]:
         console.print(f"shed load (429/503, retried): {report['shed']}", highlight=False)
     ctl = report["controller"]

@@ -80,6 +80,7 @@ def build(out: Outcome) -> dict[str, Any]:
         else None,
         "latency": percentiles_ms(all_loop),
         "pool_wait": percentiles_ms(rec.pool_wait),
+        "unsent_at_end": rec.unsent,
         "endpoints": endpoints,
         "errors": dict(sorted(rec.errors.items())),
         "error_count": rec.error_count,

@@ -42,6 +42,9 @@ class Recorder:
         self.pool_wait = array("d")
         """Seconds each answered request waited for a free connection of the pool: when
         this grows, the pool (``--connections``) or the controller is the bottleneck."""
+        self.unsent = 0
+        """Requests still waiting for the pool when the run ended, dropped unsent: a
+        backlog here means the controller (or the pool) could not keep up."""
         self.buckets: dict[int, Bucket] = {}
         self.first_error: dict[str, str] = {}
         """The first message of each error kind, for the operator."""

@@ -155,6 +155,10 @@ class Wire:
             queued = time.monotonic()
             if pooled and self.gate is not None:
                 await self.gate.acquire()
+                if self.stopping:  # the run is over: the backlog is not sent
+                    self.gate.release()
+                    rec.unsent += 1
+                    raise CallFailed(endpoint)
             started = time.monotonic()
             waited = _Waited()
             waited.seconds = started - queued
