@@ -17,7 +17,12 @@ Variants: new rows from 1 and from 4 writers at once (distinct devices), and a r
 upload (one writer sends every batch again: every row is already held, with the same
 payload, and is counted as a duplicate). ``insert`` is the share of the time spent in
 ``results._insert``, the statement that writes the rows; the rest is validation, the
-stream's lock, the boot, the ``held`` scan and the ack.
+stream's lock, the boot, the ``held`` scan, the ack and the commit. CPU per row is the
+writers' own and (PostgreSQL) their backends', read from /proc: on a shared machine it
+moves less than rows/s does, and 2 cores / (both together) is the ceiling on this box.
+Most of PostgreSQL's share is the foreign key from ``result.device_id`` to ``device``
+(one SPI lookup per row): on a schema without it the backend took 10-14 us a row
+instead of 26-35, with the same COPY.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import argparse
 import hashlib
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -83,6 +90,14 @@ def batches(epoch: str, rows: int, size: int) -> list[ResultBatch]:
     return out
 
 
+def backend_cpu(pid: int | None) -> float:
+    """CPU seconds of a PostgreSQL backend on this machine (its /proc entry)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def writer(
     url: str, device: str, epoch: str, rows: int, size: int, retried: bool, barrier: Any, out: Any
 ) -> None:
@@ -101,21 +116,44 @@ def writer(
         inserting[0] += time.perf_counter() - t
 
     results._insert = timed_insert  # type: ignore[assignment]
-    with rt.engine.connect():
-        pass  # the pool's connection is open before the clock starts
+    with rt.engine.connect() as conn:  # open before the clock starts; store() reuses it
+        pg = conn.dialect.name == "postgresql"
+        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar() if pg else None
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, cpu0, server0 = time.perf_counter(), time.process_time(), backend_cpu(pid)
     for b in todo:
         ack = results.store(rt, device, b)  # type: ignore[arg-type]
         expected = (0, len(b.records)) if retried else (len(b.records), 0)
         assert (ack.stored, ack.duplicates) == expected, ack
-    t1 = time.perf_counter()
+    t1, cpu1, server1 = time.perf_counter(), time.process_time(), backend_cpu(pid)
+    assert rt.engine.pool.checkedin() == 1, "store() used a second connection"
     rt.engine.dispose()
-    out.put((t0, t1, inserting[0], rows))
+    out.put(Done(t0, t1, inserting[0], rows, cpu1 - cpu0, server1 - server0))
 
 
-def run(url: str, devices: list[str], epoch: str, args: Any, retried: bool) -> tuple[float, float]:
-    """rows/s of one run, and the share of the writers' time spent in ``_insert``."""
+@dataclass
+class Done:
+    start: float
+    end: float
+    inserting: float
+    rows: int
+    cpu: float
+    """The writer's own CPU seconds (the controller's share)."""
+    server_cpu: float
+    """Its PostgreSQL backend's (WAL writer, checkpointer and others not counted)."""
+
+
+@dataclass
+class Figures:
+    rate: float
+    insert_share: float
+    cpu_us: float
+    server_cpu_us: float
+
+
+def run(url: str, devices: list[str], epoch: str, args: Any, retried: bool) -> Figures:
+    """rows/s of one run, the share of the writers' time spent in ``_insert``, and CPU
+    microseconds per row in the writers and in their PostgreSQL backends."""
     ctx = mp.get_context("fork")
     barrier = ctx.Barrier(len(devices))
     out = ctx.Queue()
@@ -123,14 +161,19 @@ def run(url: str, devices: list[str], epoch: str, args: Any, retried: bool) -> t
     procs = [ctx.Process(target=writer, args=job) for job in jobs]
     for p in procs:
         p.start()
-    done = [out.get(timeout=900) for _ in procs]
+    done: list[Done] = [out.get(timeout=900) for _ in procs]
     for p in procs:
         p.join(60)
         if p.exitcode != 0:
             raise SystemExit(f"a writer failed with exit code {p.exitcode}")
-    start, end = min(d[0] for d in done), max(d[1] for d in done)
-    busy = sum(d[1] - d[0] for d in done)
-    return sum(d[3] for d in done) / (end - start), sum(d[2] for d in done) / busy
+    rows = sum(d.rows for d in done)
+    busy = sum(d.end - d.start for d in done)
+    return Figures(
+        rows / (max(d.end for d in done) - min(d.start for d in done)),
+        sum(d.inserting for d in done) / busy,
+        sum(d.cpu for d in done) / rows * 1e6,
+        sum(d.server_cpu for d in done) / rows * 1e6,
+    )
 
 
 def main() -> None:
@@ -163,16 +206,20 @@ def main() -> None:
     variants = [(f"new rows, {n} writer{'s' * (n > 1)}", n, False) for n in counts]
     variants.append(("retried batches (all duplicates), 1 writer", 1, True))
     for v, (label, n, retried) in enumerate(variants):
-        figures, shares = [], []
         devices = [f"dev-{d:06d}" for d in range(n)]
-        for r in range(args.runs):
-            epoch = f"{v + 1:08x}{r + 1:08x}"  # a new stream per run: its rows are new
-            rate, share = run(settings.effective_database_url, devices, epoch, args, retried)
-            figures.append(rate)
-            shares.append(share)
+        runs = [
+            # a new stream per run: its rows are new
+            run(settings.effective_database_url, devices, f"{v + 1:08x}{r + 1:08x}", args, retried)
+            for r in range(args.runs)
+        ]
+        rates = [f.rate for f in runs]
+        cpu = median([f.cpu_us for f in runs])
+        server = median([f.server_cpu_us for f in runs])
         print(
-            f"  {label:<44} {median(figures):>9,.0f} rows/s (min {min(figures):,.0f}, max "
-            f"{max(figures):,.0f}); insert {median(shares):.0%} of the time",
+            f"  {label:<44} {median(rates):>9,.0f} rows/s (min {min(rates):,.0f}, max "
+            f"{max(rates):,.0f}); insert {median([f.insert_share for f in runs]):.0%} of the "
+            f"time; CPU per row {cpu:.1f} us in the writer"
+            + (f" + {server:.1f} us in PostgreSQL" if url else ""),
             flush=True,
         )
 
