@@ -200,7 +200,7 @@ def main() -> None:
     print(
         f"results ingest on {db}: results.store() of batches of {args.batch:,} records "
         f"(~{len(payload(1))} B JSON payload), {args.rows:,} rows per writer, median of "
-        f"{args.runs} runs",
+        f"{args.runs} run{'s' * (args.runs > 1)}",
         flush=True,
     )
     variants = [(f"new rows, {n} writer{'s' * (n > 1)}", n, False) for n in counts]
