@@ -13,6 +13,7 @@ controller shedding load: counted apart, waited out, and sent again.
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -42,8 +43,6 @@ class Answer:
     body: bytes
 
     def json(self) -> Any:
-        import json
-
         return json.loads(self.body)
 
 
