@@ -21,8 +21,10 @@ def build(out: Outcome) -> dict[str, Any]:
     """The report; every latency in milliseconds, every rate per second."""
     cfg, rec = out.config, out.recorder
     endpoints: dict[str, Any] = {}
+    # The cycles in flight at the end finish after the duration: their time counts too.
+    loop_seconds = out.run_seconds + out.drain_seconds
     for name, samples in sorted(rec.latencies.items()):
-        seconds = out.enrol_seconds if name == ENROL else out.run_seconds
+        seconds = out.enrol_seconds if name == ENROL else loop_seconds
         endpoints[name] = {
             "requests": len(samples),
             "per_second": round(len(samples) / seconds, 2) if seconds else None,
@@ -75,9 +77,7 @@ def build(out: Outcome) -> dict[str, Any]:
         "enrol_seconds": round(out.enrol_seconds, 3),
         "run_seconds": round(out.run_seconds, 3),
         "drain_seconds": round(out.drain_seconds, 3),
-        "requests_per_second": round(loop_requests / out.run_seconds, 2)
-        if out.run_seconds
-        else None,
+        "requests_per_second": round(loop_requests / loop_seconds, 2) if loop_seconds else None,
         "latency": percentiles_ms(all_loop),
         "pool_wait": percentiles_ms(rec.pool_wait),
         "unsent_at_end": rec.unsent,
