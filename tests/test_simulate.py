@@ -83,6 +83,7 @@ def test_a_simulated_fleet_is_what_the_controller_sees(
         *("--offline", "0.1", "--flapping", "0.1", "--slow", "0.1"),
         *("--uploading", "0.2", "--failing-updates", "0.1", "--slow-delay", "0.3"),
         *("--controller-pid", str(ctl.proc.pid), "--report", str(report), "--chart", str(chart)),
+        *("--bucket", "1"),
     )
     # Once the fleet is in, a new revision: the failing devices roll it back and say so.
     wait_for(lambda: len(_devices(ctl, "sim-a")) == DEVICES, 30, "the fleet to enrol")
@@ -109,6 +110,12 @@ def test_a_simulated_fleet_is_what_the_controller_sees(
         assert e["requests"] > 0 and e["errors"] == 0, name
         assert 0 < e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"] <= e["max_ms"], name
     assert doc["series"] and doc["requests_per_second"] > 0
+    # The steady state is what a soak is judged by: two intervals after enrolment on.
+    steady = doc["steady"]
+    assert steady["from_s"] >= doc["enrol_seconds"] + 2 and steady["to_s"] > steady["from_s"]
+    assert steady["requests"] > 0 and steady["errors"] == 0
+    assert 0 < steady["p50_ms"] <= steady["p99_ms"] and steady["per_second"] > 0
+    assert steady["controller"]["rss_end_mb"] > 10 and "steady state (" in out
     assert doc["controller"]["rss_end_mb"] > 10
     assert doc["simulator_cpu_seconds"] > 0
 

@@ -64,6 +64,21 @@ def _print(report: dict[str, Any]) -> None:
         f"p95 {_fmt(lat['p95_ms'])} ms, p99 {_fmt(lat['p99_ms'])} ms",
         highlight=False,
     )
+    st = report["steady"]
+    if st["requests"]:
+        ctl = st["controller"]
+        rss = (
+            f", controller RSS {ctl['rss_start_mb']:.0f} -> {ctl['rss_end_mb']:.0f} MB, "
+            f"CPU {ctl['cpu_pct']}% of a core"
+            if ctl["rss_start_mb"] is not None
+            else ""
+        )
+        console.print(
+            f"steady state ({st['from_s']:.0f}-{st['to_s']:.0f} s, after warm-up): "
+            f"{st['per_second']} req/s, p50 {_fmt(st['p50_ms'])} ms, "
+            f"p99 {_fmt(st['p99_ms'])} ms, {st['errors']} errors{rss}",
+            highlight=False,
+        )
     if report["errors"]:
         kinds = ", ".join(f"{k}: {n}" for k, n in report["errors"].items())
         console.print(f"[red]errors[/red] {escape(kinds)}", highlight=False)

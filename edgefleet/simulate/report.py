@@ -89,6 +89,7 @@ def build(out: Outcome) -> dict[str, Any]:
         "simulator_cpu_seconds": round(out.sim_cpu_s, 3),
         "simulator_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "controller": _controller(out),
+        "steady": steady(out),
         "series": series(out),
         "device_list": [
             {
@@ -138,6 +139,48 @@ def _per_process(
         }
         for pid, (cpu, rss) in sorted(last.items())
     ]
+
+
+WARMUP_INTERVALS = 2
+"""The steady state starts this many intervals after enrolment: by then every device has
+exchanged its first token and stored its first full status on every worker."""
+
+
+def steady(out: Outcome) -> dict[str, Any]:
+    """The figures after warm-up (what a soak is judged by): requests/s, percentiles and
+    errors of the requests made then, the controller's RSS at its start and end and its
+    CPU meanwhile. Empty figures when the run ended before warm-up did."""
+    rec, step = out.recorder, out.config.bucket
+    begins = out.enrol_seconds + WARMUP_INTERVALS * out.config.interval
+    first = int(-(-begins // step))  # the first whole bucket after warm-up
+    last = int((out.enrol_seconds + out.run_seconds) // step)  # the last whole one
+    buckets = [rec.buckets[i] for i in range(first, last) if i in rec.buckets]
+    latencies = [x for b in buckets for x in b.latencies]
+    seconds = (last - first) * step
+    samples = [s for s in out.samples if first * step - 1e-6 <= s.t <= last * step + 1e-6]
+    controller: dict[str, Any] = {"rss_start_mb": None, "rss_end_mb": None, "cpu_pct": None}
+    measured = [s for s in samples if s.controller_rss_bytes is not None]
+    if len(measured) >= 2:
+        a, b = measured[0], measured[-1]
+        controller = {
+            "rss_start_mb": round((a.controller_rss_bytes or 0) / 2**20, 1),
+            "rss_end_mb": round((b.controller_rss_bytes or 0) / 2**20, 1),
+            "cpu_pct": round(
+                ((b.controller_cpu_s or 0) - (a.controller_cpu_s or 0)) / (b.t - a.t) * 100, 1
+            )
+            if b.t > a.t
+            else None,
+        }
+    return {
+        "from_s": round(first * step, 3),
+        "to_s": round(last * step, 3),
+        "requests": len(latencies),
+        "per_second": round(len(latencies) / seconds, 2) if seconds > 0 else None,
+        **percentiles_ms(latencies),
+        "errors": sum(b.errors for b in buckets),
+        "shed": sum(b.shed for b in buckets),
+        "controller": controller,
+    }
 
 
 def series(out: Outcome) -> list[dict[str, Any]]:
