@@ -75,10 +75,10 @@ BENCHES: list[Bench] = [
     Bench("device_list.py", ("--runs", "5"), postgres=True),
     Bench("console.py", ("--runs", "5"), postgres=True),
     Bench("status_samples.py", ("--minutes", "5", "--results", "100000"), postgres=True),
-    # Wired by their owners (quick flags to be chosen with them):
-    # Bench("ingest.py", (...), postgres=True, sqlite=False),
-    # Bench("simulate.py", ("--devices", "...", "--duration", "..."), postgres=True),
-    # Bench("images.py", ()),
+    Bench("ingest.py", ("--runs", "3"), postgres=True),
+    Bench("simulate.py", ("--devices", "2000", "--interval", "10", "--duration", "60"),
+          postgres=True),
+    # bench/images.py is left out: a cold image build takes minutes (`make images`).
 ]  # fmt: skip
 
 

@@ -42,6 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.figures import figure, median_of
 from bench.harness import fresh_schema, median
 from bench.rollout_plan import populate
 from edgefleet.controller.bootstrap import prepare
@@ -221,6 +222,17 @@ def main() -> None:
             f"time; CPU per row {cpu:.1f} us in the writer"
             + (f" + {server:.1f} us in PostgreSQL" if url else ""),
             flush=True,
+        )
+        # The budget is PostgreSQL's, for new rows from the writers a controller has.
+        budgeted = url is not None and not retried and n == max(counts)
+        figure(
+            f"results ingest, {label}",
+            median(rates),
+            "rows/s",
+            budget=50_000 if budgeted else None,
+            better="higher",
+            note=f"batches of {args.batch:,}, {median_of(args.runs)}",
+            settings={"database": db, "batch": args.batch, "writers": n},
         )
 
 

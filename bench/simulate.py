@@ -22,7 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from figures import figure
 from harness import EDGEFLEET, start_controller
+
+P99_MS = 50.0
+"""The soak's budget: the p99 of every device request after warm-up."""
+RSS_GROWTH = 0.05
+"""The controller's RSS is flat after warm-up when it grows by at most this share."""
 
 
 def main() -> None:
@@ -77,6 +83,58 @@ def main() -> None:
         f"simulator CPU {doc['simulator_cpu_seconds']} s over {wall:.0f} s wall, "
         f"max RSS {doc['simulator_max_rss_mb']} MB "
         f"({doc['simulator_cpu_seconds'] / wall * 100:.0f}% of a core); report in {out}"
+    )
+    st = doc["steady"]
+    settings = {
+        "database": db,
+        "workers": workers,
+        "devices": args.devices,
+        "interval_s": args.interval,
+        "duration_s": args.duration,
+        "connections": args.connections,
+    }
+    fleet = f"{args.devices:,} devices at {args.interval:g} s"
+    figure(
+        f"simulate {fleet}: requests/s after warm-up",
+        st["per_second"] or 0,
+        "req/s",
+        better="higher",
+        settings=settings,
+    )
+    if st["requests"]:
+        figure(
+            f"simulate {fleet}: p99 after warm-up",
+            st["p99_ms"],
+            "ms",
+            budget=P99_MS,
+            note=f"{st['from_s']:.0f}-{st['to_s']:.0f} s of the run",
+            settings=settings,
+        )
+    figure(
+        f"simulate {fleet}: failed requests",
+        doc["error_count"],
+        "requests",
+        budget=0,
+        note=f"{doc['shed']} shed (429/503, retried)",
+        settings=settings,
+    )
+    ctl = st["controller"]
+    if ctl["rss_start_mb"]:
+        growth = ctl["rss_end_mb"] / ctl["rss_start_mb"] - 1
+        figure(
+            f"simulate {fleet}: controller RSS growth after warm-up",
+            growth * 100,
+            "%",
+            budget=RSS_GROWTH * 100,
+            note=f"{ctl['rss_start_mb']:.0f} -> {ctl['rss_end_mb']:.0f} MB",
+            settings=settings,
+        )
+    figure(
+        f"simulate {fleet}: simulator CPU",
+        doc["simulator_cpu_seconds"] / wall * 100,
+        "% of a core",
+        note="on the controller's machine",
+        settings=settings,
     )
     if run.returncode:
         raise SystemExit(run.returncode)
