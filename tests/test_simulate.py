@@ -172,8 +172,19 @@ def _refused_port() -> int:
         (["--devices", "5"], {"EDGEFLEET_TOKEN": "efo.bogus"}, "refused the operator token"),
         (["--devices", "5", "--profile", "nope"], {}, "--profile 'nope'"),
         (["--devices", "5", "--url", "https://127.0.0.1:{port}"], {}, "cannot reach"),
+        (["--devices", "5", "--outage-at", "0.5"], {}, "raise --duration"),
+        (["--devices", "5", "--outage-at", "0", "--outage-for", "0"], {}, "--outage-for must"),
     ],
-    ids=["no-devices", "fractions", "fraction", "bad-token", "no-profile", "unreachable"],
+    ids=[
+        "no-devices",
+        "fractions",
+        "fraction",
+        "bad-token",
+        "no-profile",
+        "unreachable",
+        "back-after-the-end",
+        "no-outage",
+    ],
 )
 def test_bad_input_exits_2_with_a_message_and_creates_nothing(
     controller: ControllerProcess, args: list[str], env: dict[str, str], message: str

@@ -2,9 +2,10 @@
 table, a JSON report and a PNG chart (the work is in :mod:`edgefleet.simulate`).
 
 Exit codes: 0 when every request was answered as a device expects, 1 when any failed
-(an HTTP error, a timeout, a lost connection: ``make soak`` gates on it), 2 when the
-run could not start (bad flags, unreachable controller, refused token). Load the
-controller shed (429/503 with Retry-After) is counted apart and retried, not an error.
+(an HTTP error, a timeout, a lost connection: ``make soak`` gates on it) or the
+controller no longer answered after a storm, 2 when the run could not start (bad
+flags, unreachable controller, refused token). Load the controller shed (429/503 with
+Retry-After) is counted apart and retried, not an error.
 """
 
 from __future__ import annotations
@@ -109,6 +110,44 @@ def _print(report: dict[str, Any]) -> None:
     console.print(
         f"simulator CPU {report['simulator_cpu_seconds']:.1f} s{ctl_text}", highlight=False
     )
+    if report.get("storm"):
+        _print_storm(report["storm"])
+
+
+def _print_storm(st: dict[str, Any]) -> None:
+    """The reconnect storm in three lines: the return against its budget, what was shed
+    and what failed, and whether the controller is still up."""
+    if st["all_reported_after_s"] is not None:
+        verdict = "within" if st["within_budget"] else "[red]over[/red]"
+        back = (
+            f"all {st['reported']} online devices reported again "
+            f"{st['all_reported_after_s']:.1f} s after the return ({verdict} the "
+            f"{st['budget_s']:g} s budget of three intervals)"
+        )
+    else:
+        back = f"[red]{st['missing']} of {st['devices_online']} devices never reported again[/red]"
+    lat, ttr, ctl = st["latency"], st["time_to_report"], st["controller"]
+    console.print(
+        f"storm: outage at {st['outage_at_s']:g} s for {st['outage_for_s']:g} s; {back}; "
+        f"time to report p50 {_fmt(ttr['p50_s'])} s, p99 {_fmt(ttr['p99_s'])} s",
+        highlight=False,
+    )
+    errors = ", ".join(f"{k}: {n}" for k, n in st["errors_by_kind"].items()) or "none"
+    console.print(
+        f"storm: {st['requests']} requests answered (p50 {_fmt(lat['p50_ms'])} ms, p99 "
+        f"{_fmt(lat['p99_ms'])} ms), {st['shed']} shed (Retry-After "
+        f"{_fmt(st['retry_after_s']['min'], 0)}-{_fmt(st['retry_after_s']['max'], 0)} s), "
+        f"errors {escape(errors)}; {st['connections']['opened']} new connections "
+        f"(pool {st['connections']['pool']})",
+        highlight=False,
+    )
+    up = {True: "yes", False: "[red]no[/red]", None: "-"}
+    console.print(
+        f"storm: controller alive {up[ctl['alive_at_end']]}, answering "
+        f"{up[ctl['answering_at_end']]}, CPU {_fmt(ctl['cpu_pct'])}% of a core, RSS max "
+        f"{_fmt(ctl['rss_max_mb'], 0)} MB; simulator CPU {_fmt(st['simulator_cpu_pct'])}%",
+        highlight=False,
+    )
 
 
 def simulate(
@@ -146,6 +185,22 @@ def simulate(
     controller_pid: int | None = typer.Option(
         None, help="Controller's process id: its CPU and RSS (and its workers') from /proc"
     ),
+    outage_at: float | None = typer.Option(
+        None,
+        help="Reconnect storm: seconds into the run when every device falls silent and "
+        "its connections drop",
+    ),
+    outage_for: float = typer.Option(
+        30.0, help="Seconds the outage lasts; then every device returns at the same instant"
+    ),
+    storm_connections: int = typer.Option(
+        0,
+        help="Connections the returning fleet may open at once (0: one per device, up to "
+        "the file descriptor limit)",
+    ),
+    storm_reauth: bool = typer.Option(
+        False, help="Returning devices first ask for a new access token (a long outage)"
+    ),
     report: Path | None = typer.Option(None, help="Write the JSON report here"),
     chart: Path | None = typer.Option(None, help="Write a PNG chart here"),
 ) -> None:
@@ -179,6 +234,10 @@ def simulate(
             slow_delay=slow_delay,
             bucket=bucket,
             controller_pid=controller_pid,
+            outage_at=outage_at,
+            outage_for=outage_for,
+            storm_connections=storm_connections,
+            storm_reauth=storm_reauth,
         )
         for path, flag in ((report, "--report"), (chart, "--chart")):
             if path is not None and not path.parent.is_dir():
@@ -209,4 +268,7 @@ def simulate(
         draw(doc, chart)
         err.print(f"chart written to {chart}")
     if doc["error_count"]:
+        raise typer.Exit(1)
+    storm = doc.get("storm")
+    if storm and not storm["controller"]["answering_at_end"]:
         raise typer.Exit(1)

@@ -54,6 +54,32 @@ class SimConfig:
     bucket: float = 1.0
     """Seconds per point of the time series."""
     controller_pid: int | None = None
+    outage_at: float | None = None
+    """Seconds into the run (after enrolment) when every device stops reporting and its
+    connections are dropped: a reconnect storm. None: no outage."""
+    outage_for: float = 30.0
+    """How long the outage lasts; then every device comes back at the same instant."""
+    storm_connections: int = 0
+    """The pool the fleet returns on, one new connection per request in flight up to
+    this many; 0: as many as the file descriptor limit allows (:func:`storm_pool`)."""
+    storm_reauth: bool = False
+    """Returning devices ask for a new access token first (an outage longer than a
+    token's life), the costly path: a signature check per device."""
+
+
+FDS_KEPT = 512
+"""File descriptors the simulator keeps for itself and its other pools."""
+
+
+def storm_pool(cfg: SimConfig) -> int:
+    """Connections the returning fleet may open at once: ``--storm-connections``, or one
+    per device up to what the soft file descriptor limit leaves (``ulimit -n``)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = max(1, soft - FDS_KEPT - cfg.connections) if soft != resource.RLIM_INFINITY else None
+    wanted = cfg.storm_connections or cfg.devices
+    return min(wanted, room) if room is not None else wanted
 
 
 def check(cfg: SimConfig) -> None:
@@ -94,5 +120,20 @@ def check(cfg: SimConfig) -> None:
         raise ConfigError("--bucket must be more than 0 seconds")
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise ConfigError(f"--ca-file {cfg.ca_file} does not exist or is not a file")
+    if cfg.outage_at is not None:
+        if not 0 <= cfg.outage_at < cfg.duration:
+            raise ConfigError(
+                f"--outage-at is seconds into the run, 0 to --duration (got {cfg.outage_at:g})"
+            )
+        if cfg.outage_for <= 0:
+            raise ConfigError(f"--outage-for must be more than 0 seconds (got {cfg.outage_for:g})")
+        if cfg.outage_at + cfg.outage_for >= cfg.duration:
+            raise ConfigError(
+                f"the fleet comes back at {cfg.outage_at + cfg.outage_for:g} s "
+                f"(--outage-at + --outage-for), after the run's end at {cfg.duration:g} s: "
+                "raise --duration"
+            )
+    if cfg.storm_connections < 0:
+        raise ConfigError("--storm-connections must be 0 (one per device) or more")
     if cfg.controller_pid is not None and not Path(f"/proc/{cfg.controller_pid}").exists():
         raise ConfigError(f"--controller-pid {cfg.controller_pid}: no such process")

@@ -10,6 +10,11 @@ state with its ETag (304 expected), POST a status report, and, by behaviour:
 - ``uploading``: one batch of ``batch`` results per interval, gzipped, in sequence;
 - ``failing_updates``: a new desired revision is tried and rolled back, reported as the
   agent reports it (an update report, then a status with the bad slot).
+
+With an :class:`Outage` every device falls silent at its start and comes back at its end,
+all at the same instant and with no jitter on the first request back (a site's power or
+uplink returning), on the storm's pool (``wire.STORM``) until its first status is
+answered; then it resumes its jittered interval.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import gzip
 import json
 import random
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -27,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from edgefleet.agent.backoff import jittered
 from edgefleet.agent.identity import make_csr
 from edgefleet.signing import make_assertion
-from edgefleet.simulate.wire import Answer, CallFailed, Wire
+from edgefleet.simulate.wire import STORM, Answer, CallFailed, Wire
 from edgefleet.wire import (
     EnrolRequest,
     Inventory,
@@ -44,6 +50,16 @@ from edgefleet.wire import (
 
 TOKEN_REFRESH_FRACTION = 0.8
 JSON = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class Outage:
+    """A reconnect storm, in ``time.monotonic`` seconds: silent from ``down``, all back at
+    ``back``; ``reauth``: the returning devices' access tokens are gone."""
+
+    down: float
+    back: float
+    reauth: bool = False
 
 
 class SimDevice:
@@ -83,6 +99,10 @@ class SimDevice:
         self.acked = 0
         self.reports = 0
         self.updates_reported = 0
+        self.returning = False
+        """Back from an outage, its first status not answered yet."""
+        self.back_reported: float | None = None
+        """When (monotonic) its first status after the outage was answered."""
 
     @property
     def inventory(self) -> Inventory:
@@ -150,22 +170,47 @@ class SimDevice:
 
     # -- the loop -----------------------------------------------------------------
 
-    async def run(self, wire: Wire, interval: float, stop_at: float) -> None:
+    async def run(
+        self, wire: Wire, interval: float, stop_at: float, outage: Outage | None = None
+    ) -> None:
         """Cycle on a jittered interval from a random start in the first interval, until
         ``stop_at`` (monotonic). A failed cycle is recorded by the wire and the device
-        tries again at its next interval, as the agent does after its backoff."""
+        tries again at its next interval, as the agent does after its backoff.
+
+        Through an ``outage`` nothing is sent; every sleep ends at its ``back`` at the
+        latest, so the whole fleet returns at that instant."""
         if self.kind == "offline" or self.device_id is None:
             return
-        await _sleep_until(time.monotonic() + self.rng.uniform(0, interval), stop_at)
+        pending = outage is not None  # the outage is still to come
+
+        def wake(when: float) -> float:
+            return min(when, outage.back) if pending and outage is not None else when
+
+        await _sleep_until(wake(time.monotonic() + self.rng.uniform(0, interval)), stop_at)
         away_until = 0.0
         while time.monotonic() < stop_at and not wire.stopping:
             now = time.monotonic()
-            if self.kind == "flapping" and now >= away_until and self.rng.random() < 0.3:
+            back = False
+            if pending and outage is not None and now >= outage.down:
+                await _sleep_until(outage.back, stop_at)  # silent, connections dropped
+                if time.monotonic() >= stop_at:
+                    break
+                pending, back, away_until, now = False, True, 0.0, time.monotonic()
+                self.returning = True
+                if outage.reauth:
+                    self._token = None
+            if (
+                self.kind == "flapping"
+                and not back
+                and now >= away_until
+                and self.rng.random() < 0.3
+            ):
                 away_until = now + interval * self.rng.randint(1, 3)
             if now >= away_until:
+                STORM.set(self.returning)
                 with contextlib.suppress(CallFailed):
                     await self.cycle(wire)
-            await _sleep_until(time.monotonic() + jittered(interval, self.rng, 0.1), stop_at)
+            await _sleep_until(wake(time.monotonic() + jittered(interval, self.rng, 0.1)), stop_at)
 
     async def cycle(self, wire: Wire) -> None:
         """Desired (304 unless changed), status, then whatever the behaviour adds."""
@@ -267,6 +312,9 @@ class SimDevice:
         )
         self._inventory_sent = True
         self.reports += 1
+        if self.returning:
+            self.returning = False
+            self.back_reported = time.monotonic()
         ack: dict[str, object] = answer.json()
         return ack
 

@@ -121,3 +121,14 @@ class Operator:
         token's uses are spent anyway; revoking makes that plain in the token list."""
         with contextlib.suppress(ConfigError):
             await self._call("POST", f"/tokens/{kid}/revoke", timeout=timeout)
+
+    async def healthy(self, timeout: float) -> bool:
+        """``GET /healthz`` answered 200 within ``timeout``: the controller still serves."""
+        try:
+            async with self.session.get(
+                self.url + "/healthz", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False

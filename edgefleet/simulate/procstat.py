@@ -68,6 +68,12 @@ def sample(root: int) -> ProcSample | None:
     return ProcSample(cpu, sum(r for _, r in each.values()), len(each), each)
 
 
+def alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has)."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system

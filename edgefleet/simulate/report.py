@@ -1,7 +1,7 @@
 """The run's figures as one JSON document: the summary (requests/s and p50/p95/p99 per
-endpoint, errors by kind, shed load, the simulator's CPU) and the series per bucket
+endpoint, errors by kind, shed load, the simulator's CPU), the series per bucket
 (throughput, latency percentiles, errors, the simulator's and the controller's CPU and
-the controller's RSS)."""
+the controller's RSS) and, after an outage, the storm (:func:`storm`)."""
 
 from __future__ import annotations
 
@@ -90,6 +90,7 @@ def build(out: Outcome) -> dict[str, Any]:
         "simulator_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "controller": _controller(out),
         "steady": steady(out),
+        "storm": storm(out),
         "series": series(out),
         "device_list": [
             {
@@ -180,6 +181,81 @@ def steady(out: Outcome) -> dict[str, Any]:
         "errors": sum(b.errors for b in buckets),
         "shed": sum(b.shed for b in buckets),
         "controller": controller,
+    }
+
+
+STORM_BUDGET_INTERVALS = 3
+"""Every device back from an outage has reported within this many intervals."""
+
+
+def storm(out: Outcome) -> dict[str, Any] | None:
+    """The reconnect storm, from the fleet's return until every online device had a status
+    answered: how long that took against its budget (three intervals), the load the
+    controller shed (429/503 with Retry-After, and the Retry-After it asked for), the
+    errors (timeouts, lost connections: what shedding is there to prevent), the latency
+    of what was answered, new connections, and whether the controller stayed up."""
+    s, cfg = out.storm, out.config
+    if s is None:
+        return None
+    w = s.window
+    budget = STORM_BUDGET_INTERVALS * cfg.interval
+    everyone = bool(s.reported) and len(s.reported) == s.online
+    last = s.reported[-1] if everyone else None
+    seconds = (w.closed or w.opened) - w.opened if w else 0.0
+    retry = sorted(w.retry_after) if w else []
+    back = s.back_at
+    end = back + seconds
+    usage = _usage(sorted(out.samples, key=lambda p: p.t), back, end) if seconds > 0 else {}
+    rss = [
+        p.controller_rss_bytes
+        for p in out.samples
+        if p.controller_rss_bytes is not None and back - cfg.bucket <= p.t <= end + cfg.bucket
+    ]
+
+    def quantiles(values: list[float]) -> dict[str, float | None]:
+        got = percentiles_ms(values)  # seconds in, milliseconds out
+        return {
+            k.replace("_ms", "_s"): None if v is None else round(v / 1000, 3)
+            for k, v in got.items()
+        }
+
+    return {
+        "outage_at_s": cfg.outage_at,
+        "outage_for_s": cfg.outage_for,
+        "down_at_s": round(s.down_at, 3),
+        "back_at_s": round(back, 3),
+        "reauth": cfg.storm_reauth,
+        "devices_online": s.online,
+        "reported": len(s.reported),
+        "missing": s.online - len(s.reported),
+        "all_reported_after_s": round(last, 3) if last is not None else None,
+        "budget_s": budget,
+        "within_budget": last is not None and last <= budget,
+        "time_to_report": quantiles(s.reported),
+        "window_s": round(seconds, 3),
+        "requests": len(w.latencies) if w else 0,
+        "per_second": round(len(w.latencies) / seconds, 1) if w and seconds > 0 else None,
+        "latency": percentiles_ms(w.latencies if w else []),
+        "shed": sum(w.shed.values()) if w else 0,
+        "shed_by_endpoint": dict(sorted(w.shed.items())) if w else {},
+        "retry_after_s": {
+            "min": retry[0] if retry else None,
+            "mean": round(sum(retry) / len(retry), 2) if retry else None,
+            "max": retry[-1] if retry else None,
+        },
+        "errors": sum(w.errors.values()) if w else 0,
+        "errors_by_kind": dict(sorted(w.errors.items())) if w else {},
+        "first_errors": dict(sorted(w.first_error.items())) if w else {},
+        "connections": {"pool": s.pool, "opened": s.opened},
+        "controller": {
+            "alive_at_end": s.controller_alive,
+            "answering_at_end": s.controller_answering,
+            "processes_before": s.processes_before,
+            "processes_after": s.processes_after,
+            "cpu_pct": usage.get("controller_cpu_pct"),
+            "rss_max_mb": round(max(rss) / 2**20, 1) if rss else None,
+        },
+        "simulator_cpu_pct": usage.get("sim_cpu_pct"),
     }
 
 

@@ -1,7 +1,12 @@
 """A whole run: check the operator token, create the run's registration token, enrol
 the fleet (bounded concurrency), run every device's loop for the duration while a
 sampler keeps the series (throughput, latency, the controller's CPU and RSS), then
-hand the measurements to :mod:`edgefleet.simulate.report`."""
+hand the measurements to :mod:`edgefleet.simulate.report`.
+
+With ``--outage-at`` a reconnect storm: at that second every device falls silent and
+the shared pool's connections are closed; ``--outage-for`` later the whole fleet comes
+back at once on a pool of its own (``--storm-connections``), and the run measures the
+storm (:class:`Storm`) until every online device has had a status answered."""
 
 from __future__ import annotations
 
@@ -15,10 +20,10 @@ from dataclasses import dataclass, field
 
 from edgefleet.simulate import procstat
 from edgefleet.simulate.behaviours import assign
-from edgefleet.simulate.config import SimConfig, check
-from edgefleet.simulate.device import SimDevice, new_serial
+from edgefleet.simulate.config import SimConfig, check, storm_pool
+from edgefleet.simulate.device import Outage, SimDevice, new_serial
 from edgefleet.simulate.operator import Operator
-from edgefleet.simulate.stats import Recorder
+from edgefleet.simulate.stats import Recorder, Window
 from edgefleet.simulate.wire import CallFailed, Wire
 
 Progress = Callable[[str], None]
@@ -37,6 +42,31 @@ class Sample:
 
 
 @dataclass
+class Storm:
+    """What a reconnect storm measured; times in seconds from the recorder's start (the
+    series' t) unless named otherwise."""
+
+    down_at: float
+    back_at: float
+    pool: int
+    """Connections the returning fleet could open at once."""
+    online: int = 0
+    """Devices expected back: enrolled and not of the offline kind."""
+    reported: list[float] = field(default_factory=list)
+    """Seconds from the return to each device's first answered status."""
+    window: Window | None = None
+    """From the return until the last device reported (or the run ended)."""
+    opened: int = 0
+    """New connections (TCP + TLS handshakes) during the window."""
+    processes_before: int | None = None
+    processes_after: int | None = None
+    controller_alive: bool | None = None
+    """The controller's process still ran at the end (None: no --controller-pid)."""
+    controller_answering: bool = False
+    """It answered ``GET /healthz`` at the end of the run."""
+
+
+@dataclass
 class Outcome:
     """Everything measured; :func:`edgefleet.simulate.report.build` turns it into JSON."""
 
@@ -51,6 +81,7 @@ class Outcome:
     """How long the cycles in flight at the end took to finish (slow devices)."""
     sim_cpu_s: float = 0.0
     token_kid: str = ""
+    storm: Storm | None = None
 
 
 def run_sync(cfg: SimConfig, progress: Progress = lambda _: None) -> Outcome:
@@ -99,7 +130,8 @@ async def simulate(cfg: SimConfig, progress: Progress = lambda _: None) -> Outco
     check(cfg)
     cpu_start = procstat.own_cpu_seconds()
     recorder = Recorder(cfg.bucket)
-    wire = Wire(cfg.url, ssl_context(cfg), cfg.connections, cfg.timeout, recorder)
+    pool = storm_pool(cfg) if cfg.outage_at is not None else 0
+    wire = Wire(cfg.url, ssl_context(cfg), cfg.connections, cfg.timeout, recorder, pool, cfg.seed)
     out = Outcome(cfg, recorder, [])
     stop_sampling = asyncio.Event()
     sampler: asyncio.Task[None] | None = None
@@ -134,12 +166,29 @@ async def simulate(cfg: SimConfig, progress: Progress = lambda _: None) -> Outco
         )
         started = time.monotonic()
         stop_at = started + cfg.duration
-        loops = [asyncio.create_task(d.run(wire, cfg.interval, stop_at)) for d in out.devices]
+        outage = None
+        storm_task = None
+        if cfg.outage_at is not None:
+            down = started + cfg.outage_at
+            outage = Outage(down, down + cfg.outage_for, cfg.storm_reauth)
+            storm_task = asyncio.create_task(_storm(cfg, wire, out, outage, stop_at, progress))
+        loops = [
+            asyncio.create_task(d.run(wire, cfg.interval, stop_at, outage)) for d in out.devices
+        ]
         await asyncio.sleep(max(0.0, stop_at - time.monotonic()))
         wire.stopping = True
         await asyncio.gather(*loops)  # in-flight cycles end within the request timeout
         out.run_seconds = cfg.duration
         out.drain_seconds = time.monotonic() - stop_at
+        operator.session = wire.session  # an outage replaced it
+        if storm_task is not None:
+            await storm_task
+            assert out.storm is not None
+            out.storm.controller_answering = await operator.healthy(cfg.timeout)
+            if cfg.controller_pid is not None:
+                out.storm.controller_alive = procstat.alive(cfg.controller_pid)
+                proc = procstat.sample(cfg.controller_pid)
+                out.storm.processes_after = proc.processes if proc else 0
         await operator.revoke(out.token_kid, cfg.timeout)
     finally:
         stop_sampling.set()
@@ -148,6 +197,43 @@ async def simulate(cfg: SimConfig, progress: Progress = lambda _: None) -> Outco
         await wire.close()
         out.sim_cpu_s = procstat.own_cpu_seconds() - cpu_start
     return out
+
+
+async def _storm(
+    cfg: SimConfig,
+    wire: Wire,
+    out: Outcome,
+    outage: Outage,
+    stop_at: float,
+    progress: Progress,
+) -> None:
+    """Drop the connections at the outage, open the storm's window at the return, and
+    close it when every online device has had a status answered (or the run ends)."""
+    rec = out.recorder
+    storm = out.storm = Storm(outage.down - rec.start, outage.back - rec.start, wire.storm_pool)
+    online = [d for d in out.devices if d.device_id is not None and d.kind != "offline"]
+    storm.online = len(online)
+    await asyncio.sleep(max(0.0, outage.down - time.monotonic()))
+    progress(f"outage: {storm.online} devices silent for {cfg.outage_for:g} s")
+    await wire.drop_connections(grace=cfg.timeout)
+    if cfg.controller_pid is not None:
+        proc = await asyncio.to_thread(procstat.sample, cfg.controller_pid)
+        storm.processes_before = proc.processes if proc else 0
+    await asyncio.sleep(max(0.0, outage.back - time.monotonic()))
+    window = storm.window = rec.window = Window(time.monotonic())
+    opened = wire.opened
+    progress(f"storm: {storm.online} devices back at once on up to {storm.pool} connections")
+    waiting = online
+    while waiting and time.monotonic() < stop_at:
+        await asyncio.sleep(0.1)
+        waiting = [d for d in waiting if d.back_reported is None]
+    window.closed = time.monotonic()
+    storm.opened = wire.opened - opened
+    storm.reported = sorted(
+        d.back_reported - outage.back for d in online if d.back_reported is not None
+    )
+    last = f"{storm.reported[-1]:.1f} s" if storm.reported else "-"
+    progress(f"storm: {len(storm.reported)}/{storm.online} reported again, the last after {last}")
 
 
 async def _enrol_all(

@@ -26,6 +26,21 @@ class Bucket:
     shed: int = 0
 
 
+@dataclass
+class Window:
+    """The same counts over one stretch of the run (the storm, from the fleet's return
+    until every device has reported): latencies, errors by kind, shed load by endpoint,
+    and the Retry-After values the controller sent."""
+
+    opened: float
+    closed: float | None = None
+    latencies: array = field(default_factory=lambda: array("d"))
+    errors: Counter[str] = field(default_factory=Counter)
+    first_error: dict[str, str] = field(default_factory=dict)
+    shed: Counter[str] = field(default_factory=Counter)
+    retry_after: array = field(default_factory=lambda: array("d"))
+
+
 class Recorder:
     """Counts and latencies, in total and per bucket of ``bucket`` seconds from ``start``
     (``time.monotonic``)."""
@@ -48,6 +63,8 @@ class Recorder:
         self.buckets: dict[int, Bucket] = {}
         self.first_error: dict[str, str] = {}
         """The first message of each error kind, for the operator."""
+        self.window: Window | None = None
+        """Open while the storm lasts: what is recorded goes here too."""
 
     def _bucket(self, now: float) -> Bucket:
         index = int((now - self.start) / self.bucket)
@@ -64,16 +81,27 @@ class Recorder:
         b = self._bucket(time.monotonic() if now is None else now)
         b.latencies.append(seconds)
         b.by_endpoint[endpoint] += 1
+        if self.window is not None and self.window.closed is None:
+            self.window.latencies.append(seconds)
 
     def error(self, endpoint: str, kind: str, detail: str = "") -> None:
         self.errors[kind] += 1
         self.errors_by_endpoint[endpoint] += 1
         self.first_error.setdefault(kind, f"{endpoint}: {detail}" if detail else endpoint)
         self._bucket(time.monotonic()).errors += 1
+        w = self.window
+        if w is not None and w.closed is None:
+            w.errors[kind] += 1
+            w.first_error.setdefault(kind, f"{endpoint}: {detail}" if detail else endpoint)
 
-    def shed_load(self, endpoint: str) -> None:
+    def shed_load(self, endpoint: str, retry_after: float | None = None) -> None:
         self.shed[endpoint] += 1
         self._bucket(time.monotonic()).shed += 1
+        w = self.window
+        if w is not None and w.closed is None:
+            w.shed[endpoint] += 1
+            if retry_after is not None:
+                w.retry_after.append(retry_after)
 
     @property
     def error_count(self) -> int:

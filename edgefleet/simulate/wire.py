@@ -7,16 +7,24 @@ several times less CPU per request than httpx's pure-Python stack.
 
 Every failure is recorded here and nowhere else, then raised as :class:`CallFailed` so
 a device abandons the rest of its cycle. 429 and 503 carrying Retry-After are the
-controller shedding load: counted apart, waited out, and sent again.
+controller shedding load: counted apart, waited out as the agent waits (Retry-After
+plus up to a tenth more, drawn per request: ``agent.backoff.Backoff``), and sent again.
+
+A reconnect storm (``--outage-at``) drops every connection, and the devices' return is
+sent on a pool of its own (:data:`STORM`, ``--storm-connections``): as a real fleet
+coming back, thousands of new TCP connections and TLS handshakes at once, rather than
+the shared keep-alive pool's few dozen.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import ssl
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +37,12 @@ from edgefleet.wire import API_PREFIX
 
 SHED = (429, 503)
 MAX_RETRY_AFTER_S = 60.0
+RETRY_AFTER_JITTER = 0.1
+"""As the agent: Retry-After plus up to this share more (``agent.backoff.Backoff``)."""
+
+STORM: ContextVar[bool] = ContextVar("storm", default=False)
+"""True in a device's task from its return after an outage until its first status is
+answered: its requests then go out on the storm's pool, not the shared one."""
 
 
 class CallFailed(Exception):
@@ -69,7 +83,10 @@ async def _queued_end(_s: object, ctx: Any, _p: object) -> None:
 
 class Wire:
     """One aiohttp session over a pool of ``connections`` (0: a new connection, with a
-    full TLS handshake, for every request, as a device whose keep-alive lapsed)."""
+    full TLS handshake, for every request, as a device whose keep-alive lapsed).
+
+    ``storm_connections``: the size of the pool a returning fleet comes back on (see
+    :data:`STORM`); 0 for none (the shared pool)."""
 
     def __init__(
         self,
@@ -78,15 +95,24 @@ class Wire:
         connections: int,
         timeout: float,
         recorder: Recorder,
+        storm_connections: int = 0,
+        seed: int = 0,
     ) -> None:
         self.base = url.rstrip("/") + API_PREFIX
         self.root = url.rstrip("/")
         self.recorder = recorder
         self.stopping = False
         """Set at the end of the run: shed requests are no longer retried."""
+        self.opened = 0
+        """Connections opened so far (TCP and TLS handshakes), on every pool."""
+        self.inflight = 0
+        self.rng = random.Random(f"{seed}:retry-after")
+        self._context, self._connections, self._timeout = context, connections, timeout
         trace = aiohttp.TraceConfig()
         trace.on_connection_queued_start.append(_queued_start)
         trace.on_connection_queued_end.append(_queued_end)
+        trace.on_connection_create_end.append(self._created)
+        self._trace = trace
         self.session = self._session(context, connections, timeout, trace)
         self.gate = asyncio.Semaphore(connections) if connections > 0 else None
         """Requests queue here, not in aiohttp's pool: the wait is measured the same way,
@@ -95,6 +121,16 @@ class Wire:
         """Slow devices' own connections, unbounded: a slow reader holds its connection
         for as long as it dawdles, and in the shared pool it would make every other
         device wait behind it, which is not what a slow device does to a real fleet."""
+        self.storm_pool = storm_connections
+        self.storm_session = (
+            self._session(context, storm_connections, timeout, trace)
+            if storm_connections > 0
+            else None
+        )
+        self.storm_gate = asyncio.Semaphore(storm_connections) if storm_connections else None
+
+    async def _created(self, _s: object, _ctx: object, _p: object) -> None:
+        self.opened += 1
 
     @staticmethod
     def _session(
@@ -121,6 +157,21 @@ class Wire:
     async def close(self) -> None:
         await self.session.close()
         await self.slow_session.close()
+        if self.storm_session is not None:
+            await self.storm_session.close()
+
+    async def drop_connections(self, grace: float) -> None:
+        """The outage: once the requests in flight are answered (``grace`` at most),
+        close every kept-alive connection of the shared pools, as a network gone away
+        does; requests after it open new ones."""
+        deadline = time.monotonic() + grace
+        while self.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        old = (self.session, self.slow_session)
+        self.session = self._session(self._context, self._connections, self._timeout, self._trace)
+        self.slow_session = self._session(self._context, -1, self._timeout, self._trace)
+        for session in old:
+            await session.close()
 
     async def call(
         self,
@@ -149,19 +200,26 @@ class Wire:
         url = (self.root if root else self.base) + path
         rec = self.recorder
         pooled = slow is None
-        session = self.session if pooled else self.slow_session
+        storm = pooled and STORM.get() and self.storm_session is not None
+        gate = self.storm_gate if storm else self.gate
         while True:
+            if storm:
+                assert self.storm_session is not None
+                session = self.storm_session
+            else:  # looked up per try: an outage replaces the sessions
+                session = self.session if pooled else self.slow_session
             queued = time.monotonic()
-            if pooled and self.gate is not None:
-                await self.gate.acquire()
+            if pooled and gate is not None:
+                await gate.acquire()
                 if self.stopping:  # the run is over: the backlog is not sent
-                    self.gate.release()
+                    gate.release()
                     rec.unsent += 1
                     raise CallFailed(endpoint)
             started = time.monotonic()
             waited = _Waited()
             waited.seconds = started - queued
             payload = body() if callable(body) else body  # built anew for a resend
+            self.inflight += 1
             try:
                 async with session.request(
                     method, url, data=payload, headers=headers, trace_request_ctx=waited
@@ -180,14 +238,16 @@ class Wire:
                 rec.error(endpoint, "connection", f"{type(exc).__name__}: {exc}")
                 raise CallFailed(endpoint) from exc
             finally:
-                if pooled and self.gate is not None:
-                    self.gate.release()
+                self.inflight -= 1
+                if pooled and gate is not None:
+                    gate.release()
             retry_after = parse_retry_after(answer_headers.get("Retry-After"))
             if status in SHED and retry_after is not None:
-                rec.shed_load(endpoint)
+                rec.shed_load(endpoint, retry_after)
                 if self.stopping:
                     raise CallFailed(endpoint)
-                await asyncio.sleep(min(retry_after, MAX_RETRY_AFTER_S))
+                wait = min(retry_after, MAX_RETRY_AFTER_S)
+                await asyncio.sleep(wait + self.rng.uniform(0, RETRY_AFTER_JITTER * wait))
                 continue
             if status not in ok:
                 rec.error(endpoint, f"http {status}", data[:300].decode(errors="replace"))
