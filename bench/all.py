@@ -60,6 +60,7 @@ BENCHES: list[Bench] = [
     Bench("desired.py", ("--runs", "1", "--seconds", "5"), postgres=True),
     Bench("replicas.py", ("--runs", "1", "--seconds", "5", "--devices", "5"), postgres=True,
           sqlite=False),
+    Bench("replica_scaling.py", ("--runs", "1", "--seconds", "5"), postgres=True, sqlite=False),
     Bench("agent.py", ("--starts", "3", "--idle-seconds", "15")),
     Bench("claim.py", ("--runs", "3"), postgres=True),
     Bench("gitops.py", ("--runs", "1")),

@@ -16,9 +16,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import database, figure, median_of
-from harness import make_csr, median, run_wrk, start_controller
+from harness import RunningController, make_csr, median, run_wrk, start_controller
 
 from edgefleet.signing import make_assertion
+
+
+def wrk_devices(ctl: RunningController, count: int) -> Path:
+    """Enrol ``count`` devices, each with its access token and its ETag, into the file
+    ``desired.lua`` plays (``WRK_DEVICES``): a line of id, token and ETag per device."""
+    lines = []
+    with ctl.client() as c:
+        c.post("/sites", json={"name": "bench"}).raise_for_status()
+        c.post("/profiles", json={"name": "p", "spec": {"config": {"x": 1}}}).raise_for_status()
+        token = c.post("/tokens", json={"site": "bench", "profile": "p"}).json()["token"]
+        controller_id = c.get("/controller").json()["controller_id"]
+        for i in range(count):
+            key, csr = make_csr()
+            r = c.post("/enrol", json={"token": token, "csr": csr, "inventory": {"serial": str(i)}})
+            r.raise_for_status()
+            did = r.json()["device_id"]
+            assertion = make_assertion(key, did, controller_id)
+            access = c.post("/auth/token", json={"client_assertion": assertion}).json()
+            bearer = {"authorization": f"Bearer {access['access_token']}"}
+            etag = c.get(f"/devices/{did}/desired", headers=bearer).headers["etag"]
+            lines.append(f"{did} {access['access_token']} {etag}")
+    devices = Path(tempfile.mkstemp(suffix=".txt")[1])
+    devices.write_text("\n".join(lines) + "\n")
+    return devices
 
 
 def main() -> None:
@@ -34,26 +58,7 @@ def main() -> None:
 
     ctl = start_controller(args.database_url, workers=args.workers)
     try:
-        lines = []
-        with ctl.client() as c:
-            c.post("/sites", json={"name": "bench"}).raise_for_status()
-            c.post("/profiles", json={"name": "p", "spec": {"config": {"x": 1}}}).raise_for_status()
-            token = c.post("/tokens", json={"site": "bench", "profile": "p"}).json()["token"]
-            controller_id = c.get("/controller").json()["controller_id"]
-            for i in range(args.devices):
-                key, csr = make_csr()
-                r = c.post(
-                    "/enrol", json={"token": token, "csr": csr, "inventory": {"serial": str(i)}}
-                )
-                r.raise_for_status()
-                did = r.json()["device_id"]
-                assertion = make_assertion(key, did, controller_id)
-                access = c.post("/auth/token", json={"client_assertion": assertion}).json()
-                bearer = {"authorization": f"Bearer {access['access_token']}"}
-                etag = c.get(f"/devices/{did}/desired", headers=bearer).headers["etag"]
-                lines.append(f"{did} {access['access_token']} {etag}")
-        devices = Path(tempfile.mkstemp(suffix=".txt")[1])
-        devices.write_text("\n".join(lines) + "\n")
+        devices = wrk_devices(ctl, args.devices)
         os.environ["WRK_DEVICES"], os.environ["WRK_THREADS"] = str(devices), str(args.threads)
         # Warm up: every worker loads each device's credentials and ETag once.
         run_wrk(ctl.url, Path(__file__).with_name("desired.lua"), args.threads, args.connections, 3)
@@ -85,12 +90,12 @@ def main() -> None:
             "devices": args.devices,
             "wrk": f"{args.threads} threads, {args.connections} connections, {args.seconds} s",
         }
-        target = "issue 12 aims at >= 10,000/s, p99 < 20 ms"
+        target = "with wrk on the same 2 cores; the budget was 5,000/s, p99 25 ms before"
         figure(
             f"GET desired 304/s ({db})",
             median([r.requests_per_s for r in results]),
             "/s",
-            budget=5000,
+            budget=10_000,
             better="higher",
             note=median_of(args.runs) + f"; {target}",
             settings=settings,
@@ -99,7 +104,7 @@ def main() -> None:
             f"GET desired 304 p99 ({db})",
             median([r.p99_ms for r in results]),
             "ms",
-            budget=25,
+            budget=20,
             note=median_of(args.runs) + f"; {target}",
             settings=settings,
         )

@@ -58,6 +58,11 @@ def spawn_agent(
     )
 
 
+def pinned(cpus: str | None) -> list[str]:
+    """The ``taskset`` prefix that keeps a command (and what it starts) on ``cpus``."""
+    return ["taskset", "-c", cpus] if cpus else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -116,9 +121,11 @@ def start_controller(
     workers: int | None = None,
     data_dir: Path | None = None,
     admin_token: str | None = None,
+    cpus: str | None = None,
 ) -> RunningController:
     """A controller process; ``data_dir`` and ``admin_token`` restart an earlier one (the
-    admin token is printed only at the first start)."""
+    admin token is printed only at the first start); ``cpus`` pins it and its workers
+    (``taskset -c``)."""
     data = data_dir or Path(tempfile.mkdtemp(prefix="ef-bench-"))
     port = free_port()
     env = dict(os.environ)  # EDGEFLEET_* settings pass through; the ones below are ours
@@ -137,7 +144,10 @@ def start_controller(
     (data / "controller.log").unlink(missing_ok=True)
     log = open(data / "controller.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [*EDGEFLEET, "controller", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [*pinned(cpus), *EDGEFLEET, "controller", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"https://127.0.0.1:{port}"
     deadline = time.monotonic() + 60

@@ -40,6 +40,7 @@ from harness import (
     free_port,
     make_csr,
     median,
+    pinned,
     start_controller,
 )
 
@@ -49,9 +50,10 @@ ENROL_LUA = Path(__file__).with_name("enrol.lua")
 
 
 def start_replica(
-    first: RunningController, database_url: str, workers: int | None
+    first: RunningController, database_url: str, workers: int | None, cpus: str | None = None
 ) -> RunningController:
-    """A second replica: a copy of the first one's identity, the same database."""
+    """A second replica: a copy of the first one's identity, the same database; ``cpus``
+    pins it (``taskset -c``)."""
     data = Path(tempfile.mkdtemp(prefix="ef-bench-replica-"))
     shutil.copytree(first.data_dir / "pki", data / "pki")
     for name in ("access-token.key", "controller-id"):
@@ -70,7 +72,10 @@ def start_replica(
         env["EDGEFLEET_WORKERS"] = str(workers)
     log = open(data / "controller.log", "wb")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
-        [*EDGEFLEET, "controller", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [*pinned(cpus), *EDGEFLEET, "controller", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     replica = RunningController(f"https://127.0.0.1:{port}", data, first.admin_token, proc)
     deadline = time.monotonic() + 60
