@@ -1,15 +1,36 @@
 """One ASGI middleware in front of everything: body size cap, overload shedding, and
-request metrics (by route template, so device ids do not explode label sets)."""
+request metrics (by route template, so device ids do not explode label sets).
+
+**Shedding.** Past ``max_inflight`` requests in the app, a worker answers 503 at once
+with a Retry-After, before reading the body: a refusal costs microseconds, where a
+queue without bound would turn a reconnect storm into timeouts. The Retry-After is
+jittered and scaled to the load (:meth:`Guard.retry_after`): a constant 1 s sends a
+whole fleet turned away in the same second back in the same second (the agent adds
+only a tenth), and again, until timeouts end it.
+
+uvicorn's own ``limit_concurrency`` is left off: its 503 carries no Retry-After and
+counts connections, not requests, so it would refuse a returning fleet's idle
+keep-alive connections as well."""
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from typing import Any
 
 from edgefleet.controller.metrics import Metrics
 
 Scope = dict[str, Any]
+
+RETRY_AFTER_MAX_S = 20
+"""The longest Retry-After for overload: under three of a device's intervals at the
+default 10 s, so a shed fleet can still report within them."""
+SERVICE_GUESS_S = 0.1
+"""A request's time in the app before any was measured: cautious (a worker that has
+served nothing yet spreads what it sheds widely)."""
+SERVICE_WEIGHT = 0.05
+"""Weight of each request in the moving average of that time."""
 
 
 class Guard:
@@ -20,6 +41,9 @@ class Guard:
         max_body: int,
         max_inflight: int,
         max_result_body: int | None = None,
+        retry_after_max: int = RETRY_AFTER_MAX_S,
+        rng: random.Random | None = None,
+        clock: Any = time.monotonic,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -28,6 +52,12 @@ class Guard:
         """Result batches (``POST .../results``, gzipped) may be larger than other bodies."""
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.retry_after_max = max(1, retry_after_max)
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._shed = _PerSecond(clock)
+        self._service_s = SERVICE_GUESS_S
+        """Moving average of the time a request spends in the app."""
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -43,7 +73,11 @@ class Guard:
                 return
         if self.inflight >= self.max_inflight:
             await _reject(
-                send, 503, "overloaded", "the controller is busy; retry later", retry_after=1
+                send,
+                503,
+                "overloaded",
+                "the controller is busy; retry later",
+                retry_after=self.retry_after(),
             )
             self._observe(scope, 503, started)
             return
@@ -76,11 +110,26 @@ class Guard:
             await send(message)
 
         self.inflight += 1
+        admitted = self._clock()
         try:
             await self.app(scope, replay, watching_send)
         finally:
             self.inflight -= 1
+            took = self._clock() - admitted
+            self._service_s += SERVICE_WEIGHT * (took - self._service_s)
             self._observe(scope, status[0], started)
+
+    def retry_after(self) -> int:
+        """Whole seconds for a shed request to wait, drawn uniformly from 1 to a spread:
+        the requests this worker shed in the last second over what it can serve in one
+        (Little's law: ``max_inflight`` over the mean time a request spends in the app),
+        at most ``retry_after_max``. What is turned away in one second then comes back
+        over as many seconds as the worker needs to serve it, not all in the next one;
+        a worker that sheds less than it can serve in a second says 1."""
+        self._shed.add()
+        per_second = max(1, self.max_inflight) / max(self._service_s, 1e-3)
+        spread = min(self.retry_after_max, 1 + int((self._shed.recent() - 1) / per_second))
+        return self._rng.randint(1, spread)
 
     def _limit(self, scope: Scope) -> int:
         if scope.get("method") == "POST" and scope.get("path", "").endswith("/results"):
@@ -97,6 +146,31 @@ class Guard:
         method = scope["method"]
         self.metrics.requests.labels(method, path, str(status)).inc()
         self.metrics.latency.labels(method, path).observe(time.perf_counter() - started)
+
+
+class _PerSecond:
+    """Events in the current second and the one before it (no thread: the event loop)."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        self._second = clock()
+        self._now = 0
+        self._before = 0
+
+    def _roll(self) -> None:
+        now = self._clock()
+        if now - self._second >= 1.0:
+            self._before = self._now if now - self._second < 2.0 else 0
+            self._second, self._now = now, 0
+
+    def add(self) -> None:
+        self._roll()
+        self._now += 1
+
+    def recent(self) -> int:
+        """The larger of this second's count so far and the last second's."""
+        self._roll()
+        return max(self._now, self._before)
 
 
 async def _reject(

@@ -81,6 +81,7 @@ def build(out: Outcome) -> dict[str, Any]:
         "latency": percentiles_ms(all_loop),
         "pool_wait": percentiles_ms(rec.pool_wait),
         "unsent_at_end": rec.unsent,
+        "resent_on_closed_connection": rec.resent,
         "endpoints": endpoints,
         "errors": dict(sorted(rec.errors.items())),
         "error_count": rec.error_count,

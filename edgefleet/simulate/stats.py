@@ -63,6 +63,8 @@ class Recorder:
         self.buckets: dict[int, Bucket] = {}
         self.first_error: dict[str, str] = {}
         """The first message of each error kind, for the operator."""
+        self.resent = 0
+        """Requests sent again because their kept-alive connection had been closed."""
         self.window: Window | None = None
         """Open while the storm lasts: what is recorded goes here too."""
 

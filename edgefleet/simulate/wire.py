@@ -61,13 +61,20 @@ class Answer:
 
 
 class _Waited:
-    """How long one request waited for a connection of the pool (aiohttp's trace)."""
+    """How long one request waited for a connection of the pool, and whether it went out
+    on a kept-alive one (aiohttp's trace)."""
 
-    __slots__ = ("seconds", "since")
+    __slots__ = ("reused", "seconds", "since")
 
     def __init__(self) -> None:
         self.seconds = 0.0
         self.since = 0.0
+        self.reused = False
+
+
+async def _reused(_s: object, ctx: Any, _p: object) -> None:
+    if isinstance(ctx.trace_request_ctx, _Waited):
+        ctx.trace_request_ctx.reused = True
 
 
 async def _queued_start(_s: object, ctx: Any, _p: object) -> None:
@@ -112,6 +119,7 @@ class Wire:
         trace.on_connection_queued_start.append(_queued_start)
         trace.on_connection_queued_end.append(_queued_end)
         trace.on_connection_create_end.append(self._created)
+        trace.on_connection_reuseconn.append(_reused)
         self._trace = trace
         self.session = self._session(context, connections, timeout, trace)
         self.gate = asyncio.Semaphore(connections) if connections > 0 else None
@@ -202,12 +210,8 @@ class Wire:
         pooled = slow is None
         storm = pooled and STORM.get() and self.storm_session is not None
         gate = self.storm_gate if storm else self.gate
+        resent = False
         while True:
-            if storm:
-                assert self.storm_session is not None
-                session = self.storm_session
-            else:  # looked up per try: an outage replaces the sessions
-                session = self.session if pooled else self.slow_session
             queued = time.monotonic()
             if pooled and gate is not None:
                 await gate.acquire()
@@ -215,6 +219,11 @@ class Wire:
                     gate.release()
                     rec.unsent += 1
                     raise CallFailed(endpoint)
+            if storm:
+                assert self.storm_session is not None
+                session = self.storm_session
+            else:  # looked up once it may go: an outage replaces the sessions
+                session = self.session if pooled else self.slow_session
             started = time.monotonic()
             waited = _Waited()
             waited.seconds = started - queued
@@ -235,6 +244,12 @@ class Wire:
                 rec.error(endpoint, "timeout", str(exc) or "no answer in time")
                 raise CallFailed(endpoint) from exc
             except (aiohttp.ClientError, OSError) as exc:
+                if waited.reused and not resent:
+                    # As the agent (agent.client.Channel.exchange): a kept-alive connection
+                    # the server closed as the request left is sent again, once, anew.
+                    resent = True
+                    rec.resent += 1
+                    continue
                 rec.error(endpoint, "connection", f"{type(exc).__name__}: {exc}")
                 raise CallFailed(endpoint) from exc
             finally:
