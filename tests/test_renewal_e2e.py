@@ -49,9 +49,17 @@ def test_agent_renews_and_re_enrols_after_expiry(tmp_path: Path, postgres_url: s
         # two thirds of 20 s: the agent renews about 13 s after enrolment (a loaded CI
         # machine must not let the certificate expire before the renewal is due)
         wait_for(lambda: _audit(ctl, "device.renew", device_id), 60, "a renewal")
-        wait_for(lambda: _cert_serial(agent) != first_serial, 10, "the new certificate stored")
+        # The certificate is stored first, then the new key promoted over key.pem: wait
+        # for both (a loaded machine once read the files between the two steps).
+        wait_for(
+            lambda: (
+                _cert_serial(agent) != first_serial
+                and not (agent.state_dir / "key.next.pem").exists()
+            ),
+            10,
+            "the new certificate stored and its key promoted",
+        )
         assert (agent.state_dir / "key.pem").read_bytes() != first_key
-        assert not (agent.state_dir / "key.next.pem").exists()
         assert agent.proc.poll() is None and agent.state()["device_id"] == device_id
 
         agent.stop()
