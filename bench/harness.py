@@ -4,6 +4,7 @@ identities, and wrk runs whose figures are parsed from its own report."""
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import secrets
@@ -228,3 +229,45 @@ def median(values: list[float]) -> float:
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+@dataclass
+class SimulatorRun:
+    """``edgefleet simulate`` against a fresh controller: its output, report and wall time."""
+
+    stdout: str
+    returncode: int
+    report: dict
+    wall_s: float
+    controller_up: bool
+    """The controller process was still running when the simulator ended."""
+
+
+def run_simulator(
+    flags: list[str], out: Path, database_url: str | None, workers: int | None, site: str
+) -> SimulatorRun:
+    """Run ``edgefleet simulate FLAGS`` as a user runs it, in its own process, against a
+    fresh controller (rate limits off: one simulator is one address), its report and
+    chart into ``out``; exits with the simulator's output if it could not run."""
+    out.mkdir(parents=True, exist_ok=True)
+    ctl = start_controller(database_url, workers=workers)
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+        env.update(EDGEFLEET_URL=ctl.url, EDGEFLEET_TOKEN=ctl.admin_token, EDGEFLEET_CA_FILE=ctl.ca)
+        cmd = [
+            *EDGEFLEET,
+            "simulate",
+            *flags,
+            *("--controller-pid", str(ctl.proc.pid), "--site", site),
+            *("--report", str(out / "report.json"), "--chart", str(out / "chart.png")),
+        ]
+        started = time.monotonic()
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        alive = ctl.proc.poll() is None
+    finally:
+        ctl.stop()
+    if run.returncode == 2 or not (out / "report.json").exists():
+        raise SystemExit(f"the simulator could not run:\n{run.stdout}\n{run.stderr}")
+    report = json.loads((out / "report.json").read_text())
+    return SimulatorRun(run.stdout, run.returncode, report, wall, alive)

@@ -13,17 +13,13 @@ runs it, in its own process, and its JSON report is read back.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import figure
-from harness import EDGEFLEET, start_controller
+from harness import run_simulator
 
 P99_MS = 50.0
 """The soak's budget: the p99 of every device request after warm-up."""
@@ -45,29 +41,14 @@ def main() -> None:
     args = p.parse_args()
 
     out = args.keep or Path(tempfile.mkdtemp(prefix="ef-sim-"))
-    out.mkdir(parents=True, exist_ok=True)
-    ctl = start_controller(args.database_url, workers=args.workers)
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-        env.update(EDGEFLEET_URL=ctl.url, EDGEFLEET_TOKEN=ctl.admin_token, EDGEFLEET_CA_FILE=ctl.ca)
-        cmd = [
-            *EDGEFLEET,
-            "simulate",
-            *("--devices", str(args.devices), "--interval", str(args.interval)),
-            *("--duration", str(args.duration), "--connections", str(args.connections)),
-            *("--enrol-concurrency", str(args.enrol_concurrency)),
-            *("--uploading", str(args.uploading), "--bucket", "5"),
-            *("--controller-pid", str(ctl.proc.pid), "--site", "bench"),
-            *("--report", str(out / "report.json"), "--chart", str(out / "chart.png")),
-        ]
-        started = time.monotonic()
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.monotonic() - started
-    finally:
-        ctl.stop()
-    if run.returncode == 2 or not (out / "report.json").exists():
-        raise SystemExit(f"the simulator could not run:\n{run.stdout}\n{run.stderr}")
-    doc = json.loads((out / "report.json").read_text())
+    flags = [
+        *("--devices", str(args.devices), "--interval", str(args.interval)),
+        *("--duration", str(args.duration), "--connections", str(args.connections)),
+        *("--enrol-concurrency", str(args.enrol_concurrency)),
+        *("--uploading", str(args.uploading), "--bucket", "5"),
+    ]
+    run = run_simulator(flags, out, args.database_url, args.workers, "bench")
+    doc, wall = run.report, run.wall_s
     print(run.stdout, end="")
     c, lat = doc["controller"] or {}, doc["latency"]
     db = "PostgreSQL" if args.database_url else "SQLite"

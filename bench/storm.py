@@ -18,18 +18,14 @@ as far as the hard limit allows (``--nofile``) for the simulator and the control
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import database, figure
-from harness import EDGEFLEET, start_controller
+from harness import run_simulator
 
 STORM_CONNECTIONS = 2000
 """Connections the returning fleet opens at once. One per device (``0``: 19,232 of
@@ -82,33 +78,17 @@ def main() -> None:
     duration = outage_at + args.outage_for + budget + AFTER_BUDGET_S
     nofile = raise_nofile(args.nofile)
     out = args.keep or Path(tempfile.mkdtemp(prefix="ef-storm-"))
-    out.mkdir(parents=True, exist_ok=True)
-    ctl = start_controller(args.database_url, workers=args.workers)
-    try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
-        env.update(EDGEFLEET_URL=ctl.url, EDGEFLEET_TOKEN=ctl.admin_token, EDGEFLEET_CA_FILE=ctl.ca)
-        cmd = [
-            *EDGEFLEET,
-            "simulate",
-            *("--devices", str(args.devices), "--interval", str(args.interval)),
-            *("--duration", str(duration), "--connections", str(args.connections)),
-            *("--enrol-concurrency", str(args.enrol_concurrency), "--bucket", "1"),
-            *("--outage-at", str(outage_at), "--outage-for", str(args.outage_for)),
-            *("--storm-connections", str(args.storm_connections)),
-            *(["--storm-reauth"] if args.reauth else []),
-            *("--timeout", str(args.timeout)),
-            *("--controller-pid", str(ctl.proc.pid), "--site", "storm"),
-            *("--report", str(out / "report.json"), "--chart", str(out / "chart.png")),
-        ]
-        started = time.monotonic()
-        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.monotonic() - started
-        alive = ctl.proc.poll() is None
-    finally:
-        ctl.stop()
-    if run.returncode == 2 or not (out / "report.json").exists():
-        raise SystemExit(f"the simulator could not run:\n{run.stdout}\n{run.stderr}")
-    doc = json.loads((out / "report.json").read_text())
+    flags = [
+        *("--devices", str(args.devices), "--interval", str(args.interval)),
+        *("--duration", str(duration), "--connections", str(args.connections)),
+        *("--enrol-concurrency", str(args.enrol_concurrency), "--bucket", "1"),
+        *("--outage-at", str(outage_at), "--outage-for", str(args.outage_for)),
+        *("--storm-connections", str(args.storm_connections)),
+        *(["--storm-reauth"] if args.reauth else []),
+        *("--timeout", str(args.timeout)),
+    ]
+    run = run_simulator(flags, out, args.database_url, args.workers, "storm")
+    doc, wall, alive = run.report, run.wall_s, run.controller_up
     print(run.stdout, end="")
     st = doc["storm"]
     lat, ttr, c = st["latency"], st["time_to_report"], st["controller"]
