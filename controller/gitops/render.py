@@ -25,7 +25,6 @@ Outputs are memoized: a revision is immutable, so its folder is rendered once pe
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from urllib.parse import quote, urlsplit
 import yaml
 
 from edgefleet.controller.gitops.model import Applier, FleetState, GitopsParams, Revision
+from edgefleet.k8snames import ARGOCD_NAMESPACE, CONFIGMAP, FLUX_NAMESPACE, k8s_name
 
 try:
     _Dumper: type = yaml.CSafeDumper
@@ -43,10 +43,7 @@ except AttributeError:  # PyYAML without libyaml: same output, slower
     _Dumper = yaml.SafeDumper
 
 FLEET = "fleet"
-CONFIGMAP = "edgefleet-desired"
 MANAGED = {"app.kubernetes.io/managed-by": "edgefleet"}
-FLUX_NAMESPACE = "flux-system"
-ARGOCD_NAMESPACE = "argocd"
 UPGRADE_NAMESPACE = "system-upgrade"
 UPGRADE_SERVICE_ACCOUNT = "system-upgrade"
 K3S_UPGRADE_IMAGE = "rancher/k3s-upgrade"
@@ -82,15 +79,6 @@ def repository_url(name: str, params: GitopsParams) -> str:
     if not params.remote:
         raise RenderError("no gitops_remote: the sites have no Git server to pull from")
     return params.remote.format(site=name)
-
-
-def k8s_name(text: str, prefix: str = "edgefleet-") -> str:
-    """A DNS-1123 label for ``text``; a hash keeps names unique when it had to change."""
-    slug = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    name = f"{prefix}{slug}"
-    if name != f"{prefix}{text}" or len(name) > 63:
-        name = f"{name[:54].rstrip('-')}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-    return name
 
 
 def _check_id(device_id: str) -> None:
