@@ -12,7 +12,8 @@
         ├── Gone              410  expired, exhausted or revoked registration token
         ├── PayloadTooLarge   413
         ├── RateLimited       429  ``retry_after`` seconds
-        └── Unavailable       503  ``retry_after`` seconds
+        ├── Unavailable       503  ``retry_after`` seconds
+        └── InsufficientStorage 507  a full disk; nothing was stored; ``retry_after``
 
 The controller raises these and renders them as ``{"error": {"code", "message"}}``;
 clients turn that body back into the same class with :func:`from_response_body`,
@@ -102,6 +103,14 @@ class Unavailable(ApiError):
     default_code = "unavailable"
 
 
+class InsufficientStorage(ApiError):
+    """The controller's disk (or its database server's) is full: the request stored
+    nothing and may be retried once an operator has freed space."""
+
+    status = 507
+    default_code = "disk_full"
+
+
 _BY_STATUS: dict[int, type[ApiError]] = {
     cls.status: cls
     for cls in (
@@ -114,6 +123,7 @@ _BY_STATUS: dict[int, type[ApiError]] = {
         PayloadTooLarge,
         RateLimited,
         Unavailable,
+        InsufficientStorage,
     )
 }
 
