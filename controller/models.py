@@ -452,3 +452,23 @@ class SampleRollup(SQLModel, table=True):
     unhealthy: int
     p95_median_ms: float | None = None
     p95_max_ms: float | None = None
+
+
+class SigningKey(SQLModel, table=True):
+    """A rotated signing key (``controller/keyring.py``): the access-token and registry
+    token keys made by a rotation, so every worker and replica reads the same keyring.
+    The first key of each kind stays in its file; a row with no material stands for it
+    once a rotation has moved it on. Material is wrapped (AES-GCM) by a key derived from
+    the data directory's ``access-token.key``: the database alone signs nothing."""
+
+    __table_args__ = (UniqueConstraint("purpose", "kid"),)
+    id: int | None = Field(default=None, primary_key=True)
+    purpose: str = Field(max_length=16, index=True)
+    kid: str = Field(max_length=64)
+    state: str = Field(max_length=16)
+    """``staged`` (trusted, not signing yet), ``active``, ``previous``, ``retired``."""
+    material: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    certificate: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: datetime = _ts(nullable=False)
+    retire_after: datetime | None = _ts(nullable=True)
+    """A previous key verifies until then: when everything it signed has expired."""
