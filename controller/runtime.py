@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from edgefleet.controller.access import AccessTokens, load_or_create_key
+from edgefleet.controller.assertion_ledger import AssertionLedger
 from edgefleet.controller.buffers import device_buffers
 from edgefleet.controller.cachebus import epoch_for
 from edgefleet.controller.db import make_engine
@@ -78,6 +79,8 @@ class Runtime:
             settings.access_token_ttl_seconds,
             settings.clock_tolerance_seconds,
         )
+        self.assertions = AssertionLedger(self.engine)
+        """Spent device assertions (replays refused), recorded in group commits."""
         self.last_seen = LastSeen(self.engine)
         self.status_samples = StatusSampler(self.engine, settings.status_sample_seconds)
         """The charts' status history, written behind with last seen."""

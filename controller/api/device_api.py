@@ -51,8 +51,8 @@ def enrol(req: EnrolRequest, rt: RuntimeDep) -> JSONResponse:
 
 
 @router.post("/auth/token", response_model=AccessToken, dependencies=[rate_limited("token")])
-def auth_token(req: TokenRequest, rt: RuntimeDep) -> AccessToken:
-    return device_tokens.exchange(rt, req.client_assertion)
+async def auth_token(req: TokenRequest, rt: RuntimeDep) -> AccessToken:
+    return await device_tokens.exchange(rt, req.client_assertion)
 
 
 @router.post(

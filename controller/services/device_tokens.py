@@ -2,34 +2,29 @@
 
 The assertion (RFC 7523 ``private_key_jwt``, ES256) is checked against the key on
 record for its device; its ``jti`` is stored until the assertion expires, and a
-second use is refused.
+second use is refused. The ``jti`` is recorded in group commits (``assertion_ledger``):
+the exchange awaits its commit on the event loop instead of holding a database thread.
 """
 
 from __future__ import annotations
 
-import itertools
+import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from concurrent.futures import Future
 from typing import Any
 
 import jwt
-from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
+from starlette.concurrency import run_in_threadpool
 
-from edgefleet.controller.db import session_scope
 from edgefleet.controller.lifecycle import ACTIVE
-from edgefleet.controller.models import UsedAssertion
 from edgefleet.controller.runtime import DeviceAuth, Runtime
 from edgefleet.errors import Forbidden, Unauthorized
 from edgefleet.wire import MAX_ASSERTION_LIFETIME_S, AccessToken, DeviceState
 
-_PURGE_EVERY = 1000
-_spent = itertools.count(1)
-"""Every thousandth spent assertion also deletes the expired ones (no extra timer)."""
 
-
-def exchange(rt: Runtime, assertion: str) -> AccessToken:
-    device_id, auth, _claims = verify_assertion(rt, assertion)
+async def exchange(rt: Runtime, assertion: str) -> AccessToken:
+    device_id, auth, claims = await run_in_threadpool(check_assertion, rt, assertion, ())
+    _refuse_replay(await asyncio.wrap_future(_spend(rt, device_id, claims)))
     if auth.certificate_expires_at is not None and auth.certificate_expires_at <= time.time():
         raise Unauthorized(
             f"device {device_id}'s certificate has expired; re-enrol by proving the key "
@@ -45,11 +40,21 @@ def exchange(rt: Runtime, assertion: str) -> AccessToken:
 def verify_assertion(
     rt: Runtime, assertion: str, extra_claims: tuple[str, ...] = ()
 ) -> tuple[str, DeviceAuth, dict[str, Any]]:
-    """Check a device's signed assertion against the key on record and spend its ``jti``.
+    """Check a device's signed assertion and spend its ``jti`` (blocking until recorded).
 
-    Used for access tokens and for certificate renewal (which adds the new CSR's digest
-    as a claim). Returns the device id, its credentials and the claims.
+    Used for certificate renewal (which adds the new CSR's digest as a claim). Returns
+    the device id, its credentials and the claims.
     """
+    device_id, auth, claims = check_assertion(rt, assertion, extra_claims)
+    _refuse_replay(_spend(rt, device_id, claims).result())
+    return device_id, auth, claims
+
+
+def check_assertion(
+    rt: Runtime, assertion: str, extra_claims: tuple[str, ...]
+) -> tuple[str, DeviceAuth, dict[str, Any]]:
+    """Check a device's signed assertion against the key on record; the caller spends
+    its ``jti``. Returns the device id, its credentials and the claims."""
     try:
         header = jwt.get_unverified_header(assertion)
         unverified = jwt.decode(assertion, options={"verify_signature": False})
@@ -106,18 +111,16 @@ def verify_assertion(
         )
     if iat > now + leeway:
         raise Unauthorized("the assertion is issued in the future", code="invalid_assertion")
-    _spend_jti(rt, f"{device_id}:{claims['jti']}", exp + leeway)
     return device_id, auth, claims
 
 
-def _spend_jti(rt: Runtime, jti: str, until: float) -> None:
-    try:
-        with session_scope(rt.engine) as s:
-            s.add(UsedAssertion(jti=jti[:200], expires_at=datetime.fromtimestamp(until, UTC)))
-            if next(_spent) % _PURGE_EVERY == 0:
-                cutoff = datetime.now(UTC) - timedelta(seconds=60)
-                s.execute(delete(UsedAssertion).where(UsedAssertion.expires_at < cutoff))
-    except IntegrityError as exc:
+def _spend(rt: Runtime, device_id: str, claims: dict[str, Any]) -> Future[bool]:
+    until = int(claims["exp"]) + rt.settings.assertion_leeway_seconds
+    return rt.assertions.spend(f"{device_id}:{claims['jti']}", until)
+
+
+def _refuse_replay(new: bool) -> None:
+    if not new:
         raise Unauthorized(
             "this assertion was used before (jti replayed)", code="assertion_replayed"
-        ) from exc
+        )
