@@ -12,13 +12,15 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from edgefleet.errors import ConfigError
 
 
 class Settings(BaseSettings):
@@ -164,6 +166,35 @@ class Settings(BaseSettings):
     registry_insecure: list[str] = []
     """Registries (``host[:port]``) reached over plain HTTP, by the controller resolving
     tags and by devices pulling; every other registry is HTTPS."""
+
+    # -- secrets at rest (controller/pki/certs.py; README "Key rotation and secrets") ----
+    key_passphrase: SecretStr | None = None
+    """Encrypts the PKI private keys (PKCS#8, best available encryption) when set; keys
+    written before stay plain until `edgefleet keys encrypt`."""
+    key_passphrase_file: Path | None = None
+    """The passphrase in a file instead (a Kubernetes Secret mounted as a file); its
+    trailing newline is ignored."""
+
+    def key_passphrase_bytes(self) -> bytes | None:
+        """The PKI keys' passphrase, or None when the keys are kept plain."""
+        if self.key_passphrase is not None and self.key_passphrase_file is not None:
+            raise ConfigError(
+                "set EDGEFLEET_KEY_PASSPHRASE or EDGEFLEET_KEY_PASSPHRASE_FILE, not both"
+            )
+        if self.key_passphrase_file is not None:
+            try:
+                text = self.key_passphrase_file.read_text().rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read the key passphrase file {self.key_passphrase_file}: {exc}"
+                ) from exc
+        elif self.key_passphrase is not None:
+            text = self.key_passphrase.get_secret_value()
+        else:
+            return None
+        if not text:
+            raise ConfigError("the key passphrase is empty; set one or unset the setting")
+        return text.encode()
 
     @classmethod
     def settings_customise_sources(
