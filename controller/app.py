@@ -12,6 +12,7 @@ from anyio import to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,6 +33,7 @@ from edgefleet.controller.api import (
 )
 from edgefleet.controller.claimwake import ClaimWaits
 from edgefleet.controller.console import routes as console
+from edgefleet.controller.db import storage_error
 from edgefleet.controller.fastpath import DesiredFastPath
 from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
@@ -97,6 +99,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    for failure in (sa_exc.DBAPIError, sa_exc.TimeoutError, OSError):
+        app.add_exception_handler(failure, _storage_error)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -154,6 +158,16 @@ async def _api_error(request: Request, exc: ApiError) -> Response:
     if exc.retry_after is not None:
         headers["Retry-After"] = str(int(exc.retry_after))
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    """The database down or the disk full: a 503 or 507 an operator and a device can act
+    on, instead of a 500 and a traceback; anything else is still a 500."""
+    error = storage_error(exc, request.app.state.rt.settings.data_dir)
+    if error is None:
+        raise exc
+    log.warning("%s %s: %s", request.method, request.url.path, error.message)
+    return await _api_error(request, error)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

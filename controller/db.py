@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -13,10 +15,11 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
 
-from edgefleet.errors import ConfigError
+from edgefleet.errors import ApiError, ConfigError, InsufficientStorage, Unavailable
 
 ALEMBIC_DIR = Path(__file__).with_name("alembic")
 
@@ -118,6 +121,65 @@ def reading(engine: Engine) -> Iterator[Connection]:
     each statement sees the latest committed data on its own)."""
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
+
+
+DATABASE_RETRY_AFTER_S = (1, 5)
+"""Retry-After while the database cannot be reached, drawn from this range: a PostgreSQL
+restart takes seconds, and a fleet told one value would come back in one second."""
+DISK_FULL_RETRY_AFTER_S = 60
+"""Retry-After for a full disk: space comes back when a person frees it, not by itself."""
+_SQLITE_FULL = 13
+_PG_DISK_FULL = "53100"
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return True
+    if orig is None:
+        return False
+    if getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL:
+        return True
+    return getattr(orig, "sqlstate", None) == _PG_DISK_FULL or "No space left" in str(orig)
+
+
+def storage_error(exc: BaseException, data_dir: Path) -> ApiError | None:
+    """The answer for a request the database or the disk could not serve, or None for a
+    real bug (which stays a 500).
+
+    A full disk (SQLite's SQLITE_FULL, PostgreSQL's disk_full, ENOSPC from a file
+    write) is a 507 naming the disk; a lost or refused database connection, a pool
+    timeout or a locked SQLite file is a 503. Both carry Retry-After, and the
+    transaction was rolled back, so the request stored nothing and may be sent again.
+    The engine's pool drops connections broken by a server restart on first use, so
+    the next request reconnects without a restart of the controller."""
+    if _disk_full(exc):
+        where = (
+            f"the controller's data directory {data_dir}"
+            if getattr(getattr(exc, "orig", None), "sqlstate", None) != _PG_DISK_FULL
+            else "the database server's disk"
+        )
+        return InsufficientStorage(
+            f"{where} is full (no space left on device); nothing from this request was "
+            "stored: free space there, then retry",
+            retry_after=DISK_FULL_RETRY_AFTER_S,
+        )
+    if isinstance(exc, sa_exc.TimeoutError) or (
+        isinstance(exc, sa_exc.DBAPIError)
+        and (
+            exc.connection_invalidated
+            or isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError))
+        )
+    ):
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return Unavailable(
+            f"the database is unavailable ({first[0] if first else type(exc).__name__}); "
+            "nothing from this request was stored: retry shortly",
+            code="database_unavailable",
+            retry_after=random.randint(*DATABASE_RETRY_AFTER_S),
+        )
+    return None
 
 
 def alembic_config(url: str) -> Config:
