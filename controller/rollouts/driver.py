@@ -12,18 +12,20 @@ reports, stored by whichever worker received them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
 
+import psycopg
 from sqlalchemy import select
 
 from edgefleet.controller.db import reading
 from edgefleet.controller.models import Rollout
 from edgefleet.controller.rollouts.advance import Advancer
 from edgefleet.controller.rollouts.lease import Lease, LostLease, current
-from edgefleet.controller.rollouts.nudge import Waiter
+from edgefleet.controller.rollouts.nudge import ANY, Waiter
 from edgefleet.controller.rollouts.states import RolloutState
 from edgefleet.controller.runtime import Runtime
 
@@ -94,10 +96,18 @@ class Driver:
                         continue
                     due = now + wait
                 assert self._waiter is not None
-                news = self._waiter.wait(min(due, renew_at) - time.monotonic())
-                if news:
-                    self._stopping.wait(DEBOUNCE_SECONDS)  # outcomes arriving together
-                    news += self._waiter.drain()
+                try:
+                    news = self._waiter.wait(min(due, renew_at) - time.monotonic())
+                    if news:
+                        self._stopping.wait(DEBOUNCE_SECONDS)  # outcomes arriving together
+                        news += self._waiter.drain()
+                except psycopg.Error as exc:
+                    # PostgreSQL restarted under the LISTEN connection: open another
+                    # with the lease's next renewal, and step meanwhile as if nudged.
+                    log.warning("rollout nudges lost their connection (%s); reconnecting", exc)
+                    self._close_waiter()
+                    renew_at, news = 0.0, [ANY]
+                    self._stopping.wait(1.0)
         finally:
             self._let_go()
 
@@ -134,6 +144,9 @@ class Driver:
             except OSError as exc:
                 log.warning("rollouts run on their timer only (%s)", exc)
                 self._waiter = _Timer()
+            except psycopg.Error as exc:
+                log.warning("cannot listen for rollout nudges (%s); standing by", exc)
+                return False
             log.info("driving rollouts as %s", self.lease.holder)
         return True
 
@@ -166,10 +179,15 @@ class Driver:
     def current_holder(self) -> str | None:
         return current(self.rt.engine)[0]
 
+    def _close_waiter(self) -> None:
+        if self._waiter is not None:
+            with contextlib.suppress(psycopg.Error):  # its connection may be gone already
+                self._waiter.close()
+            self._waiter = None
+
     def _let_go(self) -> None:
         if self._waiter is not None:
-            self._waiter.close()
-            self._waiter = None
+            self._close_waiter()
             try:
                 self.lease.release()
             except Exception:
