@@ -5,6 +5,9 @@ remembered until it expires, which makes the hot path (``GET desired`` answered
 304) cost microseconds. The token carries the device's credential generation;
 the caller compares it with the current one, so decommission or re-keying
 refuses older tokens at once.
+
+The keys come from the keyring (``controller/keyring.py``): one signs, the previous
+ones verify until every token they signed has expired, so a rotation logs no device out.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jwt
 
 from edgefleet.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from edgefleet.controller.keyring import AccessKeys, Keyring
 
 KEY_FILE = "access-token.key"
 _MAX_REMEMBERED = 200_000
@@ -46,11 +53,21 @@ def load_or_create_key(data_dir: Path) -> tuple[str, bytes]:
 
 class AccessTokens:
     def __init__(
-        self, kid: str, key: bytes, audience: str, ttl_seconds: int, backdate_seconds: int
+        self, keyring: Keyring, audience: str, ttl_seconds: int, backdate_seconds: int
     ) -> None:
-        self._kid, self._key, self._aud = kid, key, audience
+        self._ring, self._aud = keyring, audience
         self._ttl, self._backdate = ttl_seconds, backdate_seconds
         self._verified: dict[str, DeviceClaims] = {}
+        self._keys: AccessKeys = keyring.access()
+
+    def _current(self) -> AccessKeys:
+        """The keyring's keys; tokens remembered under a key that left are forgotten."""
+        keys = self._ring.access()
+        if keys is not self._keys:
+            if not keys.accepted.keys() >= self._keys.accepted.keys():
+                self._verified = {}
+            self._keys = keys
+        return keys
 
     @property
     def ttl_seconds(self) -> int:
@@ -67,10 +84,12 @@ class AccessTokens:
             "nbf": now - self._backdate,
             "exp": now + self._ttl,
         }
-        return jwt.encode(claims, self._key, algorithm="HS256", headers={"kid": self._kid})
+        keys = self._current()
+        return jwt.encode(claims, keys.key, algorithm="HS256", headers={"kid": keys.kid})
 
     def verify(self, token: str) -> DeviceClaims:
         now = time.time()
+        keys = self._current()
         hit = self._verified.get(token)
         if hit is not None:
             if hit.expires_at <= now:
@@ -78,13 +97,25 @@ class AccessTokens:
                 raise Unauthorized("the access token has expired", code="token_expired")
             return hit
         try:
-            if jwt.get_unverified_header(token).get("kid") != self._kid:
+            kid = jwt.get_unverified_header(token).get("kid")
+            known = keys.accepted.get(kid) if isinstance(kid, str) else None
+            if known is None and isinstance(kid, str):
+                known = self._ring.reload_for_unknown_kid().accepted.get(kid)
+            if known is None:
                 raise Unauthorized(
-                    "the access token was signed with an unknown key", code="invalid_token"
+                    "the access token was signed with an unknown or retired key; get a new "
+                    "one at /auth/token",
+                    code="invalid_token",
+                )
+            key, until = known
+            if until is not None and until <= now:
+                raise Unauthorized(
+                    "the access token was signed with a retired key; get a new one",
+                    code="invalid_token",
                 )
             claims = jwt.decode(
                 token,
-                self._key,
+                key,
                 algorithms=["HS256"],
                 audience=self._aud,
                 options={"require": ["sub", "gen", "exp", "aud"]},

@@ -30,9 +30,10 @@ def prepare(settings: Settings) -> Prepared:
     engine = make_engine(settings.effective_database_url)
     try:
         migrate(engine)
-        authority = load_or_create_authority(data / "pki", settings.server_names)
+        passphrase = settings.key_passphrase_bytes()
+        authority = load_or_create_authority(data / "pki", settings.server_names, passphrase)
         load_or_create_key(data)
-        load_or_create_token_key(data / "pki")
+        load_or_create_token_key(data / "pki", passphrase)
         id_file = data / "controller-id"
         if settings.controller_id is None and not id_file.exists():
             id_file.write_text(f"edgefleet-{secrets.token_hex(6)}\n")

@@ -13,19 +13,22 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
-from edgefleet.controller.pki.registry_key import TokenKey, load_token_key
+from edgefleet.controller.pki.registry_key import TokenKey
 from edgefleet.controller.settings import Settings
 from edgefleet.errors import BadRequest
 from edgefleet.oci import reference as refs
 from edgefleet.wire import API_PREFIX, RegistryToken
+
+if TYPE_CHECKING:
+    from edgefleet.controller.keyring import Keyring
 
 TOKEN_PATH = "/registry/token"
 """The operators' token endpoint under the API prefix: the registry's ``realm``."""
@@ -79,15 +82,23 @@ def repository_of(reference: str) -> str:
 
 
 class RegistryTokens:
-    """Signs tokens for one registry service with the controller's token key."""
+    """Signs tokens for one registry service with the controller's token key: a fixed
+    one, or the keyring's active key, which a rotation changes without a restart."""
 
-    def __init__(self, key: TokenKey, issuer: str, service: str, ttl_seconds: int) -> None:
-        self._key, self._issuer, self._service, self._ttl = key, issuer, service, ttl_seconds
+    def __init__(
+        self,
+        key: TokenKey | Callable[[], TokenKey],
+        issuer: str,
+        service: str,
+        ttl_seconds: int,
+    ) -> None:
+        self._signer = key if callable(key) else lambda: key
+        self._issuer, self._service, self._ttl = issuer, service, ttl_seconds
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RegistryTokens:
+    def from_settings(cls, settings: Settings, keyring: Keyring) -> RegistryTokens:
         return cls(
-            load_token_key(settings.data_dir / "pki"),
+            lambda: keyring.registry().signing,
             settings.registry_token_issuer,
             settings.registry_service,
             settings.registry_token_ttl_seconds,
@@ -118,7 +129,8 @@ class RegistryTokens:
             "jti": secrets.token_urlsafe(16),
             "access": [a.claim() for a in access],
         }
-        token = jwt.encode(claims, self._key.key, algorithm="ES256", headers={"kid": self._key.kid})
+        signer = self._signer()
+        token = jwt.encode(claims, signer.key, algorithm="ES256", headers={"kid": signer.kid})
         return RegistryToken(
             token=token,
             access_token=token,

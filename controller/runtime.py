@@ -17,12 +17,13 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from edgefleet.controller.access import AccessTokens, load_or_create_key
+from edgefleet.controller.access import AccessTokens
 from edgefleet.controller.assertion_ledger import AssertionLedger
 from edgefleet.controller.buffers import device_buffers
 from edgefleet.controller.cachebus import epoch_for
 from edgefleet.controller.db import make_engine
 from edgefleet.controller.gitops.writer import GitopsWriter
+from edgefleet.controller.keyring import Keyring
 from edgefleet.controller.lastseen import LastSeen
 from edgefleet.controller.metrics import Metrics
 from edgefleet.controller.model_pins import origin
@@ -70,11 +71,13 @@ class Runtime:
         self.settings = settings
         self.engine = engine or make_engine(settings.effective_database_url)
         self.controller_id = settings.controller_id or controller_id_file(settings)
-        self.authority: Authority = load_authority(settings.data_dir / "pki")
-        kid, key = load_or_create_key(settings.data_dir)
+        self.authority: Authority = load_authority(
+            settings.data_dir / "pki", settings.key_passphrase_bytes()
+        )
+        self.keyring = Keyring(settings, self.engine)
+        """Signing keys; a rotation on any worker or replica reaches it via the epoch."""
         self.access = AccessTokens(
-            kid,
-            key,
+            self.keyring,
             self.controller_id,
             settings.access_token_ttl_seconds,
             settings.clock_tolerance_seconds,
@@ -98,8 +101,9 @@ class Runtime:
         """Wakes the rollout driver, in whichever process it runs."""
         self.epoch = epoch_for(settings, self.engine)
         self.epoch.subscribe(self._drop_caches)
+        self.epoch.subscribe(self.keyring.stale)
         self.gitops = GitopsWriter(settings, self.engine, self.metrics)
-        self.registry_tokens = RegistryTokens.from_settings(settings)
+        self.registry_tokens = RegistryTokens.from_settings(settings, self.keyring)
 
     def _drop_caches(self) -> None:
         self._auth = {}

@@ -70,6 +70,7 @@ def serve(settings: Settings) -> None:
         workers=settings.workers,
         ssl_certfile=str(pki / "server.pem"),
         ssl_keyfile=str(pki / "server.key"),
+        ssl_keyfile_password=(settings.key_passphrase_bytes() or b"").decode() or None,
         log_level=settings.log_level,
         access_log=False,
         # Off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 and ::1 and

@@ -126,24 +126,27 @@ def parse_device_csr(csr_pem: str) -> tuple[x509.CertificateSigningRequest, str]
     return csr, spki_pin(key)
 
 
-def load_or_create_authority(directory: Path, server_names: list[str]) -> Authority:
+def load_or_create_authority(
+    directory: Path, server_names: list[str], passphrase: bytes | None = None
+) -> Authority:
     """Create the hierarchy on first start; reissue the server certificate when its names
-    change or it nears expiry. Call from one process before workers start."""
-    _hierarchy(directory)
-    server_ca_key = certs.read_key(directory / "server-ca.key")
+    change or it nears expiry. Call from one process before workers start. With a
+    passphrase, keys it writes are encrypted and encrypted keys can be read."""
+    _hierarchy(directory, passphrase)
+    server_ca_key = certs.read_key(directory / "server-ca.key", passphrase)
     server_ca = _read_cert(directory / "server-ca.pem")
-    _ensure_server_cert(directory, server_ca_key, server_ca, server_names)
-    return load_authority(directory)
+    _ensure_server_cert(directory, server_ca_key, server_ca, server_names, passphrase)
+    return load_authority(directory, passphrase)
 
 
-def load_authority(directory: Path) -> Authority:
+def load_authority(directory: Path, passphrase: bytes | None = None) -> Authority:
     """Load an existing hierarchy (worker processes; never creates anything)."""
     return Authority(
         directory,
         _read_cert(directory / "root.pem"),
         _read_cert(directory / "server-ca.pem"),
         _read_cert(directory / "device-ca.pem"),
-        certs.read_key(directory / "device-ca.key"),
+        certs.read_key(directory / "device-ca.key", passphrase),
         next_root=_maybe_cert(directory / NEXT / "root.pem"),
         previous_root=_maybe_cert(directory / PREVIOUS / "root.pem"),
         cross=[
@@ -158,12 +161,14 @@ def _maybe_cert(path: Path) -> x509.Certificate | None:
     return _read_cert(path) if path.exists() else None
 
 
-def _hierarchy(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def _hierarchy(
+    directory: Path, passphrase: bytes | None
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """Root, server and device intermediates in ``directory`` (made where missing)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Each generation's names are its own, so an old and a new root never share a subject.
     tag = datetime.now(UTC).strftime("%Y%m%d") + "-" + secrets.token_hex(3)
-    root_key = _key(directory / "root.key")
+    root_key = _key(directory / "root.key", passphrase)
     root = _cert(
         directory / "root.pem",
         lambda: certs.self_signed_root(root_key, f"Edgefleet root {tag}", ROOT_DAYS),
@@ -172,7 +177,7 @@ def _hierarchy(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
         ("server-ca", f"Edgefleet server CA {tag}"),
         ("device-ca", f"Edgefleet device CA {tag}"),
     ):
-        key = _key(directory / f"{name}.key")
+        key = _key(directory / f"{name}.key", passphrase)
         _cert(
             directory / f"{name}.pem",
             lambda key=key, cn=cn: certs.intermediate(key, cn, root_key, root, INTERMEDIATE_DAYS),
@@ -180,25 +185,27 @@ def _hierarchy(directory: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certif
     return root_key, root
 
 
-def stage_rotation(directory: Path) -> x509.Certificate:
+def stage_rotation(directory: Path, passphrase: bytes | None = None) -> x509.Certificate:
     """Make the next hierarchy and cross-sign its root with the current root's key."""
     if (directory / NEXT).exists():
         raise Conflict(
             "a rotation is staged already; promote it (`edgefleet pki promote`) first",
             code="rotation_staged",
         )
-    current_key = certs.read_key(directory / "root.key")
+    current_key = certs.read_key(directory / "root.key", passphrase)
     current = _read_cert(directory / "root.pem")
     staging = directory / "next.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    next_key, next_root = _hierarchy(staging)
+    next_key, next_root = _hierarchy(staging, passphrase)
     cross = certs.cross_sign(next_root, next_key.public_key(), current_key, current, ROOT_DAYS)
     certs.write_cert(staging / CROSS, cross)
     staging.rename(directory / NEXT)
     return next_root
 
 
-def promote_rotation(directory: Path, server_names: list[str]) -> x509.Certificate:
+def promote_rotation(
+    directory: Path, server_names: list[str], passphrase: bytes | None = None
+) -> x509.Certificate:
     """Make the staged hierarchy current; keep the old root (and its cross-signature of
     the new one) so devices that pin only the old root still follow."""
     nxt = directory / NEXT
@@ -215,20 +222,20 @@ def promote_rotation(directory: Path, server_names: list[str]) -> x509.Certifica
             os.replace(nxt / f"{name}{ext}", directory / f"{name}{ext}")
     os.replace(nxt / CROSS, directory / CROSS)
     shutil.rmtree(nxt)
-    server_ca_key = certs.read_key(directory / "server-ca.key")
+    server_ca_key = certs.read_key(directory / "server-ca.key", passphrase)
     for stale in ("server.pem", "server.key"):
         (directory / stale).unlink(missing_ok=True)
     _ensure_server_cert(
-        directory, server_ca_key, _read_cert(directory / "server-ca.pem"), server_names
+        directory, server_ca_key, _read_cert(directory / "server-ca.pem"), server_names, passphrase
     )
     return _read_cert(directory / "root.pem")
 
 
-def _key(path: Path) -> ec.EllipticCurvePrivateKey:
+def _key(path: Path, passphrase: bytes | None) -> ec.EllipticCurvePrivateKey:
     if path.exists():
-        return certs.read_key(path)
+        return certs.read_key(path, passphrase)
     key = certs.new_key()
-    certs.write_key(path, key)
+    certs.write_key(path, key, passphrase)
     return key
 
 
@@ -249,6 +256,7 @@ def _ensure_server_cert(
     ca_key: ec.EllipticCurvePrivateKey,
     ca: x509.Certificate,
     server_names: list[str],
+    passphrase: bytes | None,
 ) -> None:
     cert_path, key_path = directory / "server.pem", directory / "server.key"
     if cert_path.exists() and key_path.exists():
@@ -269,5 +277,5 @@ def _ensure_server_cert(
         timedelta(days=SERVER_DAYS),
         server_names=server_names,
     )
-    certs.write_key(key_path, key)
+    certs.write_key(key_path, key, passphrase)
     certs.write_cert(cert_path, cert, ca)

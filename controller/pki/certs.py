@@ -158,12 +158,15 @@ def pem(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    """Write a private key readable by its owner only, atomically."""
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey, passphrase: bytes | None = None) -> None:
+    """Write a private key readable by its owner only, atomically; encrypted (PKCS#8,
+    best available encryption) when there is a passphrase."""
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption(),
     )
     tmp = path.with_suffix(path.suffix + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -174,8 +177,33 @@ def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     os.replace(tmp, path)
 
 
-def read_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+ENCRYPTED = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
+def is_encrypted(path: Path) -> bool:
+    return path.read_bytes().lstrip().startswith(ENCRYPTED)
+
+
+def read_key(path: Path, passphrase: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """Load a key, plain or encrypted; a plain key loads with a passphrase set too (it is
+    encrypted by `edgefleet keys encrypt`, or when next written)."""
+    data = path.read_bytes()
+    encrypted = data.lstrip().startswith(ENCRYPTED)
+    if encrypted and not passphrase:
+        raise ConfigError(
+            f"{path} is encrypted and no passphrase is set: set EDGEFLEET_KEY_PASSPHRASE, "
+            "or EDGEFLEET_KEY_PASSPHRASE_FILE to the file holding it (a mounted Secret)"
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase if encrypted else None)
+    except ValueError as exc:
+        if encrypted:
+            raise ConfigError(
+                f"{path} does not decrypt with the key passphrase set "
+                "(EDGEFLEET_KEY_PASSPHRASE or _FILE): it is not the one the key was "
+                "encrypted with"
+            ) from exc
+        raise ConfigError(f"{path} is not a PEM private key; restore it from backup") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path} does not hold an EC private key; restore it from backup")
     return key

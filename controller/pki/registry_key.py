@@ -53,19 +53,24 @@ def libtrust_key_id(public_key: ec.EllipticCurvePublicKey) -> str:
     return ":".join(text[i : i + 4] for i in range(0, len(text), 4))
 
 
-def load_or_create_token_key(directory: Path) -> TokenKey:
+def load_or_create_token_key(directory: Path, passphrase: bytes | None = None) -> TokenKey:
     """Make the pair on first start (one process, before workers); then just load it."""
     key_path, cert_path = directory / KEY_FILE, directory / BUNDLE_FILE
     if not (key_path.exists() and cert_path.exists()):
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = certs.new_key()
-        cn = f"Edgefleet registry token signer {secrets.token_hex(3)}"
-        certs.write_key(key_path, key)
-        certs.write_cert(cert_path, certs.self_signed_signer(key, cn, DAYS))
-    return load_token_key(directory)
+        certs.write_key(key_path, key, passphrase)
+        certs.write_cert(cert_path, new_certificate(key))
+    return load_token_key(directory, passphrase)
 
 
-def load_token_key(directory: Path) -> TokenKey:
+def new_certificate(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
+    """The self-signed certificate that names a token key in the registry's bundle."""
+    cn = f"Edgefleet registry token signer {secrets.token_hex(3)}"
+    return certs.self_signed_signer(key, cn, DAYS)
+
+
+def load_token_key(directory: Path, passphrase: bytes | None = None) -> TokenKey:
     """Load the pair (worker processes and the CLI; never creates anything)."""
     key_path, cert_path = directory / KEY_FILE, directory / BUNDLE_FILE
     if not (key_path.exists() and cert_path.exists()):
@@ -73,7 +78,7 @@ def load_token_key(directory: Path) -> TokenKey:
             f"the registry token key ({key_path}, {cert_path}) is missing: run "
             "`edgefleet controller migrate` (or `serve`) to create it"
         )
-    key = certs.read_key(key_path)
+    key = certs.read_key(key_path, passphrase)
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     if certificate.public_key() != key.public_key():
         raise ConfigError(

@@ -20,7 +20,8 @@ def show(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) ->
     from edgefleet.controller.pki.authority import load_authority
     from edgefleet.signing import cert_pin
 
-    auth = load_authority(controller_settings(config=config, data_dir=data_dir).data_dir / "pki")
+    settings = controller_settings(config=config, data_dir=data_dir)
+    auth = load_authority(settings.data_dir / "pki", settings.key_passphrase_bytes())
     typer.echo(f"current root   {cert_pin(auth.root)}  {auth.root.subject.rfc4514_string()}")
     if auth.next_root is not None:
         typer.echo(f"next root      {cert_pin(auth.next_root)}  (staged; promote when ready)")
@@ -39,7 +40,8 @@ def rotate(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt) 
     from edgefleet.controller.pki.authority import stage_rotation
     from edgefleet.signing import cert_pin
 
-    root = stage_rotation(controller_settings(config=config, data_dir=data_dir).data_dir / "pki")
+    settings = controller_settings(config=config, data_dir=data_dir)
+    root = stage_rotation(settings.data_dir / "pki", settings.key_passphrase_bytes())
     typer.echo(f"staged next root {cert_pin(root)}")
     typer.echo("restart the controller so devices receive it, then `edgefleet pki promote`")
 
@@ -52,5 +54,7 @@ def promote(config: Path | None = ConfigOpt, data_dir: Path | None = DataDirOpt)
     from edgefleet.signing import cert_pin
 
     settings = controller_settings(config=config, data_dir=data_dir)
-    root = promote_rotation(settings.data_dir / "pki", settings.server_names)
+    root = promote_rotation(
+        settings.data_dir / "pki", settings.server_names, settings.key_passphrase_bytes()
+    )
     typer.echo(f"promoted root {cert_pin(root)}; restart the controller to serve it")

@@ -32,7 +32,7 @@ def registry_config(
     from edgefleet.controller.registry_tokens import registry_auth_config
 
     settings = controller_settings(config=config, data_dir=data_dir)
-    path = load_token_key(settings.data_dir / "pki").bundle
+    path = load_token_key(settings.data_dir / "pki", settings.key_passphrase_bytes()).bundle
     if bundle is not None:
         shutil.copyfile(path, bundle)
         path = bundle
