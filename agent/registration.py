@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edgefleet import safeyaml
 from edgefleet.agent.client import parse_controller_url
 from edgefleet.errors import ConfigError, TrustError
 from edgefleet.signing import check_pin_format
@@ -27,12 +28,7 @@ def _describe(exc: ValidationError) -> str:
 
 def parse_registration(text: str, source: str) -> Registration:
     """Validate a registration's YAML; every problem names the field to fix."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"registration file {source} is not valid YAML: {exc}") from exc
+    data = safeyaml.load(text, f"registration file {source}")
     if not isinstance(data, dict):
         raise ConfigError(f"registration file {source} must be a YAML mapping")
     try:

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
-from edgefleet import profilespec
+from edgefleet import profilespec, safeyaml
 from edgefleet.cli.common import controller, handled
 from edgefleet.cli.gitops import gitops_note
 from edgefleet.cli.output import Format, OutputOpt, show
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import ConfigError, EdgefleetError
 from edgefleet.labels import parse_labels
 
 app = typer.Typer(help="Sites: where devices live.", no_args_is_help=True)
@@ -94,9 +93,11 @@ def apply(
     Without --hold, every device that follows the profile gets the new revision at once.
     """
     try:
-        doc = yaml.safe_load(file.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        doc = safeyaml.load(file.read_text(), "the profile")
+    except OSError as exc:
         raise EdgefleetError(f"cannot read {file}: {exc}", code="bad_file") from exc
+    except ConfigError as exc:
+        raise EdgefleetError(f"cannot read {file}: {exc.message}", code="bad_file") from exc
     problems = profilespec.errors(doc)
     if problems:
         raise EdgefleetError(
