@@ -74,8 +74,8 @@ class Manifest:
         """Parse an image manifest; an index or anything else is refused by name."""
         try:
             doc = json.loads(data)
-        except ValueError as exc:
-            raise OciError("reading the manifest: it is not JSON") from exc
+        except (ValueError, RecursionError) as exc:
+            raise OciError("reading the manifest: it is not JSON (or nested too deeply)") from exc
         if not isinstance(doc, dict):
             raise OciError("reading the manifest: it is not a JSON object")
         kind = doc.get("mediaType") or media_type or mt.OCI_MANIFEST
@@ -87,10 +87,16 @@ class Manifest:
         layers = doc.get("layers")
         if not isinstance(layers, list):
             raise OciError("reading the manifest: it has no list of layers")
+        artifact_type = doc.get("artifactType")
+        if artifact_type is not None and not isinstance(artifact_type, str):
+            raise OciError("reading the manifest: its artifactType is not a string")
+        annotations = doc.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise OciError("reading the manifest: its annotations are not a JSON object")
         return cls(
             Descriptor.from_json(doc.get("config"), "config"),
             [Descriptor.from_json(d, f"layer {i}") for i, d in enumerate(layers)],
-            doc.get("artifactType"),
-            {str(k): str(v) for k, v in (doc.get("annotations") or {}).items()},
+            artifact_type,
+            {str(k): str(v) for k, v in annotations.items()},
             kind,
         )
