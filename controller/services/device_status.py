@@ -3,7 +3,8 @@
 A report equal to the last one (a heartbeat) touches only the in-memory last-seen
 map and status history (``status_samples.py``), written behind in batches; a changed
 report is one transaction, which also stores the outcome a rollout waits for from this
-device (``rollouts/watch.py``).
+device (``rollouts/watch.py``). A report another worker (or this one before a restart)
+already stored costs a read, not a commit: each worker learns a device's report once.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 
+from sqlalchemy import Row, select
+
 from edgefleet.controller import lifecycle
-from edgefleet.controller.db import session_scope
+from edgefleet.controller.db import reading, session_scope
 from edgefleet.controller.models import Device
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.status_samples import values_of
 from edgefleet.errors import NotFound
 from edgefleet.wire import DeviceState, StatusAck, StatusReport
+
+_D = Device.__table__  # type: ignore[attr-defined]
 
 
 def digest(raw: bytes) -> str:
@@ -35,6 +40,28 @@ def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | 
 
 
 def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
+    stored = _stored(rt, device_id)
+    if stored.status_digest == report_digest:
+        target = DeviceState(stored.state)
+        rt.last_seen.touch(device_id)
+    else:
+        target = _write(rt, device_id, report, report_digest)
+    rt.status_digests[device_id] = (report_digest, target)
+    rt.status_samples.record(device_id, values_of(report, target, stored.site_id))
+    return target
+
+
+def _stored(rt: Runtime, device_id: str) -> Row:
+    with reading(rt.engine) as conn:
+        row = conn.execute(
+            select(_D.c.state, _D.c.site_id, _D.c.status_digest).where(_D.c.id == device_id)
+        ).first()
+    if row is None:
+        raise NotFound(f"no device {device_id}")
+    return row
+
+
+def _write(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
     now = datetime.now(UTC)
     news = None
     with session_scope(rt.engine) as s:
@@ -42,7 +69,6 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
         if device is None:
             raise NotFound(f"no device {device_id}")
         current = DeviceState(device.state)
-        site_id = device.site_id
         target = current
         if device.status_digest != report_digest:
             target = lifecycle.state_after_status(current, report)
@@ -60,8 +86,6 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
         device.last_seen_at = now
     if news:
         rt.nudge.after(news)
-    rt.status_digests[device_id] = (report_digest, target)
-    rt.status_samples.record(device_id, values_of(report, target, site_id))
     return target
 
 
