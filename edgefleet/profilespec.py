@@ -42,6 +42,7 @@ def errors(doc: Any) -> list[tuple[str, str]]:
         out.extend(_explain(err))
     out.extend(_duplicates(doc))
     out.extend(_k3s_only(doc))
+    out.extend(_signing_keys(doc))
     return sorted(set(out))
 
 
@@ -118,6 +119,36 @@ def _k3s_only(doc: Any) -> list[tuple[str, str]]:
         for key in K3S_ONLY
         if key in doc
     ]
+
+
+def _signing_keys(doc: Any) -> list[tuple[str, str]]:
+    """Every ``model_signatures`` key must load (a device could verify nothing with it),
+    and key ids must be unique (a refusal names the key by its id)."""
+    from edgefleet.errors import ConfigError
+    from edgefleet.models.signing import load_public
+
+    section = doc.get("model_signatures") if isinstance(doc, dict) else None
+    keys = section.get("keys") if isinstance(section, dict) else None
+    if not isinstance(keys, list):
+        return []
+    out = []
+    seen: set[str] = set()
+    for i, key in enumerate(keys):
+        if not isinstance(key, dict):
+            continue
+        kid, pem = key.get("id"), key.get("public_key")
+        if isinstance(kid, str):
+            if kid in seen:
+                out.append(
+                    (pointer(["model_signatures", "keys", i, "id"]), f"duplicate key id {kid!r}")
+                )
+            seen.add(kid)
+        if isinstance(pem, str):
+            try:
+                load_public(pem, f"key {kid!r}")
+            except ConfigError as exc:
+                out.append((pointer(["model_signatures", "keys", i, "public_key"]), exc.message))
+    return out
 
 
 def describe(problems: list[tuple[str, str]]) -> str:
