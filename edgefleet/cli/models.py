@@ -1,4 +1,5 @@
-"""``edgefleet models push | list | inspect``: ONNX models as OCI artifacts in a registry.
+"""``edgefleet models push | list | inspect | keygen | sign | verify``: ONNX models as OCI
+artifacts in a registry, and their signatures (``edgefleet.models.signature_store``).
 
 Registry credentials: ``EDGEFLEET_REGISTRY_USERNAME`` and ``EDGEFLEET_REGISTRY_PASSWORD``
 when set (Basic, or Basic to the token realm); otherwise the operator's API token from
@@ -18,6 +19,7 @@ from edgefleet.cli import config
 from edgefleet.cli.common import Globals, handled
 from edgefleet.cli.output import Format, OutputOpt, console, show
 from edgefleet.errors import ConfigError
+from edgefleet.models import signature_store, signing
 from edgefleet.models.artifact import describe
 from edgefleet.models.probe import Probe
 from edgefleet.oci.auth import PasswordAuth
@@ -141,6 +143,115 @@ def inspect(
         show(info, output, [])
         return
     show([{"": k, "value": v} for k, v in info.items()], output, ["", "value"])
+
+
+@app.command()
+@handled
+def keygen(
+    key: Path = typer.Argument(..., help="Where to write the private key (mode 0600)"),
+    algorithm: str = typer.Option("ed25519", "--algorithm", help="ed25519 (default) or ecdsa-p256"),
+    public_key: Path | None = typer.Option(
+        None, "--public-key", help="Where to write the public key [default: KEY.pub]"
+    ),
+    output: Format = OutputOpt,
+) -> None:
+    """Make a model signing key; its public PEM goes into a profile's model_signatures."""
+    if algorithm not in signing.ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}: use {' or '.join(signing.ALGORITHMS)}")
+    private = signing.generate(algorithm)  # type: ignore[arg-type]
+    public_path = public_key or key.with_name(key.name + ".pub")
+    signing.write_keypair(private, key, public_path)
+    info = {
+        "key": str(key),
+        "public_key": str(public_path),
+        "algorithm": algorithm,
+        "fingerprint": signing.fingerprint(private),
+    }
+    if output == Format.json:
+        show(info, output, [])
+        return
+    console.print(
+        f"wrote {key} (private, mode 0600) and {public_path}; fingerprint {info['fingerprint']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+@handled
+def sign(
+    ctx: typer.Context,
+    reference: str = typer.Argument(..., help="host[:port]/repository:tag or …@sha256:<hex>"),
+    key: Path = typer.Option(..., "--key", help="Private key from `edgefleet models keygen`"),
+    plain_http: bool = PlainHttpOpt,
+    ca_file: Path | None = CaFileOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Sign the model's manifest digest; the signature goes under the tag sha256-<hex>.sig."""
+    private = signing.load_private(key)
+    ref = parse(reference)
+    with _client(ctx, ref.registry, plain_http, ca_file) as client:
+        fetched = client.get_manifest(ref.repository, ref.identifier)
+        describe(Manifest.from_bytes(fetched.data, fetched.media_type))  # a model, or NotAModel
+        count = signature_store.add(client, ref.repository, fetched.digest, private)
+    info = {
+        "reference": str(ref.pinned(fetched.digest)),
+        "digest": fetched.digest,
+        "signature_tag": signature_store.tag_for(fetched.digest),
+        "keyid": signing.fingerprint(private),
+        "signatures": count,
+    }
+    if output == Format.json:
+        show(info, output, [])
+        return
+    console.print(
+        f"signed {info['reference']} with key {info['keyid']} "
+        f"({count} signature(s) under :{info['signature_tag']})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command()
+@handled
+def verify(
+    ctx: typer.Context,
+    reference: str = typer.Argument(..., help="host[:port]/repository:tag or …@sha256:<hex>"),
+    public_key: list[Path] = typer.Option(
+        ..., "--public-key", help="A trusted public key PEM (repeat for several)"
+    ),
+    plain_http: bool = PlainHttpOpt,
+    ca_file: Path | None = CaFileOpt,
+    output: Format = OutputOpt,
+) -> None:
+    """Check, as a device would, that a listed key signed the model's digest."""
+    keys = [signing.TrustedKey(p.name, _public(p)) for p in public_key]
+    ref = parse(reference)
+    with _client(ctx, ref.registry, plain_http, ca_file) as client:
+        fetched = client.get_manifest(ref.repository, ref.identifier)
+        good = signature_store.verify(client, ref.repository, fetched.digest, keys)
+    info = {
+        "reference": str(ref.pinned(fetched.digest)),
+        "digest": fetched.digest,
+        "verified_by": good.id,
+        "keyid": good.fingerprint,
+    }
+    if output == Format.json:
+        show(info, output, [])
+        return
+    console.print(
+        f"verified {info['reference']}: signed by {good.id} ({good.fingerprint})",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _public(path: Path) -> signing.PublicKey:
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read public key {path}: {exc.strerror}") from exc
+    return signing.load_public(pem, str(path))
 
 
 def _client(
