@@ -213,3 +213,14 @@ def write_cert(path: Path, *certs: x509.Certificate) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text("".join(pem(c) for c in certs))
     os.replace(tmp, path)
+
+
+def encrypt_keys(directory: Path, passphrase: bytes) -> list[Path]:
+    """Encrypt, in place and atomically, every plain private key under ``directory``
+    (current, staged and previous hierarchies); returns those it encrypted."""
+    done = []
+    for path in sorted(directory.rglob("*.key")):
+        if not is_encrypted(path):
+            write_key(path, read_key(path), passphrase)
+            done.append(path)
+    return done

@@ -13,6 +13,7 @@ from edgefleet.cli import (
     devices,
     gitops,
     image,
+    keys,
     localfleet,
     login,
     models,
@@ -61,6 +62,7 @@ app.add_typer(users.app, name="users")
 app.add_typer(sites.app, name="sites")
 app.add_typer(sites.profiles, name="profiles")
 app.add_typer(pki.app, name="pki")
+app.add_typer(keys.app, name="keys")
 app.add_typer(localfleet.app, name="dev")
 app.add_typer(image.app, name="image")
 app.add_typer(gitops.app, name="gitops")

@@ -42,6 +42,18 @@ class Controller:
             raise from_response_body(r.status_code, body)
         return r.json() if r.content else None
 
+    def text(self, path: str) -> str:
+        """A plain-text answer (a PEM bundle), with the same error handling."""
+        try:
+            r = self._http.get(path)
+        except httpx.HTTPError as exc:
+            raise EdgefleetError(
+                f"cannot reach the controller at {self._http.base_url}: {exc}", code="unreachable"
+            ) from exc
+        if r.status_code >= 400:
+            raise from_response_body(r.status_code, None)
+        return r.text
+
     def get(self, path: str, **params: Any) -> Any:
         clean = {k: v for k, v in params.items() if v is not None}
         return self.request("GET", path, params=clean)
