@@ -240,6 +240,20 @@ class Row:
         return f"{self.method} {self.path}"
 
 
+def _staged_registry_key(w: World) -> dict[str, str]:
+    """A staged registry key: a refused promote or retire leaves the one before."""
+    keys = w.api.ok("GET", "/keys", w.api.admin)
+    staged = [k for k in keys if k["kind"] == "registry" and k["state"] == "staged"]
+    if not staged:
+        staged = [w.api.ok("POST", "/keys/registry/rotate", w.api.admin)]
+    return {"kind": "registry", "kid": staged[0]["kid"]}
+
+
+def _key_state(w: World, params: dict[str, str]) -> str | None:
+    keys = w.api.ok("GET", "/keys", w.api.admin)
+    return next((k["state"] for k in keys if k["kid"] == params["kid"]), None)
+
+
 def _enrol_body(w: World) -> dict[str, Any]:
     return {"token": w.reg_token, "csr": csr_for(new_key())}
 
@@ -497,6 +511,31 @@ ROWS: list[Row] = [
     Row("GET", "/api/v1/results", READERS),
     Row("GET", "/api/v1/updates/{update_id}", READERS, site_scoped=True, fresh=_update_id),
     Row("GET", "/api/v1/controller", READERS),
+    # Signing keys (tests/test_key_rotation.py): admins only; the registry's token bundle
+    # is certificates, public so that a registry's start script can fetch it.
+    Row("GET", "/api/v1/keys", ADMINS),
+    Row(
+        "POST",
+        "/api/v1/keys/{kind}/rotate",
+        ADMINS,
+        fresh=lambda w: {"kind": "access"},
+        observe=lambda w, p: len(w.api.ok("GET", "/keys", w.api.admin)),
+    ),
+    Row(
+        "POST",
+        "/api/v1/keys/{kind}/promote",
+        ADMINS,
+        fresh=_staged_registry_key,
+        observe=_key_state,
+    ),
+    Row(
+        "POST",
+        "/api/v1/keys/{kind}/{kid}/retire",
+        ADMINS,
+        fresh=_staged_registry_key,
+        observe=_key_state,
+    ),
+    Row("GET", "/api/v1/registry/bundle", EVERYONE),
     # QR claims shown by devices. Creating one is anonymous, like enrolment: the CSR is
     # all a device has (rate limited per address; any Authorization header is ignored).
     Row(
