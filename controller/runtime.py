@@ -36,7 +36,14 @@ from edgefleet.controller.rollouts.watch import Watch
 from edgefleet.controller.settings import Settings
 from edgefleet.controller.status_samples import StatusSampler
 from edgefleet.errors import ConfigError
-from edgefleet.wire import DesiredState, DeviceState, HealthPolicy, ModelRef, ResultPolicy
+from edgefleet.wire import (
+    DesiredState,
+    DeviceState,
+    HealthPolicy,
+    ModelRef,
+    ModelSignaturePolicy,
+    ResultPolicy,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +205,7 @@ class Runtime:
             trust_bundle=self.authority.trust_bundle,
             health=HealthPolicy.from_policies(policies),
             results=ResultPolicy.model_validate(spec.get("results", {})),
+            model_signatures=ModelSignaturePolicy.from_profile(spec),
             update_retries=retries,
         )
         body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()

@@ -268,6 +268,28 @@ class ResultPolicy(BaseModel):
     oldest (keeping the whole time span, thinner)."""
 
 
+class SigningKey(BaseModel):
+    """A public key a profile trusts to sign models: ``id`` names it in refusals."""
+
+    id: str
+    public_key: str
+    """PEM SubjectPublicKeyInfo, Ed25519 or ECDSA P-256 (checked when the profile is applied)."""
+
+
+class ModelSignaturePolicy(BaseModel):
+    """The profile's ``model_signatures``: with ``required``, the agent installs a model
+    only when one of ``keys`` signed its manifest digest (``edgefleet models sign``)."""
+
+    required: bool = True
+    keys: list[SigningKey] = Field(default_factory=list)
+
+    @classmethod
+    def from_profile(cls, spec: dict[str, Any]) -> ModelSignaturePolicy | None:
+        """From a validated profile (or the K3s ConfigMap's copy); None when it has none."""
+        section = spec.get("model_signatures")
+        return cls.model_validate(section) if section else None
+
+
 class DesiredState(BaseModel):
     """What a device should run; its ETag is a digest of this object."""
 
@@ -282,6 +304,8 @@ class DesiredState(BaseModel):
     health: HealthPolicy | None = None
     """None when the profile sets no health policy: the agent uses its defaults."""
     results: ResultPolicy = Field(default_factory=ResultPolicy)
+    model_signatures: ModelSignaturePolicy | None = None
+    """None when the profile asks for no signatures."""
     update_retries: int = 0
     """Grows with each operator retry (``edgefleet devices retry-update``): the device
     then tries ``revision`` again even where a slot failed it."""
