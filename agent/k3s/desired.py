@@ -14,7 +14,13 @@ import json
 from typing import Any
 
 from edgefleet.agent.k3s.api import ClusterError
-from edgefleet.wire import DesiredState, HealthPolicy, ModelRef, ResultPolicy
+from edgefleet.wire import (
+    DesiredState,
+    HealthPolicy,
+    ModelRef,
+    ModelSignaturePolicy,
+    ResultPolicy,
+)
 
 DEFAULT_INTERVAL_S = 60
 
@@ -51,6 +57,9 @@ def desired_from(data: dict[str, str], device_id: str) -> DesiredState:
             interval_seconds=interval,
             health=HealthPolicy.from_policies(_json(data, "health", {})),
             results=ResultPolicy.model_validate(_json(data, "results", {})),
+            model_signatures=ModelSignaturePolicy.from_profile(
+                {"model_signatures": _json(data, "model_signatures", None)}
+            ),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ClusterError(f"the desired-state ConfigMap cannot be used: {exc}") from exc

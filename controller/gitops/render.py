@@ -123,22 +123,25 @@ def _models(spec: dict[str, Any]) -> list[dict[str, str]]:
 
 def _desired(revision: Revision | None) -> bytes:
     spec = revision.spec if revision else {}
+    data = {
+        "profile": revision.profile if revision else "",
+        "revision": str(revision.number if revision else 0),
+        "models": _canonical(_models(spec)),
+        "config": _canonical(spec.get("config", {})),
+        "interval_seconds": str(spec.get("policies", {}).get("interval_seconds", "")),
+        # what the K3s-mode agent reads instead of the device API (agent/k3s/desired.py)
+        "health": _canonical(
+            {k: v for k, v in spec.get("policies", {}).items() if k in _HEALTH_KEYS}
+        ),
+        "results": _canonical(spec.get("results", {})),
+    }
+    if "model_signatures" in spec:  # the keys are public: a site may read them
+        data["model_signatures"] = _canonical(spec["model_signatures"])
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": CONFIGMAP, "labels": MANAGED},
-        "data": {
-            "profile": revision.profile if revision else "",
-            "revision": str(revision.number if revision else 0),
-            "models": _canonical(_models(spec)),
-            "config": _canonical(spec.get("config", {})),
-            "interval_seconds": str(spec.get("policies", {}).get("interval_seconds", "")),
-            # what the K3s-mode agent reads instead of the device API (agent/k3s/desired.py)
-            "health": _canonical(
-                {k: v for k, v in spec.get("policies", {}).items() if k in _HEALTH_KEYS}
-            ),
-            "results": _canonical(spec.get("results", {})),
-        },
+        "data": data,
     }
     head = (
         f"# profile {revision.profile} revision {revision.number}\n"
