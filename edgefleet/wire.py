@@ -31,6 +31,11 @@ Short = Annotated[str, StringConstraints(max_length=256)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 MAX_TEXT_CHARS = 2048
 Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
+INT64_MAX = 2**63 - 1
+"""The largest sequence number a database column holds: a device's sequence past it is
+refused as malformed (400), not left to fail the insert (500)."""
+REVISION_MAX = 2**31 - 1
+"""Profile revisions are stored as (32-bit) integers."""
 
 
 class Strict(BaseModel):
@@ -341,7 +346,7 @@ class UpdateResult(StrEnum):
 class UpdateOutcome(Strict):
     """How one update attempt ended. (revision, started_at) names the attempt."""
 
-    revision: int = Field(ge=0)
+    revision: int = Field(ge=0, le=REVISION_MAX)
     outcome: UpdateResult
     slot: SlotName | None = None
     """The slot the revision was written to and tried in."""
@@ -529,7 +534,7 @@ class PayloadEncoding(StrEnum):
 class ResultRecord(Strict):
     """One inference result as the device's buffer holds it; (device, epoch, seq) is its key."""
 
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=INT64_MAX)
     wall: float = Field(allow_inf_nan=False)
     """The device's wall clock when the result was stored (seconds since the epoch)."""
     mono: float = Field(ge=0, allow_inf_nan=False)
@@ -537,7 +542,7 @@ class ResultRecord(Strict):
     boot_id: BootId = ""
     digest: Short = ""
     slot: SlotName | None = None
-    revision: int | None = Field(default=None, ge=0)
+    revision: int | None = Field(default=None, ge=0, le=REVISION_MAX)
     encoding: PayloadEncoding = PayloadEncoding.json
     payload: str
 
@@ -546,8 +551,8 @@ class SkippedRange(Strict):
     """Sequences the device will never send (evicted, sampled, or deleted after an ack
     the controller no longer has): the controller acks past them."""
 
-    first: int = Field(ge=1)
-    last: int = Field(ge=1)
+    first: int = Field(ge=1, le=INT64_MAX)
+    last: int = Field(ge=1, le=INT64_MAX)
     reason: Annotated[str, StringConstraints(min_length=1, max_length=32)]
 
     @model_validator(mode="after")
