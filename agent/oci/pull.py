@@ -89,8 +89,7 @@ class Puller:
                 f"{ref.registry}/{ref.repository}@sha256:<hex> (the controller resolves tags "
                 "when a profile is applied)"
             )
-        home = self._origin(origin or ref.registry)
-        sources = [Source(c, ref.repository) for c in (*self._mirrors, home)]
+        sources = self.sources(ref, origin)
         manifest = Manifest.from_bytes(self._manifest(sources, ref.digest))
         found = describe(manifest)
         probe = None
@@ -112,6 +111,12 @@ class Puller:
             name=found.name,
             version=found.version,
         )
+
+    def sources(self, ref: refs.Reference, origin: str | None = None) -> list[Source]:
+        """Where ``ref``'s repository is read from, in order: the mirrors, then its registry
+        (``origin`` when the controller gave its base URL)."""
+        home = self._origin(origin or ref.registry)
+        return [Source(c, ref.repository) for c in (*self._mirrors, home)]
 
     def close(self) -> None:
         for client in (*self._mirrors, *self._origins.values()):

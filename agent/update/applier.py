@@ -119,10 +119,15 @@ class SlotApplier:
             self._puller.close()
 
     def _stage(self, request: Request) -> list[StagedModel]:
+        from edgefleet.agent.update import signature_check  # the OCI client, as _puller_once
+
         puller = self._puller_once()
+        keys = signature_check.required_keys(request.policies.get("model_signatures"))
         staged = []
         for doc in request.models:
             ref = ModelRef.model_validate(doc)
+            if keys is not None:  # before any blob of the model is downloaded
+                signature_check.check(puller, ref, keys)
             pulled = puller.pull(ref.reference, ref.origin or None)
             staged.append(
                 StagedModel(
@@ -146,11 +151,16 @@ class SlotApplier:
 
 
 def _policies(desired: DesiredState) -> dict[str, Any]:
-    """The profile's health policy in the shape ``health.policy`` reads (``policies``)."""
+    """The profile's health policy in the shape ``health.policy`` reads (``policies``),
+    and its ``model_signatures`` for the staging step (``signature_check``)."""
+    policies: dict[str, Any] = {}
+    if desired.model_signatures is not None:
+        policies["model_signatures"] = desired.model_signatures.model_dump(mode="json")
     if desired.health is None:
-        return {}
+        return policies
     health = desired.health.model_dump(mode="json")
     return {
+        **policies,
         "health_checks": health["checks"],
         "health_deadline_seconds": health["deadline_seconds"],
         "max_attempts": health["max_attempts"],
