@@ -8,8 +8,14 @@ from datetime import UTC, datetime
 from sqlalchemy import bindparam, update
 from sqlalchemy.engine import Engine
 
-from edgefleet.controller.db import writing
+from edgefleet.controller.db import write_behind
 from edgefleet.controller.models import Device
+
+_UPDATE = (
+    update(Device.__table__)  # type: ignore[attr-defined]
+    .where(Device.__table__.c.id == bindparam("did"))  # type: ignore[attr-defined]
+    .values(last_seen_at=bindparam("seen"))
+)
 
 
 class LastSeen:
@@ -22,17 +28,16 @@ class LastSeen:
         self._pending[device_id] = datetime.now(UTC)
 
     def flush(self) -> int:
-        """Write every pending time in one statement; returns how many devices."""
+        """Write every pending time; returns how many devices. On failure they stay
+        pending (unless a newer time came meanwhile) and the error is raised."""
         with self._lock:
             pending, self._pending = self._pending, {}
             if not pending:
                 return 0
-            stmt = (
-                update(Device.__table__)  # type: ignore[attr-defined]
-                .where(Device.__table__.c.id == bindparam("did"))  # type: ignore[attr-defined]
-                .values(last_seen_at=bindparam("seen"))
-            )
             rows = [{"did": k, "seen": v} for k, v in pending.items()]
-            with writing(self._engine) as conn:
-                conn.execute(stmt, rows)
+            try:
+                write_behind(self._engine, lambda conn, chunk: conn.execute(_UPDATE, chunk), rows)
+            except BaseException:
+                self._pending = {**pending, **self._pending}
+                raise
             return len(rows)

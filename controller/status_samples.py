@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from edgefleet.controller.db import writing
+from edgefleet.controller.db import write_behind
 from edgefleet.controller.models import DeviceSample
 from edgefleet.wire import DeviceState, StatusReport
 
@@ -85,8 +85,8 @@ class StatusSampler:
         return len(self._pending)
 
     def flush(self) -> int:
-        """Write every pending sample in one statement; returns how many. On failure they
-        stay pending and the error is raised."""
+        """Write every pending sample; returns how many. On failure they stay pending
+        and the error is raised."""
         with self._lock:
             pending, self._pending = self._pending, {}
         if not pending:
@@ -97,12 +97,14 @@ class StatusSampler:
             for (d, p), v in pending.items()
         ]
         try:
-            with writing(self._engine) as conn:
-                dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-                stmt = dialect.insert(DeviceSample.__table__).on_conflict_do_nothing()  # type: ignore[attr-defined]
-                conn.execute(stmt, rows)
+            write_behind(self._engine, _insert, rows)
         except BaseException:
             with self._lock:
                 self._pending = {**pending, **self._pending}
             raise
         return len(rows)
+
+
+def _insert(conn: Connection, rows: list[dict[str, object]]) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    conn.execute(dialect.insert(DeviceSample.__table__).on_conflict_do_nothing(), rows)  # type: ignore[attr-defined]

@@ -13,11 +13,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from edgefleet.controller import sample_rollup
 from edgefleet.controller.console import series
 from edgefleet.controller.console.series import Buckets
+from edgefleet.controller.db import WRITE_BEHIND_CHUNK
 from edgefleet.controller.models import DeviceSample, SampleRollup, Site, aware
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.settings import Settings, load_settings
@@ -224,6 +225,23 @@ def test_two_workers_sampling_one_device_in_one_period_store_one_sample(api: Api
     assert rt.status_samples.flush() == 1 and second.flush() == 1
     (row,) = samples(api, dev.id)
     assert row.p95_ms == 3.0, "the first writer's sample stays"
+
+
+def test_a_large_flush_writes_every_sample_in_transactions_of_a_chunk(api: Api) -> None:
+    """A period's samples of a big fleet are written WRITE_BEHIND_CHUNK at a time, the
+    write lock free between chunks, so a request waiting to write waits for a chunk,
+    not for the whole fleet's samples; none is lost or written twice."""
+    rt = rt_of(api)
+    n = 2 * WRITE_BEHIND_CHUNK + 1
+    values = values_of(StatusReport.model_validate({}), DeviceState.ready, 1)
+    for i in range(n):
+        rt.status_samples.record(f"dev-{i:05d}", values)
+    transactions: list[float] = []
+    event.listen(rt.engine, "commit", lambda _conn: transactions.append(time.monotonic()))
+    assert rt.status_samples.flush() == n
+    assert len(samples(api)) == n
+    assert len(transactions) >= 3, f"{n} samples in {len(transactions)} transactions"
+    assert rt.status_samples.pending() == 0
 
 
 def test_retention_prunes_old_samples_and_rollups_in_small_batches(
