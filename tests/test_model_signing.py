@@ -9,11 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import Result
 from typer.testing import CliRunner
 
 from edgefleet import profilespec
+from edgefleet.agent.k3s.desired import desired_from
 from edgefleet.cli.app import app
+from edgefleet.controller.gitops.model import Revision
+from edgefleet.controller.gitops.render import _desired
 from edgefleet.errors import ConfigError
 from edgefleet.models import signature_store, signing
 from edgefleet.models.signing import SignatureRefused, TrustedKey
@@ -21,6 +25,7 @@ from edgefleet.oci import mediatypes as mt
 from edgefleet.oci.client import RegistryClient
 from edgefleet.oci.manifest import Manifest
 from edgefleet.oci.transport import Endpoint
+from tests.support.apiclient import Api
 from tests.support.onnxmodels import affine
 from tests.support.registry import Registry
 
@@ -133,6 +138,42 @@ def test_a_profile_with_valid_keys_passes_and_bad_ones_are_named() -> None:
     assert "not a PEM public key" in problems["/model_signatures/keys/1/public_key"]
     assert "duplicate key id 'release'" in problems["/model_signatures/keys/2/id"]
     assert "/model_signatures/keys" in dict(profilespec.errors(_profile([])))
+
+
+def test_signature_keys_reach_the_device_and_a_bad_key_is_a_422_naming_it(api: Api) -> None:
+    pem = signing.public_pem(signing.generate())
+    policy = {"required": True, "keys": [{"id": "release", "public_key": pem}]}
+    api.site()
+    api.profile("signed", {"mode": "direct", "model_signatures": policy})
+    api.profile("plain", {"mode": "direct"})
+    signed = api.device(api.token(profile="signed")["token"])
+    plain = api.device(api.token(profile="plain")["token"])
+    body = api.ok("GET", f"/devices/{signed.id}/desired", signed.access_token)
+    assert body["model_signatures"] == policy
+    assert (
+        api.ok("GET", f"/devices/{plain.id}/desired", plain.access_token)["model_signatures"]
+        is None
+    )
+
+    bad = {"required": True, "keys": [{"id": "ops-2026", "public_key": pem[:60]}]}
+    r = api.call(
+        "POST", "/profiles", api.admin, json={"name": "signed", "spec": {"model_signatures": bad}}
+    )
+    assert r.status_code == 422, r.text
+    message = r.json()["error"]["message"]
+    assert "/model_signatures/keys/0/public_key" in message and "'ops-2026'" in message
+    assert api.ok("GET", "/profiles/signed", api.admin)["revision"] == 1
+
+
+def test_k3s_mode_reads_the_keys_from_the_rendered_configmap() -> None:
+    pem = signing.public_pem(signing.generate("ecdsa-p256"))
+    policy = {"required": True, "keys": [{"id": "release", "public_key": pem}]}
+    rendered = _desired(Revision("vision", 3, {"model_signatures": policy}))
+    data = yaml.safe_load(rendered)["data"]
+    assert desired_from(data, "dev-1").model_signatures.model_dump() == policy  # type: ignore[union-attr]
+    plain = yaml.safe_load(_desired(Revision("vision", 4, {})))["data"]
+    assert "model_signatures" not in plain
+    assert desired_from(plain, "dev-1").model_signatures is None
 
 
 # -- against a real registry -------------------------------------------------------------
