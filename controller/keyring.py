@@ -162,13 +162,17 @@ class Keyring:
         noted = {r.kid for r in rows}
         if self.file_access_kid not in noted and self.file_access_kid not in retired:
             accepted[self.file_access_kid] = (self._file_access_key, None)
+        now = time.time()
         for r in sorted(rows, key=lambda r: r.id or 0):
+            until = _until(r)
+            if r.state == PREVIOUS and until is not None and until <= now:
+                continue  # everything it signed has expired
             key = self._file_access_key if r.material is None else self.wrap.open(r.kid, r.material)
             if r.state == ACTIVE:
                 signing = (r.kid, key)
                 accepted[r.kid] = (key, None)
             elif r.state == PREVIOUS:
-                accepted[r.kid] = (key, _until(r))
+                accepted[r.kid] = (key, until)
         if signing is None:
             if self.file_access_kid not in accepted:
                 raise ConfigError(
