@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--enrol-concurrency", type=int, default=32)
     p.add_argument("--uploading", type=float, default=0.0)
+    p.add_argument("--warmup", type=float, help="Seconds after enrolment before steady state")
     p.add_argument("--keep", type=Path, help="Write report.json and chart.png here")
     args = p.parse_args()
 
@@ -46,6 +47,7 @@ def main() -> None:
         *("--duration", str(args.duration), "--connections", str(args.connections)),
         *("--enrol-concurrency", str(args.enrol_concurrency)),
         *("--uploading", str(args.uploading), "--bucket", "5"),
+        *(("--warmup", str(args.warmup)) if args.warmup is not None else ()),
     ]
     run = run_simulator(flags, out, args.database_url, args.workers, "bench")
     doc, wall = run.report, run.wall_s

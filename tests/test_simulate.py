@@ -83,7 +83,7 @@ def test_a_simulated_fleet_is_what_the_controller_sees(
         *("--offline", "0.1", "--flapping", "0.1", "--slow", "0.1"),
         *("--uploading", "0.2", "--failing-updates", "0.1", "--slow-delay", "0.3"),
         *("--controller-pid", str(ctl.proc.pid), "--report", str(report), "--chart", str(chart)),
-        *("--bucket", "1"),
+        *("--bucket", "1", "--warmup", "3"),
     )
     # Once the fleet is in, a new revision: the failing devices roll it back and say so.
     wait_for(lambda: len(_devices(ctl, "sim-a")) == DEVICES, 30, "the fleet to enrol")
@@ -110,9 +110,10 @@ def test_a_simulated_fleet_is_what_the_controller_sees(
         assert e["requests"] > 0 and e["errors"] == 0, name
         assert 0 < e["p50_ms"] <= e["p95_ms"] <= e["p99_ms"] <= e["max_ms"], name
     assert doc["series"] and doc["requests_per_second"] > 0
-    # The steady state is what a soak is judged by: two intervals after enrolment on.
+    # The steady state is what a soak is judged by: from --warmup after enrolment on.
     steady = doc["steady"]
-    assert steady["from_s"] >= doc["enrol_seconds"] + 2 and steady["to_s"] > steady["from_s"]
+    assert steady["warmup_s"] == 3
+    assert steady["from_s"] >= doc["enrol_seconds"] + 3 and steady["to_s"] > steady["from_s"]
     assert steady["requests"] > 0 and steady["errors"] == 0
     assert 0 < steady["p50_ms"] <= steady["p99_ms"] and steady["per_second"] > 0
     assert steady["controller"]["rss_end_mb"] > 10 and "steady state (" in out
@@ -174,6 +175,7 @@ def _refused_port() -> int:
         (["--devices", "5", "--url", "https://127.0.0.1:{port}"], {}, "cannot reach"),
         (["--devices", "5", "--outage-at", "0.5"], {}, "raise --duration"),
         (["--devices", "5", "--outage-at", "0", "--outage-for", "0"], {}, "--outage-for must"),
+        (["--devices", "5", "--warmup", "5"], {}, "--warmup is seconds after enrolment"),
     ],
     ids=[
         "no-devices",
@@ -184,6 +186,7 @@ def _refused_port() -> int:
         "unreachable",
         "back-after-the-end",
         "no-outage",
+        "warmup-past-the-end",
     ],
 )
 def test_bad_input_exits_2_with_a_message_and_creates_nothing(

@@ -182,6 +182,11 @@ def simulate(
     batch: int = typer.Option(10, help="Results per upload of an uploading device"),
     slow_delay: float = typer.Option(1.0, help="Longest wait of a slow device, seconds"),
     bucket: float = typer.Option(1.0, help="Seconds per point of the time series"),
+    warmup: float | None = typer.Option(
+        None,
+        help="Seconds after enrolment before the steady state the summary judges "
+        "(default: two intervals)",
+    ),
     controller_pid: int | None = typer.Option(
         None, help="Controller's process id: its CPU and RSS (and its workers') from /proc"
     ),
@@ -233,6 +238,7 @@ def simulate(
             batch=batch,
             slow_delay=slow_delay,
             bucket=bucket,
+            warmup=warmup,
             controller_pid=controller_pid,
             outage_at=outage_at,
             outage_for=outage_for,

@@ -53,6 +53,9 @@ class SimConfig:
     answer."""
     bucket: float = 1.0
     """Seconds per point of the time series."""
+    warmup: float | None = None
+    """Seconds after enrolment before the steady state the report judges; None: two
+    intervals (:func:`warmup_seconds`)."""
     controller_pid: int | None = None
     outage_at: float | None = None
     """Seconds into the run (after enrolment) when every device stops reporting and its
@@ -80,6 +83,16 @@ def storm_pool(cfg: SimConfig) -> int:
     room = max(1, soft - FDS_KEPT - cfg.connections) if soft != resource.RLIM_INFINITY else None
     wanted = cfg.storm_connections or cfg.devices
     return min(wanted, room) if room is not None else wanted
+
+
+WARMUP_INTERVALS = 2
+"""The default warm-up: by two intervals after enrolment every device has exchanged its
+first token and had a full status stored, when the controller keeps up with that."""
+
+
+def warmup_seconds(cfg: SimConfig) -> float:
+    """Seconds after enrolment when the steady state begins."""
+    return WARMUP_INTERVALS * cfg.interval if cfg.warmup is None else cfg.warmup
 
 
 def check(cfg: SimConfig) -> None:
@@ -118,6 +131,11 @@ def check(cfg: SimConfig) -> None:
         raise ConfigError("--batch must be 1 to 5000 results per upload")
     if cfg.bucket <= 0:
         raise ConfigError("--bucket must be more than 0 seconds")
+    if cfg.warmup is not None and not 0 <= cfg.warmup < cfg.duration:
+        raise ConfigError(
+            f"--warmup is seconds after enrolment before the steady state, 0 to --duration "
+            f"(got {cfg.warmup:g})"
+        )
     if cfg.ca_file is not None and not cfg.ca_file.is_file():
         raise ConfigError(f"--ca-file {cfg.ca_file} does not exist or is not a file")
     if cfg.outage_at is not None:

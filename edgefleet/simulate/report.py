@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from edgefleet.simulate.config import warmup_seconds
 from edgefleet.simulate.run import Outcome
 from edgefleet.simulate.stats import percentiles_ms
 
@@ -143,17 +144,12 @@ def _per_process(
     ]
 
 
-WARMUP_INTERVALS = 2
-"""The steady state starts this many intervals after enrolment: by then every device has
-exchanged its first token and stored its first full status on every worker."""
-
-
 def steady(out: Outcome) -> dict[str, Any]:
     """The figures after warm-up (what a soak is judged by): requests/s, percentiles and
     errors of the requests made then, the controller's RSS at its start and end and its
     CPU meanwhile. Empty figures when the run ended before warm-up did."""
     rec, step = out.recorder, out.config.bucket
-    begins = out.enrol_seconds + WARMUP_INTERVALS * out.config.interval
+    begins = out.enrol_seconds + warmup_seconds(out.config)
     first = int(-(-begins // step))  # the first whole bucket after warm-up
     last = int((out.enrol_seconds + out.run_seconds) // step)  # the last whole one
     buckets = [rec.buckets[i] for i in range(first, last) if i in rec.buckets]
@@ -174,6 +170,7 @@ def steady(out: Outcome) -> dict[str, Any]:
             else None,
         }
     return {
+        "warmup_s": warmup_seconds(out.config),
         "from_s": round(first * step, 3),
         "to_s": round(last * step, 3),
         "requests": len(latencies),
