@@ -240,6 +240,12 @@ def test_sign_stores_one_layer_per_key_under_the_digest_tag(
             keys = [TrustedKey(path.name, public)]
             assert signature_store.verify(client, REPO, digest, keys).id == path.name
 
+    shown = cli("models", "inspect", ref, "--plain-http", "-o", "json")
+    assert shown.exit_code == 0, shown.output
+    assert sorted(json.loads(shown.output)["signed_by"]) == sorted(
+        f"{signing.fingerprint(signing.load_private(p))} ({a})"
+        for p, a in ((ed, "ed25519"), (ecdsa, "ecdsa-p256"))
+    )
     for path in (ed, ecdsa):
         out = cli(
             "models", "verify", f"{registry.host}/{REPO}@{digest}",

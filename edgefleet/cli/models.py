@@ -113,7 +113,8 @@ def inspect(
     ca_file: Path | None = CaFileOpt,
     output: Format = OutputOpt,
 ) -> None:
-    """The artifact's digest, model file, signature and golden probe."""
+    """The artifact's digest, model file, signature, golden probe, and the keys that signed
+    it (unverified: `models verify` checks them)."""
     ref = parse(reference)
     with _client(ctx, ref.registry, plain_http, ca_file) as client:
         fetched = client.get_manifest(ref.repository, ref.identifier)
@@ -124,6 +125,11 @@ def inspect(
             if found.probe
             else None
         )
+        signed_by = [
+            f"{s.signature.keyid} ({s.signature.algorithm})"
+            for s in signature_store.read(client, ref.repository, fetched.digest)
+            if s.signature is not None
+        ]
     info: dict[str, Any] = {
         "reference": str(ref.pinned(fetched.digest)),
         "digest": fetched.digest,
@@ -138,6 +144,7 @@ def inspect(
         "model_size": found.model.size,
         "signature": found.signature.summary() if found.signature else None,
         "probe": probe.summary() if probe else None,
+        "signed_by": signed_by,
     }
     if output == Format.json:
         show(info, output, [])

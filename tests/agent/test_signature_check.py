@@ -123,6 +123,25 @@ def test_a_garbage_signature_is_refused(setup: Setup, tmp_path: Path) -> None:
         check(setup.puller, model, _keys(setup))
 
 
+def test_a_mirror_without_the_signature_defers_to_the_registry(
+    setup: Setup, tmp_path: Path
+) -> None:
+    """A site mirror that has not synced the signature tag yet does not refuse a model the
+    registry holds a good signature for; a refusal lists what each source said."""
+    model = setup.push(tmp_path, "1.0", 1)
+    with Registry(tmp_path / "mirror") as mirror:
+        puller = Puller(BlobStore(tmp_path / "store2"), mirrors=[mirror.url], plain_http=True)
+        try:
+            with pytest.raises(SignatureRefused) as refused:
+                check(puller, model, _keys(setup))
+            assert refused.value.message.count("is not signed") == 2
+            assert mirror.url in refused.value.message
+            signature_store.add(setup.client, REPO, model.digest, setup.key)
+            assert check(puller, model, _keys(setup)).id == "release"
+        finally:
+            puller.close()
+
+
 def test_a_policy_that_does_not_require_signatures_checks_nothing() -> None:
     assert required_keys(None) is None
     assert required_keys({"required": False, "keys": []}) is None
