@@ -60,9 +60,9 @@ class AccessTokens:
         self._verified: dict[str, DeviceClaims] = {}
         self._keys: AccessKeys = keyring.access()
 
-    def _current(self) -> AccessKeys:
+    def _current(self, check_epoch: bool = False) -> AccessKeys:
         """The keyring's keys; tokens remembered under a key that left are forgotten."""
-        keys = self._ring.access()
+        keys = self._ring.access(check_epoch)
         if keys is not self._keys:
             if not keys.accepted.keys() >= self._keys.accepted.keys():
                 self._verified = {}
@@ -84,7 +84,7 @@ class AccessTokens:
             "nbf": now - self._backdate,
             "exp": now + self._ttl,
         }
-        keys = self._current()
+        keys = self._current(check_epoch=True)
         return jwt.encode(claims, keys.key, algorithm="HS256", headers={"kid": keys.kid})
 
     def verify(self, token: str) -> DeviceClaims:

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from edgefleet.controller.access import load_or_create_key
+from edgefleet.controller.cachebus import Epoch
 from edgefleet.controller.models import SigningKey, aware
 from edgefleet.controller.pki.registry_key import TokenKey, libtrust_key_id, load_token_key
 from edgefleet.controller.settings import Settings
@@ -112,20 +113,28 @@ class Keyring:
         )
         self._lock = threading.Lock()
         self._stale = False
+        self._epoch: Epoch | None = None
         self._loaded_at = 0.0
         self._access: AccessKeys
         self._registry: RegistryKeys
         self._load()
 
+    def follow(self, epoch: Epoch) -> None:
+        """Reload when the cache epoch moves; every read of the keyring checks it, so an
+        operator call (a registry token) sees a rotation as soon as a device call would."""
+        self._epoch = epoch
+        epoch.subscribe(self.stale)
+
     def stale(self) -> None:
         self._stale = True
 
-    def access(self) -> AccessKeys:
-        self._maybe_reload()
+    def access(self, check_epoch: bool = False) -> AccessKeys:
+        """The verify path passes False: device calls check the epoch just before."""
+        self._maybe_reload(check_epoch)
         return self._access
 
     def registry(self) -> RegistryKeys:
-        self._maybe_reload()
+        self._maybe_reload(True)
         return self._registry
 
     def reload_for_unknown_kid(self) -> AccessKeys:
@@ -138,7 +147,9 @@ class Keyring:
     def reload(self) -> None:
         self._load()
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, check_epoch: bool) -> None:
+        if check_epoch and self._epoch is not None:
+            self._epoch.check()
         if self._stale and time.monotonic() - self._loaded_at >= RELOAD_EVERY_S:
             self._load()
 

@@ -108,7 +108,7 @@ class Runtime:
         """Wakes the rollout driver, in whichever process it runs."""
         self.epoch = epoch_for(settings, self.engine)
         self.epoch.subscribe(self._drop_caches)
-        self.epoch.subscribe(self.keyring.stale)
+        self.keyring.follow(self.epoch)
         self.gitops = GitopsWriter(settings, self.engine, self.metrics)
         self.registry_tokens = RegistryTokens.from_settings(settings, self.keyring)
 
