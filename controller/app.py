@@ -17,7 +17,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.controller import sample_rollup
+from edgefleet.controller import results_retention, sample_rollup
 from edgefleet.controller.api import (
     claims,
     device_api,
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         to_thread.current_default_thread_limiter().total_tokens = rt.settings.effective_db_threads
         task = asyncio.create_task(_flush_last_seen(rt))
         history = asyncio.create_task(sample_rollup.run(rt))  # status history upkeep
+        retention = asyncio.create_task(results_retention.run(rt))  # old results deleted
         rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
         rt.gitops.start()  # the fleet repositories, brought up to date in the background
         driver.start()  # drives rollouts while this process holds the lease
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await run_in_threadpool(claim_waits.stop)
             await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
-            for background in (task, history):
+            for background in (task, history, retention):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background

@@ -170,6 +170,11 @@ class Metrics:
             "Results refused: their key was held with another payload (kept aside)",
             registry=self._registry,
         )
+        self.results_pruned = Counter(
+            "edgefleet_results_pruned",
+            "Results deleted for being older than results_retention_days",
+            registry=self._registry,
+        )
         self.results_skipped = Counter(
             "edgefleet_results_skipped",
             "Result sequences devices declared they will never send, by reason",

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     6.4 GB on PostgreSQL (159 bytes a sample with its indexes); 60 s takes five times that."""
     status_sample_retention_days: int = Field(default=14, ge=1, le=3650)
     """How long status samples are kept; pruned in the background in small batches."""
+    results_retention_days: int | None = Field(default=None, ge=3, le=36500)
+    """How long results are kept, by their time (controller/results_retention.py); unset:
+    forever. At least 3 days: longer than an agent's buffer holds a result (48 h), so a
+    result sent again is never one already deleted (it would be stored twice)."""
     bootstrap_admin_token: str | None = None
     """First admin's API token (e.g. from a Kubernetes Secret); printed once when unset."""
     bootstrap_admin_password: str | None = None
