@@ -146,8 +146,9 @@ def reading(engine: Engine) -> Iterator[Connection]:
 DATABASE_RETRY_AFTER_S = (1, 5)
 """Retry-After while the database cannot be reached, drawn from this range: a PostgreSQL
 restart takes seconds, and a fleet told one value would come back in one second."""
-DISK_FULL_RETRY_AFTER_S = 60
-"""Retry-After for a full disk: space comes back when a person frees it, not by itself."""
+DISK_FULL_RETRY_AFTER_S = (5, 15)
+"""Retry-After for a full disk, drawn from this range: space comes back when a person
+frees it, and devices should be back within seconds of that, not a minute."""
 _SQLITE_FULL = 13
 _PG_DISK_FULL = "53100"
 _FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -183,7 +184,7 @@ def storage_error(exc: BaseException, data_dir: Path) -> ApiError | None:
         return InsufficientStorage(
             f"{where} is full (no space left on device); nothing from this request was "
             "stored: free space there, then retry",
-            retry_after=DISK_FULL_RETRY_AFTER_S,
+            retry_after=random.randint(*DISK_FULL_RETRY_AFTER_S),
         )
     if isinstance(exc, sa_exc.TimeoutError) or (
         isinstance(exc, sa_exc.DBAPIError)
