@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller import roles
@@ -15,7 +15,7 @@ from edgefleet.controller.roles import Operator, Role
 from edgefleet.controller.runtime import DeviceAuth, Runtime
 from edgefleet.controller.services import users
 from edgefleet.errors import Forbidden, Unauthorized
-from edgefleet.wire import DeviceState
+from edgefleet.wire import REVISION_MAX, DeviceState
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -24,6 +24,10 @@ async def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+RowId = Annotated[int, Path(ge=1, le=REVISION_MAX)]
+"""A rollout's or an update's id. Ids, revisions and waves are 32-bit integer columns: a
+larger number is refused (422) by its bound, not by the database driver (a 500)."""
 
 
 def bearer_token(request: Request) -> str:

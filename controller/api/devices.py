@@ -10,14 +10,14 @@ from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.api.deps import Approver, Reader, RuntimeDep, Writer
 from edgefleet.controller.services import devices, replacement
-from edgefleet.wire import Strict
+from edgefleet.wire import REVISION_MAX, Strict
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
 
 class Assign(Strict):
     profile: str = Field(min_length=1, max_length=128)
-    revision: int | None = Field(default=None, ge=1)
+    revision: int | None = Field(default=None, ge=1, le=REVISION_MAX)
     """Pin this revision; unset follows the profile's latest."""
 
 
@@ -44,7 +44,7 @@ async def list_devices(
     label: Annotated[list[str] | None, Query()] = None,
     q: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=REVISION_MAX)] = 0,
 ) -> list[dict[str, Any]]:
     """A page of devices; ``q`` searches id prefix, name, serial and hostname. The
     ``X-Total-Count`` header counts every device the filters match."""

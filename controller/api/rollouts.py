@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import Field
 
-from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
+from edgefleet.controller.api.deps import Reader, RowId, RuntimeDep, Writer
 from edgefleet.controller.rollouts.spec import RolloutSpec
 from edgefleet.controller.services import rollout_actions, rollout_views, rollouts
-from edgefleet.wire import Strict
+from edgefleet.wire import REVISION_MAX, Strict
 
 router = APIRouter(tags=["rollouts"])
 
@@ -57,16 +57,16 @@ def rollout_engine(who: Reader, rt: RuntimeDep) -> dict[str, Any]:
 
 
 @router.get("/rollouts/{rollout_id}")
-def show_rollout(rollout_id: int, who: Reader, rt: RuntimeDep) -> dict[str, Any]:
+def show_rollout(rollout_id: RowId, who: Reader, rt: RuntimeDep) -> dict[str, Any]:
     return rollout_views.get_rollout(rt, rollout_id)
 
 
 @router.get("/rollouts/{rollout_id}/devices")
 def rollout_devices(
-    rollout_id: int,
+    rollout_id: RowId,
     who: Reader,
     rt: RuntimeDep,
-    wave: Annotated[int | None, Query(ge=1)] = None,
+    wave: Annotated[int | None, Query(ge=1, le=REVISION_MAX)] = None,
     state: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> list[dict[str, Any]]:
@@ -75,20 +75,20 @@ def rollout_devices(
 
 
 @router.post("/rollouts/{rollout_id}/pause")
-def pause_rollout(rollout_id: int, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+def pause_rollout(rollout_id: RowId, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     return rollout_actions.pause(rt, who, rollout_id, req.reason)
 
 
 @router.post("/rollouts/{rollout_id}/resume")
-def resume_rollout(rollout_id: int, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+def resume_rollout(rollout_id: RowId, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     return rollout_actions.resume(rt, who, rollout_id, req.reason)
 
 
 @router.post("/rollouts/{rollout_id}/abort")
-def abort_rollout(rollout_id: int, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+def abort_rollout(rollout_id: RowId, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     return rollout_actions.abort(rt, who, rollout_id, req.reason)
 
 
 @router.post("/rollouts/{rollout_id}/rollback")
-def rollback_rollout(rollout_id: int, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
+def rollback_rollout(rollout_id: RowId, req: Why, who: Writer, rt: RuntimeDep) -> dict[str, Any]:
     return rollout_actions.rollback(rt, who, rollout_id, req.reason)

@@ -12,7 +12,7 @@ from edgefleet.controller import model_pins
 from edgefleet.controller.api.deps import Reader, RuntimeDep, Writer
 from edgefleet.controller.gitops import fleet
 from edgefleet.controller.services import profiles, sites
-from edgefleet.wire import Strict
+from edgefleet.wire import REVISION_MAX, Strict
 
 router = APIRouter(tags=["sites", "profiles"])
 
@@ -43,7 +43,7 @@ class ProfileApply(Strict):
 
 
 class ProfileRelease(Strict):
-    revision: int | None = Field(ge=1)
+    revision: int | None = Field(ge=1, le=REVISION_MAX)
     """The revision the profile's followers get from now; None: always the latest."""
     reason: str = Field(default="", max_length=1024)
 
@@ -114,7 +114,7 @@ def show_profile(
     name: str,
     who: Reader,
     rt: RuntimeDep,
-    revision: Annotated[int | None, Query(ge=1)] = None,
+    revision: Annotated[int | None, Query(ge=1, le=REVISION_MAX)] = None,
 ) -> dict[str, Any]:
     return profiles.get_profile(rt.engine, name, revision)
 
@@ -124,8 +124,8 @@ def diff_profile(
     name: str,
     who: Reader,
     rt: RuntimeDep,
-    a: Annotated[int | None, Query(ge=1)] = None,
-    b: Annotated[int | None, Query(ge=1)] = None,
+    a: Annotated[int | None, Query(ge=1, le=REVISION_MAX)] = None,
+    b: Annotated[int | None, Query(ge=1, le=REVISION_MAX)] = None,
 ) -> dict[str, Any]:
     """A unified diff of revisions ``a`` and ``b`` (default: the latest two)."""
     return profiles.diff_profile(rt.engine, name, a, b)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.controller.api.deps import CurrentDevice, Reader, RuntimeDep
+from edgefleet.controller.api.deps import CurrentDevice, Reader, RowId, RuntimeDep
 from edgefleet.controller.services import updates
 from edgefleet.wire import UpdateAck, UpdateReport
 
@@ -36,5 +36,5 @@ async def list_updates(
 
 
 @router.get("/updates/{update_id}")
-def show_update(update_id: int, who: Reader, rt: RuntimeDep) -> dict[str, Any]:
+def show_update(update_id: RowId, who: Reader, rt: RuntimeDep) -> dict[str, Any]:
     return updates.get_update(rt, who, update_id)
