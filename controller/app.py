@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         max_body=rt.settings.max_body_bytes,
         max_inflight=rt.settings.max_inflight_requests,
         max_result_body=rt.settings.max_result_body_bytes,
+        retry_after_max=rt.settings.shed_retry_after_max_seconds,
     )
     return app
 

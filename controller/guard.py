@@ -24,8 +24,8 @@ from edgefleet.controller.metrics import Metrics
 Scope = dict[str, Any]
 
 RETRY_AFTER_MAX_S = 20
-"""The longest Retry-After for overload: under three of a device's intervals at the
-default 10 s, so a shed fleet can still report within them."""
+"""The longest Retry-After for overload unless ``shed_retry_after_max_seconds`` says
+otherwise: under three of a device's intervals at the default 10 s."""
 SERVICE_GUESS_S = 0.1
 """A request's time in the app before any was measured: cautious (a worker that has
 served nothing yet spreads what it sheds widely)."""

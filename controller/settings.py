@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     """A result batch as sent (gzipped); unpacked it may be at most 4 MiB."""
     max_inflight_requests: int = 512
     """Above this many requests in flight a worker answers 503 with Retry-After."""
+    shed_retry_after_max_seconds: int = Field(default=20, ge=1, le=3600)
+    """The longest Retry-After a worker shedding load asks for (it scales with how much
+    it sheds). Keep it under three of the devices' intervals, so a shed fleet still
+    reports within them: 20 s suits the default 10 s interval."""
     last_seen_flush_seconds: float = 2.0
     status_sample_seconds: int = Field(default=300, ge=1, le=3600)
     """The status history's period (controller/status_samples.py): at most one sample per

@@ -341,6 +341,24 @@ def test_overloaded_worker_answers_503_with_retry_after(
     assert r.json()["error"]["code"] == "overloaded"
 
 
+@pytest.mark.parametrize("longest", [3, 20])
+def test_the_longest_retry_after_is_the_operators_setting(
+    settings: Settings, prepared: Prepared, longest: int
+) -> None:
+    """Shedding hard, a worker spreads the shed over Retry-Afters up to the setting, never
+    past it (an operator with a long device interval may allow longer waits)."""
+    from fastapi.testclient import TestClient
+
+    from edgefleet.controller.app import create_app
+
+    update = {"max_inflight_requests": 0, "shed_retry_after_max_seconds": longest}
+    app = create_app(settings.model_copy(update=update))
+    with TestClient(app) as client:
+        waits = [int(client.get("/api/v1/pki/chain").headers["retry-after"]) for _ in range(300)]
+    assert max(waits) <= longest
+    assert max(waits) > 3 if longest > 3 else max(waits) == longest, sorted(set(waits))
+
+
 def test_profile_interval_reaches_the_device_in_desired_state_and_ack(api: Api) -> None:
     api.site()
     api.profile("slow", {"policies": {"interval_seconds": 120}})
