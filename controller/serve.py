@@ -21,14 +21,24 @@ def hand_settings_to_workers(settings: Settings) -> Path:
     """Workers are separate processes built by a factory: give them the resolved settings
     as their one config file (JSON is YAML), with no environment left to disagree."""
     run = settings.data_dir / "run"
-    run.mkdir(parents=True, exist_ok=True)
+    run.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = run / "settings.json"
-    data = settings.model_dump(mode="json", exclude={"config"})
+    # The first admin is made before workers start; the key passphrase never touches the
+    # disk beside the keys it protects: it reaches the workers through the environment.
+    data = settings.model_dump(
+        mode="json", exclude={"config", "bootstrap_admin_token", "bootstrap_admin_password"}
+    )
     data["data_dir"] = str(settings.data_dir.resolve())
-    path.write_text(json.dumps(data, indent=2))
+    data.pop("key_passphrase", None)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # a database URL's password
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=2))
+    os.chmod(path, 0o600)
     for key in [k for k in os.environ if k.startswith("EDGEFLEET_")]:
         del os.environ[key]
     os.environ["EDGEFLEET_CONFIG"] = str(path)
+    if settings.key_passphrase is not None:
+        os.environ["EDGEFLEET_KEY_PASSPHRASE"] = settings.key_passphrase.get_secret_value()
     if settings.workers > 1:
         metrics_dir = run / "metrics"
         shutil.rmtree(metrics_dir, ignore_errors=True)
