@@ -37,6 +37,11 @@ settings.register_profile(
 )
 settings.load_profile(PROFILE)
 
+API_EXAMPLES = int(
+    os.environ.get("EDGEFLEET_FUZZ_API_EXAMPLES", "100") if PROFILE == "fuzz" else "15"
+)
+"""Schemathesis examples per API operation (each sent as six callers): few in CI."""
+
 _tally: Counter[str] = Counter()
 
 
