@@ -240,6 +240,16 @@ def test_sign_stores_one_layer_per_key_under_the_digest_tag(
             keys = [TrustedKey(path.name, public)]
             assert signature_store.verify(client, REPO, digest, keys).id == path.name
 
+    sig_tag = signature_store.tag_for(digest)
+    listed = cli("models", "list", "--registry", registry.host, "--plain-http", "-o", "json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == [{"repository": REPO, "tags": ["1.0"]}]
+    every = cli(
+        "models", "list", "--registry", registry.host, "--plain-http", "--signature-tags",
+        "-o", "json",
+    )  # fmt: skip
+    assert json.loads(every.output) == [{"repository": REPO, "tags": sorted(["1.0", sig_tag])}]
+
     shown = cli("models", "inspect", ref, "--plain-http", "-o", "json")
     assert shown.exit_code == 0, shown.output
     assert sorted(json.loads(shown.output)["signed_by"]) == sorted(

@@ -96,11 +96,20 @@ def list_(
     plain_http: bool = PlainHttpOpt,
     ca_file: Path | None = CaFileOpt,
     output: Format = OutputOpt,
+    signature_tags: bool = typer.Option(
+        False, "--signature-tags", help="Also list the sha256-<hex>.sig tags signatures use"
+    ),
 ) -> None:
-    """Repositories and their tags."""
+    """Repositories and their tags (without the tags model signatures are stored under)."""
     with _client(ctx, registry, plain_http, ca_file) as client:
         listing = list_tags(client, name)
-    rows = [{"repository": repo, "tags": tags} for repo, tags in listing.items()]
+    rows = [
+        {
+            "repository": repo,
+            "tags": [t for t in tags if signature_tags or not signature_store.is_signature_tag(t)],
+        }
+        for repo, tags in listing.items()
+    ]
     show(rows, output, ["repository", "tags"])
 
 

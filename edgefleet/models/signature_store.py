@@ -12,6 +12,7 @@ its layer. Two people signing the same digest in the same second can lose one la
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import cast
 
@@ -24,6 +25,8 @@ from edgefleet.oci.errors import ArtifactNotFound, OciError
 from edgefleet.oci.manifest import Descriptor, Manifest
 from edgefleet.oci.push import Blob, push
 from edgefleet.oci.reference import check_digest
+
+_SIGNATURE_TAG = re.compile(r"sha256-[0-9a-f]{64}\.sig")
 
 EMPTY_CONFIG = b"{}"
 MAX_SIGNATURES = 32
@@ -44,6 +47,11 @@ class StoredSignature:
 def tag_for(digest: str) -> str:
     """``sha256:<hex>`` -> ``sha256-<hex>.sig``."""
     return check_digest(digest).replace(":", "-", 1) + ".sig"
+
+
+def is_signature_tag(tag: str) -> bool:
+    """Whether a tag is one :func:`tag_for` makes (listings hide them: they are not models)."""
+    return _SIGNATURE_TAG.fullmatch(tag) is not None
 
 
 def read(client: RegistryClient, repository: str, digest: str) -> list[StoredSignature]:
