@@ -35,8 +35,17 @@ def pointer(path: Any) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
 
 
+MAX_DEPTH = 32
+"""Nested objects and lists in a profile (a YAML file's limit too, edgefleet/safeyaml.py):
+deeper, and rendering it (canonical YAML, the fleet repository) would exhaust Python's
+recursion, so it is refused when applied."""
+
+
 def errors(doc: Any) -> list[tuple[str, str]]:
     """Every problem with a profile document, as (JSON pointer, reason), sorted by path."""
+    deep = _too_deep(doc)
+    if deep is not None:
+        return [(deep, f"nested more than {MAX_DEPTH} levels deep")]
     out: list[tuple[str, str]] = []
     for err in _validator().iter_errors(doc):
         out.extend(_explain(err))
@@ -44,6 +53,19 @@ def errors(doc: Any) -> list[tuple[str, str]]:
     out.extend(_k3s_only(doc))
     out.extend(_signing_keys(doc))
     return sorted(set(out))
+
+
+def _too_deep(doc: Any) -> str | None:
+    """The pointer of the first value nested past ``MAX_DEPTH``, else None (no recursion)."""
+    stack: list[tuple[Any, list[Any]]] = [(doc, [])]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict | list):
+            if len(path) >= MAX_DEPTH:
+                return pointer(path)
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend((v, [*path, k]) for k, v in items)
+    return None
 
 
 def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
