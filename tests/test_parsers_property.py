@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from edgefleet import safeyaml
+from edgefleet import profilespec, safeyaml
 from edgefleet.agent.qrpayload import registration_from_payload
 from edgefleet.agent.registration import parse_registration
 from edgefleet.controller.pki.authority import parse_device_csr
@@ -33,7 +33,7 @@ from edgefleet.models.artifact import describe
 from edgefleet.oci import mediatypes as mt
 from edgefleet.oci.manifest import Manifest
 from tests.fuzz_settings import tried
-from tests.support.apiclient import csr_for, new_key
+from tests.support.apiclient import Api, csr_for, new_key
 
 PIN = "sha256:" + "ab" * 32
 JSON_SCALARS = (
@@ -249,6 +249,29 @@ def test_a_profile_within_the_limits_still_loads() -> None:
     assert doc["config"] == {"camera": ["front", "back"]}
     nested = "".join("  " * i + f"k{i}:\n" for i in range(31)) + "  " * 31 + "leaf: 1\n"
     assert safeyaml.load(nested, "the profile")["k0"]["k1"]
+
+
+@given(JSON_VALUES | st.recursive(JSON_VALUES, lambda inner: st.dictionaries(st.text(), inner)))
+def test_profile_validation_gives_a_list_of_problems_for_any_document(doc: Any) -> None:
+    tried("profile document")
+    problems = profilespec.errors(doc)
+    assert all(isinstance(p, str) and isinstance(r, str) for p, r in problems)
+
+
+def test_a_profile_nested_too_deep_is_refused_by_the_api_and_not_stored(api: Api) -> None:
+    """Nesting that JSON carries but YAML rendering cannot (a GET of it was a 500)."""
+    deep: Any = 1
+    for _ in range(300):
+        deep = {"a": deep}
+    r = api.call("POST", "/profiles", api.admin, json={"name": "deep", "spec": {"config": deep}})
+    assert r.status_code == 422, r.text
+    assert "nested more than 32 levels deep" in r.json()["error"]["message"]
+    assert api.call("GET", "/profiles/deep", api.admin).status_code == 404
+    fine: Any = 1
+    for _ in range(profilespec.MAX_DEPTH - 2):
+        fine = {"a": fine}
+    api.profile("fine", {"config": fine})
+    assert api.ok("GET", "/profiles/fine", api.admin)["spec"]["config"]["a"]
 
 
 # -- OCI manifests (the agent's puller, the CLI's models commands) ----------------------
