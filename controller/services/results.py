@@ -117,12 +117,22 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+MAX_PAYLOAD_DEPTH = 64
+"""Nested arrays and objects in a JSON payload. Deeper ones parse, but the listing of
+results encodes its answer by recursion: one such record would fail every listing that
+includes it (a 500), so the batch is refused instead."""
+
+
 def _check_payloads(records: list[ResultRecord]) -> None:
     """Every JSON payload parses, as one array first (one call for the batch); only
     when that fails is each parsed alone, to name the bad one."""
-    texts = [r.payload for r in records if r.encoding is PayloadEncoding.json]
+    as_json = [r for r in records if r.encoding is PayloadEncoding.json]
+    texts = [r.payload for r in as_json]
     try:
-        if len(json.loads(f"[{','.join(texts)}]", parse_constant=_no_constant)) == len(texts):
+        parsed = json.loads(f"[{','.join(texts)}]", parse_constant=_no_constant)
+        if len(parsed) == len(texts):
+            for record, value in zip(as_json, parsed, strict=True):
+                _check_depth(record, value)
             texts = []
     except (ValueError, RecursionError):
         pass
@@ -132,17 +142,37 @@ def _check_payloads(records: list[ResultRecord]) -> None:
         try:
             if record.encoding is PayloadEncoding.json:
                 # NaN and Infinity: Python reads them, but no JSON answer may carry them.
-                json.loads(record.payload, parse_constant=_no_constant)
+                _check_depth(record, json.loads(record.payload, parse_constant=_no_constant))
             else:
                 base64.b64decode(record.payload, validate=True)
         except (ValueError, binascii.Error, RecursionError) as exc:
             if isinstance(exc, RecursionError):
                 exc = ValueError("nested too deeply")
-            raise BadRequest(
-                f"result {record.seq}: the payload is not valid {record.encoding.value} "
-                f"({exc}); nothing of this batch was stored",
-                code="invalid_payload",
-            ) from exc
+            raise _invalid(record, str(exc)) from exc
+
+
+def _check_depth(record: ResultRecord, value: Any) -> None:
+    """Counting brackets first (C speed) spares the walk for every payload but the few
+    with more than ``MAX_PAYLOAD_DEPTH`` of them."""
+    text = record.payload
+    if text.count("[") + text.count("{") <= MAX_PAYLOAD_DEPTH:
+        return
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_PAYLOAD_DEPTH:
+                raise _invalid(record, f"nested more than {MAX_PAYLOAD_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+def _invalid(record: ResultRecord, why: str) -> BadRequest:
+    return BadRequest(
+        f"result {record.seq}: the payload is not valid {record.encoding.value} "
+        f"({why}); nothing of this batch was stored",
+        code="invalid_payload",
+    )
 
 
 def store(rt: Runtime, device_id: str, batch: ResultBatch) -> ResultAck:
