@@ -29,6 +29,7 @@ from sqlalchemy import text
 
 from edgefleet.controller.app import create_app
 from edgefleet.controller.bootstrap import prepare
+from edgefleet.controller.services import results
 from edgefleet.controller.settings import load_settings
 from edgefleet.wire import MAX_BATCH_BYTES
 from tests.fuzz_settings import tried
@@ -245,10 +246,15 @@ def _batches(draw: st.DrawFn) -> bytes:
     return json.dumps(doc).encode()
 
 
+def _one_record(**fields: Any) -> bytes:
+    return json.dumps({**_BATCH, "records": [{**_RECORD, **fields}]}).encode()
+
+
 @given(_batches(), st.booleans())
-@example(json.dumps({**_BATCH, "records": [{**_RECORD, "seq": 2**70}]}).encode(), False)
-@example(json.dumps({**_BATCH, "records": [{**_RECORD, "revision": 2**64}]}).encode(), False)
-@example(json.dumps({**_BATCH, "records": [{**_RECORD, "payload": "[" * 5000}]}).encode(), True)
+@example(_one_record(seq=2**70), False)
+@example(_one_record(revision=2**64), False)
+@example(_one_record(payload="[" * 400 + "]" * 400), False)
+@example(_one_record(payload="[" * 5000), True)
 def test_result_batches_are_stored_or_refused_whole(
     door: tuple[Api, TestDevice, str], body: bytes, gzipped: bool
 ) -> None:
@@ -263,6 +269,29 @@ def test_result_batches_are_stored_or_refused_whole(
     )
     if r.status_code == 200:
         assert r.json()["acked"] >= 0
+        listed = api.call("GET", f"/results?device={device.id}&newest=true&limit=5", api.admin)
+        assert listed.status_code == 200, f"a stored batch broke the listing: {listed.text[:300]}"
+
+
+def test_a_payload_nested_past_the_limit_is_refused_so_listings_keep_working(
+    door: tuple[Api, TestDevice, str],
+) -> None:
+    """Stored, it would have made every listing that includes it a 500."""
+    api, device, _ = door
+    limit = results.MAX_PAYLOAD_DEPTH
+    headers = {**device.bearer, **_JSON}
+    path = f"/devices/{device.id}/results"
+    seq = api.ok("GET", f"/results?device={device.id}&newest=true&limit=1", api.admin)
+    first = max([r["seq"] for r in seq["results"]], default=0) + 1000
+    too_deep = {**_RECORD, "seq": first, "payload": "[" * (limit + 1) + "]" * (limit + 1)}
+    body = {**_BATCH, "epoch": "00000000000000cd", "records": [too_deep]}
+    r = answered_properly(api, lambda: post_json(api, path, body, headers))
+    assert r.status_code == 400 and "nested more than 64 levels" in r.json()["error"]["message"]
+    deepest = {**too_deep, "seq": 1, "payload": "[" * limit + "]" * limit}
+    body = {**body, "records": [deepest]}
+    assert answered_properly(api, lambda: post_json(api, path, body, headers)).status_code == 200
+    listed = api.ok("GET", f"/results?device={device.id}&newest=true&limit=5", api.admin)
+    assert any(r["epoch"] == "00000000000000cd" for r in listed["results"])
 
 
 @given(mutated(gzip.compress(json.dumps(_BATCH).encode())))
