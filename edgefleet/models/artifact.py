@@ -5,6 +5,9 @@
     config     application/vnd.cncf.model.config.v1+json   ModelPack config, format onnx
     layer 0    application/vnd.cncf.model.weight.v1.raw    the .onnx file, titled by name
     layer 1    application/vnd.edgefleet.model.probe.v1+json   the golden probe
+    layer 2    application/vnd.edgefleet.model.drift-reference.v1+json
+                                                the reference distributions, when pushed
+                                                with --reference (edgefleet.drift)
 
 An artifact another client pushed with just an ``.onnx`` file (e.g. ``oras push``) is
 read too: its model is the one layer titled ``*.onnx``; it has no signature or probe.
@@ -21,6 +24,7 @@ from edgefleet.oci.errors import NotAModel
 from edgefleet.oci.manifest import Descriptor, Manifest
 
 PROBE_FILE = "edgefleet-probe.json"
+REFERENCE_FILE = "edgefleet-drift-reference.json"
 
 
 def config_bytes(
@@ -74,6 +78,8 @@ class ModelManifest:
     variant: str | None
     modelpack: bool
     """True when the artifact uses the ModelPack artifact type and config."""
+    reference: Descriptor | None = None
+    """The drift reference layer, when the model was pushed with one."""
 
 
 def describe(manifest: Manifest) -> ModelManifest:
@@ -88,6 +94,7 @@ def describe(manifest: Manifest) -> ModelManifest:
             f"layer titled *.onnx, found {len(weights)} among: {found or 'no layers'}"
         )
     probes = [d for d in manifest.layers if d.media_type == mt.EDGEFLEET_PROBE]
+    references = [d for d in manifest.layers if d.media_type == mt.EDGEFLEET_DRIFT_REFERENCE]
     notes = manifest.annotations
     signature = notes.get(mt.ANNOTATION_SIGNATURE)
     return ModelManifest(
@@ -99,4 +106,5 @@ def describe(manifest: Manifest) -> ModelManifest:
         variant=notes.get(mt.ANNOTATION_VARIANT),
         modelpack=manifest.artifact_type == mt.MODEL_ARTIFACT
         and manifest.config.media_type == mt.MODEL_CONFIG,
+        reference=references[0] if references else None,
     )

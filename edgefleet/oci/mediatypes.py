@@ -24,6 +24,9 @@ MODEL_WEIGHT_RAW = "application/vnd.cncf.model.weight.v1.raw"
 
 EDGEFLEET_PROBE = "application/vnd.edgefleet.model.probe.v1+json"
 """The golden probe layer: input tensors, the expected outputs, and the tolerance."""
+EDGEFLEET_DRIFT_REFERENCE = "application/vnd.edgefleet.model.drift-reference.v1+json"
+"""The reference distributions layer (``push --reference``): histograms of representative
+inputs and of the model's outputs, for drift scores (``edgefleet.drift.reference``)."""
 
 ANNOTATION_TITLE = "org.opencontainers.image.title"
 """The file name: ``oras pull`` writes a layer under it."""
