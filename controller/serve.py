@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import uvicorn
@@ -40,11 +41,18 @@ def hand_settings_to_workers(settings: Settings) -> Path:
     if settings.key_passphrase is not None:
         os.environ["EDGEFLEET_KEY_PASSPHRASE"] = settings.key_passphrase.get_secret_value()
     if settings.workers > 1:
-        metrics_dir = run / "metrics"
-        shutil.rmtree(metrics_dir, ignore_errors=True)
-        metrics_dir.mkdir()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir()
     return path
+
+
+def _metrics_dir() -> str:
+    """The workers' shared metric files, outside the data directory: prometheus-client
+    writes them through mmap, and a page first touched on a full disk is a SIGBUS that
+    kills the worker, and every worker started after it, where a full data directory
+    should only get 507s. In memory (``/dev/shm``) where the machine has it."""
+    shm = Path("/dev/shm")
+    where = str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="edgefleet-metrics-", dir=where)
 
 
 def announce(settings: Settings, prepared: Prepared) -> None:
@@ -98,6 +106,9 @@ def serve(settings: Settings) -> None:
         else config.bind_socket()
     )
     if settings.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        try:
+            Multiprocess(config, sockets=[sock]).run()
+        finally:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     else:
         server.run(sockets=[sock])
