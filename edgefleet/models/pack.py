@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefleet.drift.reference import Reference
+from edgefleet.drift.reference import compute as compute_reference
 from edgefleet.errors import ConfigError
 from edgefleet.models.artifact import (
     PROBE_FILE,
+    REFERENCE_FILE,
     config_bytes,
     file_annotations,
     manifest_annotations,
@@ -49,6 +52,7 @@ class PackedModel:
     annotations: dict[str, str]
     signature: Signature
     probe: Probe
+    reference: Reference | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PushedModel:
     variant: str
     signature: Signature
     probe: Probe
+    reference: Reference | None = None
 
 
 def read_signature(path: Path) -> Signature:
@@ -140,9 +145,17 @@ def quantize_int8(source: Path, target: Path) -> Path:
 
 
 def pack(
-    path: Path, name: str, version: str, variant: str = "fp32", filename: str | None = None
+    path: Path,
+    name: str,
+    version: str,
+    variant: str = "fp32",
+    filename: str | None = None,
+    reference: Path | None = None,
+    reference_outputs: str = "auto",
 ) -> PackedModel:
-    """The artifact's config, layers and annotations, ready to push."""
+    """The artifact's config, layers and annotations, ready to push. With ``reference``
+    (an ``.npz`` of representative inputs), the drift reference computed with this very
+    file (an int8 twin answers a little differently) goes in a layer of its own."""
     check_repository(name)
     tag = check_tag(version if variant == "fp32" else f"{version}-{variant}")
     model = _load(path)
@@ -150,6 +163,15 @@ def pack(
     probe = make_probe(path, signature, variant)
     weight = Blob.of_file(mt.MODEL_WEIGHT_RAW, path, file_annotations(filename or path.name))
     probe_blob = Blob.of_bytes(mt.EDGEFLEET_PROBE, probe.to_bytes(), file_annotations(PROBE_FILE))
+    layers = [weight, probe_blob]
+    drift = None
+    if reference is not None:
+        drift = compute_reference(path, reference, signature, reference_outputs)
+        layers.append(
+            Blob.of_bytes(
+                mt.EDGEFLEET_DRIFT_REFERENCE, drift.to_bytes(), file_annotations(REFERENCE_FILE)
+            )
+        )
     config = Blob.of_bytes(
         mt.MODEL_CONFIG,
         config_bytes(
@@ -158,35 +180,47 @@ def pack(
             precision=variant,
             quantization="dynamic" if variant == "int8" else None,
             param_size=_param_size(model),
-            diff_ids=[weight.descriptor.digest, probe_blob.descriptor.digest],
+            diff_ids=[layer.descriptor.digest for layer in layers],
         ),
     )
     return PackedModel(
         tag,
         variant,
         config,
-        [weight, probe_blob],
+        layers,
         manifest_annotations(name, version, variant, signature),
         signature,
         probe,
+        drift,
     )
 
 
 def push_model(
-    client: RegistryClient, path: Path, name: str, version: str, quantize: str | None = None
+    client: RegistryClient,
+    path: Path,
+    name: str,
+    version: str,
+    quantize: str | None = None,
+    reference: Path | None = None,
+    reference_outputs: str = "auto",
 ) -> list[PushedModel]:
     """Push the model under ``version`` and, with ``quantize="int8"``, its quantized twin
-    under ``<version>-int8``; returns what was pushed, in that order."""
+    under ``<version>-int8``, each with its drift reference when ``reference`` names the
+    representative inputs; returns what was pushed, in that order."""
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ConfigError(f"--quantize {quantize!r}: the choices are {', '.join(QUANTIZATIONS)}")
     if not path.is_file():
         raise ConfigError(f"{path} is not a file: give the path of an .onnx model")
+    if reference is not None and not reference.is_file():
+        raise ConfigError(f"--reference {reference} is not a file: give an .npz of inputs")
     client.ping()  # before packing, which may take a while for a large model
-    pushed = [_push(client, pack(path, name, version))]
+    packed = pack(path, name, version, reference=reference, reference_outputs=reference_outputs)
+    pushed = [_push(client, packed)]
     if quantize == "int8":
         with tempfile.TemporaryDirectory(prefix="edgefleet-int8-") as tmp:
             twin = quantize_int8(path, Path(tmp) / f"{path.stem}.int8{mt.ONNX_SUFFIX}")
-            pushed.append(_push(client, pack(twin, name, version, "int8", twin.name)))
+            packed = pack(twin, name, version, "int8", twin.name, reference, reference_outputs)
+            pushed.append(_push(client, packed))
     return pushed
 
 
@@ -201,7 +235,9 @@ def _push(client: RegistryClient, packed: PackedModel) -> PushedModel:
         artifact_type=mt.MODEL_ARTIFACT,
         annotations=packed.annotations,
     )
-    return PushedModel(packed.tag, digest, packed.variant, packed.signature, packed.probe)
+    return PushedModel(
+        packed.tag, digest, packed.variant, packed.signature, packed.probe, packed.reference
+    )
 
 
 def _load(path: Path) -> onnx.ModelProto:
