@@ -18,6 +18,7 @@ import typer
 from edgefleet.cli import config
 from edgefleet.cli.common import Globals, handled
 from edgefleet.cli.output import Format, OutputOpt, console, show
+from edgefleet.drift.reference import Reference
 from edgefleet.errors import ConfigError
 from edgefleet.models import signature_store, signing
 from edgefleet.models.artifact import describe
@@ -59,15 +60,28 @@ def push(
     quantize: str | None = typer.Option(
         None, help="Also push a quantized variant, tagged <version>-int8: int8"
     ),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        help="An .npz of representative inputs (one array per model input, by name): "
+        "store their distributions and the model's outputs on them, for drift scores",
+    ),
+    reference_outputs: str = typer.Option(
+        "auto",
+        "--reference-outputs",
+        help="How to histogram the outputs: classes (argmax or integer labels), values "
+        "(a regressor), or auto (classes for integers or score vectors)",
+    ),
     plain_http: bool = PlainHttpOpt,
     ca_file: Path | None = CaFileOpt,
     output: Format = OutputOpt,
 ) -> None:
-    """Pack the model with its signature and golden probe, push it, print its digest."""
+    """Pack the model with its signature, golden probe and (with --reference) drift
+    reference, push it, print its digest."""
     from edgefleet.models.pack import push_model  # onnx and onnxruntime load here only
 
     with _client(ctx, registry, plain_http, ca_file) as client:
-        pushed = push_model(client, file, name, version, quantize)
+        pushed = push_model(client, file, name, version, quantize, reference, reference_outputs)
     host = client.endpoint.host
     rows = [
         {
@@ -77,6 +91,7 @@ def push(
             "variant": p.variant,
             "signature": p.signature.summary(),
             "probe": p.probe.summary(),
+            "drift_reference": p.reference.summary() if p.reference else None,
         }
         for p in pushed
     ]
@@ -122,8 +137,8 @@ def inspect(
     ca_file: Path | None = CaFileOpt,
     output: Format = OutputOpt,
 ) -> None:
-    """The artifact's digest, model file, signature, golden probe, and the keys that signed
-    it (unverified: `models verify` checks them)."""
+    """The artifact's digest, model file, signature, golden probe, drift reference, and the
+    keys that signed it (unverified: `models verify` checks them)."""
     ref = parse(reference)
     with _client(ctx, ref.registry, plain_http, ca_file) as client:
         fetched = client.get_manifest(ref.repository, ref.identifier)
@@ -132,6 +147,11 @@ def inspect(
         probe = (
             Probe.from_bytes(client.fetch_blob(ref.repository, found.probe.digest))
             if found.probe
+            else None
+        )
+        drift = (
+            Reference.from_bytes(client.fetch_blob(ref.repository, found.reference.digest))
+            if found.reference
             else None
         )
         signed_by = [
@@ -153,6 +173,7 @@ def inspect(
         "model_size": found.model.size,
         "signature": found.signature.summary() if found.signature else None,
         "probe": probe.summary() if probe else None,
+        "drift_reference": drift.summary() if drift else None,
         "signed_by": signed_by,
     }
     if output == Format.json:
