@@ -18,8 +18,9 @@ dimension is free, else the model's own batch size, which must divide the rows).
   At most ``MAX_FEATURES`` are sketched: all when there are that few, else the ones with
   the largest standard deviation over the reference rows (a constant pixel at the border
   of an image carries no signal; ties go to the lower index), kept in input and index
-  order. Each gets ``BINS`` bins between quantile edges of the reference (deciles),
-  open-ended outer bins, edges rounded to 6 significant digits and deduplicated (a
+  order. Each gets ``BINS`` bins between quantile edges of the reference (deciles, each
+  edge a value of the data, numpy's ``method="higher"``, so that a discrete feature's
+  edges are its own values), open-ended outer bins, edges rounded to 6 significant digits and deduplicated (a
   feature with few distinct values has fewer bins; a constant one gets a bin below, at
   and above its value).
 - Outputs, each as one of two kinds (``kind="auto"`` decides per output; a flag forces
@@ -415,7 +416,7 @@ def _value_histogram(values: np.ndarray) -> Histogram:
     """Decile edges of ``values`` (see the module's docstring) and its counts over them."""
     import numpy as np
 
-    cuts = np.quantile(values, np.arange(1, BINS) / BINS)
+    cuts = np.quantile(values, np.arange(1, BINS) / BINS, method="higher")
     edges = sorted({_round(float(c)) for c in cuts})
     if len(edges) == 1:  # a constant: one bin below it, one at it, one above
         step = max(abs(edges[0]) * 1e-5, 1e-6)
