@@ -35,6 +35,8 @@ from tests.fuzz_settings import API_EXAMPLES, tried
 from tests.support.apiclient import Api, TestDevice
 
 CHECKS = [not_a_server_error, response_schema_conformance]
+REFRESH_EVERY = 1000
+"""Cases between two logins of the device (a few minutes of fuzzing)."""
 CALLERS = ("device", "admin", "operator", "viewer", "installer", "anonymous")
 
 
@@ -102,7 +104,12 @@ def _name_real_objects(world: FuzzWorld, case: Any, caller: str) -> None:
 
 
 def _send_as_everyone(world: FuzzWorld, case: Any) -> None:
-    real = next(world.turn) % 2 == 1
+    tried("schemathesis cases")
+    turn = next(world.turn)
+    real = turn % 2 == 1
+    if turn and turn % REFRESH_EVERY == 0:  # access tokens live 15 minutes; a fuzz run more
+        world.api.login(world.device)
+        world.tokens["device"] = world.device.access_token
     generated = dict(case.path_parameters or {})
     for caller in CALLERS:
         if real:
@@ -111,7 +118,7 @@ def _send_as_everyone(world: FuzzWorld, case: Any) -> None:
         headers = {"authorization": f"Bearer {token}"} if token else {}
         kwargs = case.as_transport_kwargs(base_url="https://testserver", headers=headers)
         response = world.api.client.request(**_for_httpx(kwargs))
-        tried("schemathesis cases")
+        tried("schemathesis requests (a case as one caller)")
         try:
             case.validate_response(response, checks=CHECKS)
         except Exception as exc:
