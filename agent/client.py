@@ -36,6 +36,7 @@ from edgefleet.errors import ApiError, ConfigError, EdgefleetError, TrustError, 
 from edgefleet.wire import (
     API_PREFIX,
     CLAIM_SCHEME,
+    CLOCK_TOLERANCE_S,
     AccessToken,
     ClaimCreated,
     ClaimRequest,
@@ -119,6 +120,22 @@ class ResponseTooLarge(ApiError):
     """An answer over ``MAX_BODY_BYTES``: refused, its connection dropped, retried later."""
 
     default_code = "response_too_large"
+
+
+_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED = 9, 10
+"""OpenSSL's verify codes for a certificate outside its validity at the local clock."""
+
+
+def _clock_hint(exc: ssl.SSLCertVerificationError) -> str:
+    """A certificate "not yet valid" or "expired" is most often the device's clock, not
+    the server: say what the clock reads, since certificates tolerate only 2 hours."""
+    if exc.verify_code not in (_CERT_NOT_YET_VALID, _CERT_HAS_EXPIRED):
+        return ""
+    now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    return (
+        f" (this device's clock reads {now}; certificates allow "
+        f"{CLOCK_TOLERANCE_S // 3600:g} hours of skew: set the clock with NTP or the RTC)"
+    )
 
 
 class Channel:
@@ -208,7 +225,7 @@ class Channel:
                 self.close()
                 raise TrustError(
                     f"{self.url.host}:{self.url.port} failed verification against the "
-                    f"pinned roots: {exc.verify_message or exc}"
+                    f"pinned roots: {exc.verify_message or exc}{_clock_hint(exc)}"
                 ) from exc
             except _STALE as exc:
                 self.close()
