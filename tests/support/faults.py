@@ -218,3 +218,20 @@ class Poller:
 
     def since(self, t: float) -> list[Answer]:
         return [a for a in list(self.answers) if a.at >= t]
+
+
+@contextmanager
+def skewed_clock(offset: str) -> Iterator[None]:
+    """Processes started inside run with their wall clock ``offset`` off (libfaketime):
+    the environment is changed only while they start (a child copies it at spawn)."""
+    skew = faketime_env(offset)
+    saved = {k: os.environ.get(k) for k in skew}
+    os.environ.update(skew)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
