@@ -23,7 +23,7 @@ import jwt
 import pytest
 import yaml
 from cryptography import x509
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from edgefleet.controller.models import SigningKey
@@ -166,7 +166,7 @@ def test_rotated_key_material_is_sealed_in_the_database(api: Api) -> None:
     api.ok("POST", "/keys/registry/rotate", api.admin)
     rt = api.client.app.state.rt  # type: ignore[attr-defined]
     with Session(rt.engine) as s:
-        rows = [r for r in s.query(SigningKey).all() if r.material is not None]
+        rows = [r for r in s.scalars(select(SigningKey)).all() if r.material is not None]
     assert len(rows) == 2
     for row in rows:
         assert "PRIVATE KEY" not in row.material
