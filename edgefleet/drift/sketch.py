@@ -14,15 +14,15 @@ last one stays here. A window with no inference is never returned.
 Sampling: with ``sample_rate`` r, exactly every (1/r)-th inference is counted (a credit
 that grows by r per call), so the cost and the counts are deterministic.
 
-Binning follows the reference (``searchsorted(edges, v, side="right")``): values and
-confidences with ``np.searchsorted``; the features with one comparison of the rows
-against every feature's edges at once: ``v >= edges`` padded with +inf is a run of
-True then False, and its first False (``argmin``) is the same index, where a loop of 32
-``searchsorted`` calls would cost the whole per-inference budget. A label read as the
-argmax of scores goes through a lookup table as wide as the scores; a label the model
-answers itself through ``searchsorted`` over the reference's classes. All of one
-inference's bin indices are added to the counts in one ``np.add.at``. A NaN input counts
-in the lowest bin. ``scores`` uses :mod:`edgefleet.drift.stats`, the functions the
+Binning follows the reference (``searchsorted(edges, v, side="right")``): values with
+``np.searchsorted``; features and confidences with one comparison against the edges
+padded with +inf: ``v >= edges`` is a run of True then False, and its first False
+(``argmin``) is the same index. For the features that is one call for all of them,
+where a loop of 32 ``searchsorted`` calls would cost the whole per-inference budget.
+A label read as the argmax of scores goes through a lookup table as wide as the scores;
+a label the model answers itself through ``searchsorted`` over the reference's classes.
+All of one inference's bin indices are added to the counts in one ``np.add.at``. A NaN
+input counts in the lowest bin. ``scores`` uses :mod:`edgefleet.drift.stats`, the functions the
 controller uses on merged counts.
 """
 
@@ -144,7 +144,7 @@ class Sketch:
             confidence_base, confidence_edges = -1, np.empty(0)
             if o.confidence is not None:
                 confidence_base = self._spans[position]
-                confidence_edges = np.asarray(o.confidence.edges, dtype=np.float64)
+                confidence_edges = np.asarray([*o.confidence.edges, np.inf], dtype=np.float64)
                 position += 1
             classes = o.histogram.classes
             edges = np.asarray(o.histogram.edges, dtype=np.float64)
@@ -224,7 +224,7 @@ class Sketch:
             return [np.where(o.edges[at] == labels, at + o.base, o.base + o.edges.size - 1)]
         scores = values.reshape(values.shape[0], -1)
         top = scores.max(axis=1) if o.scores == "probabilities" else softmax_top(scores)
-        confidence = np.searchsorted(o.confidence_edges, top, side="right") + o.confidence_base
+        confidence = (top[:, None] >= o.confidence_edges).argmin(axis=1) + o.confidence_base
         return [o.table[scores.argmax(axis=1)], confidence]
 
     def current(self) -> Window:
