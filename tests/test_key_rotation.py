@@ -176,6 +176,13 @@ def test_rotated_key_material_is_sealed_in_the_database(api: Api) -> None:
     with pytest.raises(ConfigError, match=r"access-token\.key"):
         Wrap(os.urandom(32)).open(rows[0].kid, rows[0].material)
 
+    rotated = next(r.kid for r in rows if r.purpose == "access")
+    api.ok("POST", "/keys/access/rotate", api.admin)
+    api.ok("POST", f"/keys/access/{rotated}/retire", api.admin)
+    with Session(rt.engine) as s:  # a retired key leaves nothing to steal
+        row = s.scalars(select(SigningKey).where(SigningKey.kid == rotated)).one()
+    assert row.state == "retired" and row.material is None
+
 
 # -- end to end --------------------------------------------------------------------------
 

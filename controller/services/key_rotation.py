@@ -15,7 +15,9 @@ epoch moves so every worker and replica picks the new keyring up without a resta
   one and revoking the old (``edgefleet tokens create`` / ``revoke``).
 
 ``retire`` refuses a previous key before its time is up (a suspected leak is the reason
-to do it: devices holding tokens it signed get a 401 and fetch a new token once).
+to do it: devices holding tokens it signed get a 401 and fetch a new token once). A
+retired key's material is erased from the database: at ``retire``, or at the next
+rotation of its kind once its overlap has ended.
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def list_keys(rt: Runtime) -> list[dict[str, Any]]:
                     "kind": purpose,
                     "kid": r.kid,
                     "state": state,
-                    "source": "file" if r.material is None else "database",
+                    "source": "file" if r.kid == file_kid else "database",
                     "created_at": _iso(r.created_at),
                     "retire_after": _iso(r.retire_after) if state == PREVIOUS else None,
                 }
@@ -191,7 +193,7 @@ def retire(rt: Runtime, who: Operator, purpose: str, kid: str) -> dict[str, Any]
             )
         if row is None:
             raise NotFound(f"no {purpose} key {kid} (see `edgefleet keys list`)", code="no_key")
-        row.state = RETIRED
+        row.state, row.material = RETIRED, None
         audit.record(s, who, "key.retire", kid, kind=purpose)
     _changed(rt)
     return {"kind": purpose, "kid": kid, "state": RETIRED}
@@ -210,7 +212,12 @@ def _rows(s: Session, purpose: str, state: str) -> list[SigningKey]:
 def _demote(s: Session, rt: Runtime, purpose: str, ttl_seconds: int) -> None:
     """The signing key becomes previous: it verifies until all it signed has expired.
     The first key lives in its file; a row without material stands for it."""
-    until = datetime.now(UTC) + timedelta(seconds=ttl_seconds) + LEEWAY
+    now = datetime.now(UTC)
+    for row in _rows(s, purpose, PREVIOUS):  # overlaps that ended: drop their material
+        ended = aware(row.retire_after)
+        if ended is not None and ended <= now:
+            row.state, row.material = RETIRED, None
+    until = now + timedelta(seconds=ttl_seconds) + LEEWAY
     active = _rows(s, purpose, ACTIVE)
     for row in active:
         row.state, row.retire_after = PREVIOUS, until
