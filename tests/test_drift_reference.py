@@ -83,6 +83,34 @@ def labels_model(path: Path, inputs: int = 4) -> Path:
     return path
 
 
+def two_inputs_model(path: Path) -> Path:
+    """``y = concat(x, float(z))``: a float input and an integer one, five scores a row."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["z"], ["zf"], to=TensorProto.FLOAT),
+            helper.make_node("Concat", ["x", "zf"], ["y"], axis=1),
+        ],
+        "two",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("z", TensorProto.INT64, ["N", 2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def two_inputs_data(path: Path, n: int = 400) -> Path:
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    z = rng.integers(0, 5, size=(n, 2)).astype(np.int32)  # int32 feeds an int64 input
+    np.savez(path, x=x, z=z)
+    return path
+
+
 def stored_reference(registry: Registry, tag: str) -> tuple[Manifest, Reference]:
     client = RegistryClient(Endpoint.parse(registry.host, plain_http=True), PasswordAuth())
     with client:
@@ -170,6 +198,9 @@ def _bad(tmp_path: Path, case: str) -> Path:
         np.savez(path, x=np.array([{"a": 1}] * 500, dtype=object))
     elif case == "garbage":
         path.write_bytes(b"not a zip file at all")
+    elif case == "npy":
+        with path.open("wb") as f:
+            np.save(f, x)
     return path
 
 
@@ -184,6 +215,7 @@ def _bad(tmp_path: Path, case: str) -> Path:
         ("nan", "x holds 1 NaN or infinite value(s)"),
         ("pickle", "is not an .npz of numeric arrays"),
         ("garbage", "is not an .npz of numeric arrays"),
+        ("npy", "is a single .npy array, not an .npz: save it with numpy.savez"),
     ],
 )
 def test_bad_reference_data_is_refused_by_name_and_nothing_is_pushed(
@@ -265,3 +297,19 @@ def test_the_document_round_trips_and_garbage_is_refused(tmp_path: Path) -> None
             Reference.from_bytes(json.dumps(broken).encode())
     with pytest.raises(ConfigError, match="push the model again"):
         Reference.from_bytes(b"{")
+
+
+def test_several_inputs_share_the_feature_budget(tmp_path: Path) -> None:
+    model = two_inputs_model(tmp_path / "two.onnx")
+    stored = compute(model, two_inputs_data(tmp_path / "two.npz"), read_signature(model))
+    assert [(i.name, i.row_shape) for i in stored.inputs] == [("x", [3]), ("z", [2])]
+    assert [(f.input, f.index) for f in stored.features] == [
+        ("x", 0), ("x", 1), ("x", 2), ("z", 0), ("z", 1),
+    ]  # fmt: skip
+    assert stored.features[3].histogram.edges == [0.0, 1.0, 2.0, 3.0, 4.0]  # one bin a value
+    np.savez(tmp_path / "floats.npz", x=np.zeros((400, 3)), z=np.zeros((400, 2)))
+    with pytest.raises(ConfigError, match="z holds float64 values; the model's input is"):
+        compute(model, tmp_path / "floats.npz", read_signature(model))
+    np.savez(tmp_path / "ragged.npz", x=np.zeros((400, 3)), z=np.zeros((300, 2), np.int64))
+    with pytest.raises(ConfigError, match="different numbers of rows"):
+        compute(model, tmp_path / "ragged.npz", read_signature(model))

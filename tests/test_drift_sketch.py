@@ -18,7 +18,7 @@ from edgefleet.drift.sketch import Sketch
 from edgefleet.errors import ConfigError
 from edgefleet.models.pack import read_signature
 from tests.support.onnxmodels import affine
-from tests.test_drift_reference import labels_model
+from tests.test_drift_reference import labels_model, two_inputs_data, two_inputs_model
 
 FEATURES = 32
 WINDOW = 60.0
@@ -159,6 +159,20 @@ def test_labels_and_values_outputs(tmp_path: Path) -> None:
     sketch = fed(reference, x, y)
     assert sketch.scores()["y"] == {"psi": 0.0, "ks": 0.0, "js": 0.0}
     assert sketch.scores(sketch.current())["y"] is not None
+
+
+def test_several_inputs_are_counted_each_against_its_own_edges(tmp_path: Path) -> None:
+    model = two_inputs_model(tmp_path / "two.onnx")
+    data = np.load(two_inputs_data(tmp_path / "two.npz"))
+    reference = compute(model, tmp_path / "two.npz", read_signature(model))
+    x, z = data["x"], data["z"].astype(np.int64)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    [y] = session.run(None, {"x": x, "z": z})
+    sketch = Sketch(reference, now=0.0)
+    for i in range(len(x)):
+        sketch.update({"x": x[i : i + 1], "z": z[i : i + 1]}, {"y": y[i : i + 1]}, now=1.0)
+    expected = [c for _, h in reference.histograms() for c in h.counts]
+    assert sketch.current().counts.tolist() == expected
 
 
 @pytest.mark.parametrize(

@@ -20,9 +20,9 @@ dimension is free, else the model's own batch size, which must divide the rows).
   of an image carries no signal; ties go to the lower index), kept in input and index
   order. Each gets ``BINS`` bins between quantile edges of the reference (deciles, each
   edge a value of the data, numpy's ``method="higher"``, so that a discrete feature's
-  edges are its own values), open-ended outer bins, edges rounded to 6 significant digits and deduplicated (a
-  feature with few distinct values has fewer bins; a constant one gets a bin below, at
-  and above its value).
+  edges are its own values), open-ended outer bins, edges rounded to 6 significant
+  digits and deduplicated (a feature with few distinct values has fewer bins; a
+  constant one gets a bin below, at and above its value).
 - Outputs, each as one of two kinds (``kind="auto"`` decides per output; a flag forces
   one for all): ``classes`` for an integer output (its values are labels) or a float
   output with one vector of at least 2 scores per row (the label is the argmax), with
@@ -293,7 +293,13 @@ def load_inputs(data: Path, signature: Signature) -> dict[str, np.ndarray]:
 
     where = f"reference data {data}"
     try:
-        with np.load(data, allow_pickle=False) as npz:
+        loaded = np.load(data, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ConfigError(
+                f"{where} is a single .npy array, not an .npz: save it with "
+                "numpy.savez(path, <input name>=array), one array per model input"
+            )
+        with loaded as npz:
             found = {key: npz[key] for key in npz.files}
     except FileNotFoundError as exc:
         raise ConfigError(f"{where}: no such file") from exc
