@@ -292,6 +292,7 @@ def test_the_document_round_trips_and_garbage_is_refused(tmp_path: Path) -> None
         ({**doc, "format": "x"}, "format is 'x'"),
         ({**doc, "features": [{**doc["features"][0], "counts": [1]}]}, "one more count"),
         ({**doc, "features": [{**doc["features"][0], "index": 99}]}, "x[99] is not in"),
+        ({**doc, "features": doc["features"][::-1]}, "in input order then index order"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(words)):
             Reference.from_bytes(json.dumps(broken).encode())

@@ -172,11 +172,15 @@ class Reference:
             ]
             sizes = {i.name: math.prod(i.row_shape) for i in inputs}
             features = []
+            order = [i.name for i in inputs]
             for f in doc["features"]:
                 name, index = str(f["input"]), _int(f["index"])
                 if name not in sizes or index >= sizes[name]:
                     raise ValueError(f"feature {name}[{index}] is not in the inputs")
                 features.append(Feature(name, index, Histogram.from_json(f)))
+            keys = [(order.index(f.input), f.index) for f in features]
+            if keys != sorted(set(keys)):
+                raise ValueError("features must be distinct, in input order then index order")
             outputs = [_output_from_json(o) for o in doc["outputs"]]
             return cls(_int(doc["rows"]), inputs, features, outputs)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

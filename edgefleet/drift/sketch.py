@@ -3,8 +3,8 @@ per time window, in fixed arrays.
 
 One ``Sketch`` per served model. ``update`` takes one inference (a batch of rows) and
 adds each row to the counts of the current window: every sketched input feature, every
-output, every confidence. Memory is two flat count arrays (the current window and the
-last closed one) and the reference's edges, allocated once: nothing grows with traffic.
+output, every confidence. Memory is one flat count array for the current window, a copy
+for the last closed one, and the reference's edges: nothing grows with traffic.
 
 Windows are aligned on the wall clock (``floor(t / window_seconds)``), so that windows of
 different devices line up when the controller sums them. ``update`` and ``roll`` return
@@ -111,7 +111,6 @@ class Sketch:
         self._outputs = self._plan_outputs()
         total = self._spans[-1]
         self._current = np.zeros(total, dtype=np.int64)
-        self._scratch = np.zeros(total, dtype=np.int64)
         self._seen = 0
         self._samples = 0
         self._credit = 0.0
@@ -164,7 +163,7 @@ class Sketch:
     @property
     def nbytes(self) -> int:
         """Memory held by the counts and edges: fixed once built."""
-        arrays = [self._current, self._scratch]
+        arrays = [self._current]
         arrays += [a for p in self._inputs for a in (p.indices, p.edges, p.base)]
         arrays += [a for p in self._outputs for a in (p.edges, p.table, p.confidence_edges)]
         if self.last is not None:
