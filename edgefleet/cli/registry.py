@@ -26,7 +26,8 @@ def registry_config(
     """Print the registry's `auth:` block (realm, service, issuer, rootcertbundle).
 
     The bundle holds only the controller's token-signing certificate, never the fleet's
-    root: the registry then accepts tokens from the controller and from no device.
+    root: the registry then accepts tokens from the controller and from no device. After
+    `edgefleet keys rotate registry`, give the registry `edgefleet keys bundle` instead.
     """
     from edgefleet.controller.pki.registry_key import load_token_key
     from edgefleet.controller.registry_tokens import registry_auth_config
