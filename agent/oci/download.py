@@ -55,19 +55,38 @@ def download_blob(
         if store.has(digest):
             return store.path(digest)
         _check_room(store, digest, size)
-        reasons = []
+        reasons: list[str] = []
+        errors: list[OciError] = []
         for source in sources:
             try:
                 return _from(store, source, digest, size, retries)
             except (RegistryUnreachable, RegistryStatusError, RegistryAuthError) as exc:
                 reasons.append(f"{source.label}: {exc.message}")
+                errors.append(exc)
             except DigestMismatch as exc:
                 reasons.append(f"{source.label}: refused twice, {exc.message}")
-        raise OciError(
+                errors.append(exc)
+        raise every_source_failed(
             f"downloading blob {digest} ({size} bytes) failed from every source: "
             + "; ".join(reasons),
-            code="pull_failed",
+            errors,
         )
+
+
+def outage(exc: OciError) -> bool:
+    """A registry that did not answer, or answered that it cannot now (5xx, 429): a
+    fault of the network or the registry, which passes, not of the artifact."""
+    if isinstance(exc, RegistryUnreachable):
+        return True
+    return isinstance(exc, RegistryStatusError) and (exc.status >= 500 or exc.status == 429)
+
+
+def every_source_failed(message: str, errors: list[OciError]) -> OciError:
+    """RegistryUnreachable when every source failed by an outage (the update waits for
+    the registry rather than failing), else the pull's failure."""
+    if errors and all(outage(e) for e in errors):
+        return RegistryUnreachable(message, code="pull_failed")
+    return OciError(message, code="pull_failed")
 
 
 def _from(store: BlobStore, source: Source, digest: str, size: int, retries: int) -> Path:

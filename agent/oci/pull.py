@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.agent.oci.download import Source, download_blob
+from edgefleet.agent.oci.download import Source, download_blob, every_source_failed
 from edgefleet.agent.oci.store import BlobStore
 from edgefleet.models.artifact import describe
 from edgefleet.models.probe import Probe
@@ -126,7 +126,8 @@ class Puller:
         """The manifest's bytes, from the store or the first source that has them right."""
         if self.store.has(digest):
             return self.store.read(digest)
-        reasons = []
+        reasons: list[str] = []
+        errors: list[OciError] = []
         for source in sources:
             try:
                 fetched = source.client.get_manifest(source.repository, digest)
@@ -137,12 +138,13 @@ class Puller:
                 DigestMismatch,
             ) as exc:
                 reasons.append(f"{source.label}: {exc.message}")
+                errors.append(exc)
                 continue
             self.store.put(digest, fetched.data)
             return fetched.data
-        raise OciError(
+        raise every_source_failed(
             f"reading manifest {digest} failed from every source: " + "; ".join(reasons),
-            code="pull_failed",
+            errors,
         )
 
     def _origin(self, registry: str) -> RegistryClient:

@@ -18,6 +18,7 @@ from edgefleet.agent.slots.record import BootControl, Record
 from edgefleet.agent.update.attempt import Attempt, AttemptStore, Outcome, Request
 from edgefleet.agent.update.context import Context, Stager
 from edgefleet.agent.update.machine import DEFAULT_MAX_STEPS, Machine
+from edgefleet.agent.update.states import RegistryOutage
 from edgefleet.agent.update.switch import ModelServing
 from edgefleet.agent.update.transitions import State
 from edgefleet.errors import EdgefleetError
@@ -89,7 +90,24 @@ class UpdateEngine:
     def update(self, request: Request) -> Outcome | None:
         """Apply ``request``; None if its revision is already the active one.
 
-        Raises UpdateRefused or UpdateDeferred without touching anything."""
+        Raises UpdateRefused or UpdateDeferred without touching anything, and
+        UpdateDeferred when staging met a registry outage: the attempt is dropped with
+        no outcome (its downloaded blobs stay in the store), so the next check starts it
+        again and the controller sees the device still updating, not failed."""
+        try:
+            return self._update(request)
+        except RegistryOutage as exc:
+            self.ctx.attempt.state = State.idle
+            self.ctx.attempt.steps = 0
+            self.ctx.store.save(self.ctx.attempt)
+            log.warning("revision %s waits for its registry: %s", request.revision, exc)
+            raise UpdateDeferred(
+                f"revision {request.revision} waits for its registry ({exc}); "
+                "trying again at the next check",
+                code="registry_unreachable",
+            ) from exc
+
+    def _update(self, request: Request) -> Outcome | None:
         ctx = self.ctx
         ctx.attempt = ctx.store.load()
         if ctx.attempt.state is not State.idle:

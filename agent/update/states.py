@@ -27,6 +27,7 @@ from edgefleet.agent.update.events import Event
 from edgefleet.agent.update.modelset import load_set, stage
 from edgefleet.agent.update.transitions import State
 from edgefleet.errors import EdgefleetError
+from edgefleet.oci.errors import RegistryUnreachable
 
 log = logging.getLogger("edgefleet.agent")
 
@@ -41,12 +42,22 @@ class Step(Protocol):
     def run(self, ctx: Context) -> Event: ...
 
 
+class RegistryOutage(Exception):
+    """Staging met a registry that does not answer (or answers 5xx): not the revision's
+    fault, so the attempt ends without an outcome and waits for the registry instead of
+    failing (a rollout would count that failure against a good revision). Deliberately
+    not an EdgefleetError, which the machine turns into ``failed``."""
+
+
 class Staging:
     """Pull every model (resumable, each blob verified) and lay the set out to write."""
 
     def run(self, ctx: Context) -> Event:
         a = ctx.attempt
-        models = ctx.stager(a.request)
+        try:
+            models = ctx.stager(a.request)
+        except RegistryUnreachable as exc:
+            raise RegistryOutage(exc.message) from exc
         a.manifest = stage(models, a.revision, ctx.staging)
         log.info("staged revision %s: %d file(s) for slot %s", a.revision, len(a.manifest), a.slot)
         return Event.done
