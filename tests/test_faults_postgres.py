@@ -15,8 +15,6 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
 from tests.support.faults import Poller, loopback_postgres
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
 from tests.test_results_faults import (
@@ -32,7 +30,6 @@ from tests.test_results_faults import (
 AGENTS = 2
 
 
-@pytest.mark.postgres
 def test_postgres_restarted_under_load_loses_and_repeats_nothing(
     tmp_path: Path, agents: list[AgentProcess]
 ) -> None:
