@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from edgefleet.agent.client import parse_controller_url
 from edgefleet.agent.files import read_json, write_json
 from edgefleet.enrolcode import parse_payload
@@ -38,12 +40,16 @@ def registration_from_payload(payload: str, state_dir: Path) -> Registration:
         if stored.get("controller_url") == parsed.controller_url
         else None
     )
-    return Registration(
-        controller_url=parsed.controller_url,
-        controller_id=known or UNKNOWN_CONTROLLER_ID,
-        root_pins=parsed.root_pins,
-        token=parsed.credential,
-    )
+    try:
+        return Registration(
+            controller_url=parsed.controller_url,
+            controller_id=known or UNKNOWN_CONTROLLER_ID,
+            root_pins=parsed.root_pins,
+            token=parsed.credential,
+        )
+    except ValidationError as exc:
+        where = ", ".join(str(e["loc"][0]) for e in exc.errors())
+        raise ConfigError(f"qr_payload: its {where} is too long or malformed") from exc
 
 
 def learn_controller_id(
