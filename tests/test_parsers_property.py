@@ -203,6 +203,7 @@ _PAYLOAD_ALPHABET = st.sampled_from(sorted(set(_PAYLOAD) | set("#./:%?@[]=-_ \u0
     | mutated(_PAYLOAD.encode()).map(lambda b: b.decode("utf-8", "replace"))
 )
 @example("HTTPS://[::1/E/7KQ2M9XD4T#" + "A" * 52)
+@example("HTTPS://FLEET.EXAMPLE.COM/" + "P" * 300 + "/E/7KQ2M9XD4T#" + "A" * 52)
 def test_qr_payload_gives_a_registration_or_a_config_error(tmp_path: Path, text: str) -> None:
     tried("QR payload")
     try:
