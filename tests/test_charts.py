@@ -211,6 +211,17 @@ def test_existing_secrets_are_wired_into_env_and_the_pki_files() -> None:
     }
     expected["/var/lib/edgefleet/access-token.key"] = "access-token.key"
     assert mounted == expected
+    # The keys' passphrase is a file from its own Secret, never an environment value.
+    passphrase = {v["name"]: v for v in pod(docs)["volumes"]}["key-passphrase"]["secret"]
+    assert passphrase["secretName"] == "edgefleet-pki-passphrase"
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "key-passphrase"]
+    assert mount["readOnly"] and "EDGEFLEET_KEY_PASSPHRASE" not in values
+    assert values["EDGEFLEET_KEY_PASSPHRASE_FILE"] == mount["mountPath"] + "/passphrase"
+    job = next(d for d in docs if d["kind"] == "Job")["spec"]["template"]["spec"]
+    assert (
+        env(job["containers"][0])["EDGEFLEET_KEY_PASSPHRASE_FILE"]
+        == (values["EDGEFLEET_KEY_PASSPHRASE_FILE"])
+    )
     assert values["EDGEFLEET_GITOPS_APPLIER"] == "argocd"
     assert json.loads(values["EDGEFLEET_TRUSTED_PROXIES"]) == ["10.0.0.0/8"]
     assert "fleet.example.com" in json.loads(values["EDGEFLEET_SERVER_NAMES"])

@@ -139,6 +139,10 @@ root.pem root.key server-ca.pem server-ca.key device-ca.pem device-ca.key regist
       key: password
       optional: true
 {{- end }}
+{{- if .Values.pki.passphrase.existingSecret }}
+- name: EDGEFLEET_KEY_PASSPHRASE_FILE
+  value: /etc/edgefleet/key-passphrase/{{ .Values.pki.passphrase.key }}
+{{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
 {{- end }}
@@ -162,11 +166,22 @@ root.pem root.key server-ca.pem server-ca.key device-ca.pem device-ca.key regist
   subPath: access-token.key
   readOnly: true
 {{- end }}
+{{- if .Values.pki.passphrase.existingSecret }}
+- name: key-passphrase
+  mountPath: /etc/edgefleet/key-passphrase
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{- define "edgefleet-controller.pkiVolume" -}}
 {{- with include "edgefleet-controller.pkiSecret" . }}
 - name: pki
+  secret:
+    secretName: {{ . }}
+    defaultMode: 0440
+{{- end }}
+{{- with .Values.pki.passphrase.existingSecret }}
+- name: key-passphrase
   secret:
     secretName: {{ . }}
     defaultMode: 0440
