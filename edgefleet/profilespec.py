@@ -52,6 +52,7 @@ def errors(doc: Any) -> list[tuple[str, str]]:
     out.extend(_duplicates(doc))
     out.extend(_k3s_only(doc))
     out.extend(_signing_keys(doc))
+    out.extend(_drift_thresholds(doc))
     return sorted(set(out))
 
 
@@ -171,6 +172,28 @@ def _signing_keys(doc: Any) -> list[tuple[str, str]]:
             except ConfigError as exc:
                 out.append((pointer(["model_signatures", "keys", i, "public_key"]), exc.message))
     return out
+
+
+def _drift_thresholds(doc: Any) -> list[tuple[str, str]]:
+    """``drift.thresholds.investigate`` must be below ``act`` (either may take its default:
+    0.1 and 0.25), or no window would ever read "investigate"."""
+    section = doc.get("drift") if isinstance(doc, dict) else None
+    given = section.get("thresholds") if isinstance(section, dict) else None
+    if not isinstance(given, dict):
+        return []
+    investigate, act = given.get("investigate", 0.1), given.get("act", 0.25)
+    numbers = all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in (investigate, act)
+    )
+    if numbers and investigate >= act:
+        return [
+            (
+                pointer(["drift", "thresholds"]),
+                f"investigate ({investigate}) must be below act ({act}): PSI between the two "
+                "asks for a look, above act for action",
+            )
+        ]
+    return []
 
 
 def describe(problems: list[tuple[str, str]]) -> str:
