@@ -39,6 +39,7 @@ from edgefleet.errors import ConfigError
 from edgefleet.wire import (
     DesiredState,
     DeviceState,
+    DriftPolicy,
     HealthPolicy,
     ModelRef,
     ModelSignaturePolicy,
@@ -207,6 +208,7 @@ class Runtime:
             results=ResultPolicy.model_validate(spec.get("results", {})),
             model_signatures=ModelSignaturePolicy.from_profile(spec),
             update_retries=retries,
+            drift=DriftPolicy.from_profile(spec),
         )
         body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'

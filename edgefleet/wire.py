@@ -18,7 +18,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
+    model_serializer,
     model_validator,
 )
 
@@ -295,6 +297,31 @@ class ModelSignaturePolicy(BaseModel):
         return cls.model_validate(section) if section else None
 
 
+class DriftPolicy(BaseModel):
+    """The profile's ``drift``: how devices sketch live traffic against each model's
+    drift reference, and the PSI levels the controller's fleet view calls
+    investigate and act (below ``investigate``: no action)."""
+
+    enabled: bool = True
+    window_seconds: int = Field(default=3600, ge=1, le=86400)
+    """Windows are aligned on the wall clock, so every device's windows line up."""
+    sample_rate: float = Field(default=1.0, gt=0, le=1)
+    investigate: float = Field(default=0.1, gt=0)
+    act: float = Field(default=0.25, gt=0)
+
+    @classmethod
+    def from_profile(cls, spec: dict[str, Any]) -> DriftPolicy | None:
+        """From a validated profile; None when it has no ``drift`` section."""
+        section = spec.get("drift")
+        if section is None:
+            return None
+        thresholds = section.get("thresholds", {})
+        return cls(
+            **{k: v for k, v in section.items() if k != "thresholds"},
+            **thresholds,
+        )
+
+
 class DesiredState(BaseModel):
     """What a device should run; its ETag is a digest of this object."""
 
@@ -314,6 +341,16 @@ class DesiredState(BaseModel):
     update_retries: int = 0
     """Grows with each operator retry (``edgefleet devices retry-update``): the device
     then tries ``revision`` again even where a slot failed it."""
+    drift: DriftPolicy | None = None
+    """None when the profile has no ``drift`` section; then left out of the body, so
+    the ETag of a device without drift monitoring is what it was before the field."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent_drift(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("drift", ...) is None:
+            del data["drift"]
+        return data
 
 
 SlotName = Literal["A", "B"]
@@ -397,6 +434,37 @@ class GitopsStatus(Strict):
     message: Text = ""
 
 
+MAX_DRIFT_COUNTS = 4096
+"""Counts in one drift window: a reference's histograms (32 features of at most 11 bins,
+21 class bins, 11 confidence bins per output) stay far below it."""
+MAX_DRIFT_WINDOWS = 16
+"""Drift windows in one status report: the latest of each model, then the backlog of
+windows closed while offline, sent 16 at a time until it is drained."""
+DriftScore = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class DriftWindow(Strict):
+    """One closed window of one model's drift sketch (``edgefleet.drift.sketch``)."""
+
+    model: Name
+    digest: Short
+    """The model file's digest (the runner's)."""
+    artifact: Short = ""
+    """The model's pinned reference (``registry/repo@sha256:…``): where the controller
+    reads the drift reference from, once per reference digest."""
+    reference: Short
+    """``sha256:<hex>`` of the drift reference the counts are laid out by."""
+    start: int = Field(ge=0, le=INT64_MAX)
+    seconds: int = Field(ge=1, le=86400)
+    seen: int = Field(ge=0, le=INT64_MAX)
+    samples: int = Field(ge=0, le=INT64_MAX)
+    counts: list[Annotated[int, Field(ge=0, le=INT64_MAX)]] = Field(max_length=MAX_DRIFT_COUNTS)
+    scores: dict[Short, dict[Short, DriftScore | Short]] = Field(
+        default_factory=dict, max_length=64
+    )
+    """The device's own worst scores for a glance; the controller scores merged counts."""
+
+
 class StatusReport(Strict):
     """Sent when something changed and as a heartbeat on the interval."""
 
@@ -411,6 +479,8 @@ class StatusReport(Strict):
     inventory: Inventory | None = None
     gitops: GitopsStatus | None = None
     """K3s mode only: Flux ``Kustomization`` / Argo CD ``Application`` sync and health."""
+    drift: list[DriftWindow] = Field(default_factory=list, max_length=MAX_DRIFT_WINDOWS)
+    """Closed drift windows: the latest of each model, and any not yet delivered."""
 
 
 MAX_EVIDENCE_BYTES = 48 * 1024
