@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -170,8 +171,24 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     error = storage_error(exc, request.app.state.rt.settings.data_dir)
     if error is None:
         raise exc
-    log.warning("%s %s: %s", request.method, request.url.path, error.message)
+    # A fleet meets an outage all at once: one line per kind every few seconds, not
+    # one per request.
+    now = time.monotonic()
+    if now >= _STORAGE_LOGGED.get(error.code, 0.0):
+        _STORAGE_LOGGED[error.code] = now + STORAGE_LOG_EVERY_S
+        log.warning(
+            "%s %s: %s (more like it are not logged for %g s)",
+            request.method,
+            request.url.path,
+            error.message,
+            STORAGE_LOG_EVERY_S,
+        )
     return await _api_error(request, error)
+
+
+STORAGE_LOG_EVERY_S = 10.0
+_STORAGE_LOGGED: dict[str, float] = {}
+"""When each kind of storage error (its code) may be logged again, in monotonic time."""
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
