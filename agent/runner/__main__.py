@@ -20,8 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+from edgefleet.agent.drift_windows import DriftWindows
 from edgefleet.agent.results import BufferStore
 from edgefleet.agent.runner import model, server
+from edgefleet.agent.runner.drift import DriftMonitor
+from edgefleet.errors import ConfigError
 
 log = logging.getLogger("edgefleet.runner")
 
@@ -47,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="onnxruntime compute threads (default 1)")
     p.add_argument("--slot", choices=["A", "B"], help="the A/B slot the model came from")
     p.add_argument("--revision", type=int, help="the profile revision the model came from")
+    p.add_argument(
+        "--drift-reference",
+        type=Path,
+        help="sketch live inputs and outputs against this drift reference, writing each "
+        "closed window to the results folder's drift.db",
+    )
+    p.add_argument("--drift-window", type=float, default=3600.0, help="seconds (default 3600)")
+    p.add_argument(
+        "--drift-sample-rate", type=float, default=1.0, help="share of inferences counted"
+    )
+    p.add_argument("--artifact", default="", help="the model's pinned OCI reference")
     p.add_argument(
         "--watch-stdin",
         action="store_true",
@@ -75,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         loaded = model.load(
             args.model, args.name or args.model.stem, args.version, args.digest, args.threads
         )
-        service = server.Service(loaded, _store(args.results, args.slot, args.revision))
+        service = server.Service(
+            loaded, _store(args.results, args.slot, args.revision), drift=_drift(args, loaded)
+        )
         servers.append(server.bind_unix(args.socket, service))
         if args.port is not None:
             servers.append(server.bind_tcp(args.port, service))
@@ -86,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             args.socket.unlink(missing_ok=True)
         return EXIT_CONFIG
     _release_free_memory()
+    if service.drift is not None:
+        service.drift.start()
     with server.serving(servers, args.socket):
         log.info(
             "serving %s (%s) from %s in %.0f ms on %s%s",
@@ -118,6 +136,27 @@ def _store(folder: Path, slot: str | None, revision: int | None) -> BufferStore:
         raise server.SetupError(
             f"cannot use the results folder {folder}: {getattr(exc, 'strerror', None) or exc}"
         ) from exc
+
+
+def _drift(args: argparse.Namespace, loaded: model.Model) -> DriftMonitor | None:
+    """The drift monitor the arguments ask for; None (logged) when its reference cannot
+    be used: the model serves without it rather than not at all."""
+    if args.drift_reference is None:
+        return None
+    try:
+        store = DriftWindows(args.results)
+        return DriftMonitor(
+            args.drift_reference,
+            loaded.ref,
+            store,
+            window_seconds=args.drift_window,
+            sample_rate=args.drift_sample_rate,
+            artifact=args.artifact,
+            input_names=[spec["name"] for spec in loaded.inputs],
+        )
+    except (ConfigError, OSError, sqlite3.Error) as exc:
+        log.error("serving %s without drift monitoring: %s", loaded.ref["name"], exc)
+        return None
 
 
 def _set_at_eof(stop: threading.Event) -> None:

@@ -6,6 +6,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -34,6 +35,16 @@ class Model:
 
     def run(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, object], float]:
         """Outputs by name (as nested lists) and onnxruntime's time in milliseconds."""
+        values, latency_ms = self.run_arrays(arrays)
+        outputs = {
+            name: value.tolist() if isinstance(value, np.ndarray) else value
+            for name, value in values.items()
+        }
+        return outputs, latency_ms
+
+    def run_arrays(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], float]:
+        """Outputs by name as onnxruntime gives them (arrays, for the drift sketch) and
+        its time in milliseconds."""
         started = time.perf_counter()
         try:
             values = self.session.run(None, arrays)
@@ -43,11 +54,8 @@ class Model:
         except Exception as exc:  # onnxruntime's errors derive from Exception only
             raise InferenceError(f"onnxruntime failed: {exc}") from exc
         latency_ms = (time.perf_counter() - started) * 1000
-        outputs = {
-            spec["name"]: value.tolist() if isinstance(value, np.ndarray) else value
-            for spec, value in zip(self.outputs, values, strict=True)
-        }
-        return outputs, latency_ms
+        named = {spec["name"]: value for spec, value in zip(self.outputs, values, strict=True)}
+        return named, latency_ms
 
 
 def session_options(threads: int) -> ort.SessionOptions:

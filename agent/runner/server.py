@@ -26,6 +26,7 @@ from typing import Any
 
 from edgefleet.agent.results import ResultStore
 from edgefleet.agent.runner import api, inputs
+from edgefleet.agent.runner.drift import DriftMonitor
 from edgefleet.agent.runner.model import InferenceError, Model
 from edgefleet.percentile import percentile
 
@@ -48,9 +49,16 @@ slower model shows within minutes, few enough to sort at each ``/health``."""
 class Service:
     """What the endpoints answer, apart from HTTP: the model, the store, the counters."""
 
-    def __init__(self, model: Model, store: ResultStore, window: int = LATENCY_WINDOW) -> None:
+    def __init__(
+        self,
+        model: Model,
+        store: ResultStore,
+        window: int = LATENCY_WINDOW,
+        drift: DriftMonitor | None = None,
+    ) -> None:
         self.model = model
         self.store = store
+        self.drift = drift
         self.port: int | None = None
         self._started = time.monotonic()
         self._lock = threading.Lock()
@@ -66,13 +74,16 @@ class Service:
             self._calls += 1
         try:
             arrays = inputs.parse(body, self.model.inputs)
-            outputs, latency_ms = self.model.run(arrays)
+            values, latency_ms = self.model.run_arrays(arrays)
         except (inputs.InputError, InferenceError):
             with self._lock:
                 self._errors += 1
             raise
         with self._lock:
             self._latencies.append(latency_ms)
+        if self.drift is not None:
+            self.drift.update(arrays, values)
+        outputs = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in values.items()}
         self._record(arrays, outputs, latency_ms)
         return api.Prediction(outputs=outputs, model=self.model.ref, latency_ms=latency_ms)
 

@@ -61,6 +61,13 @@ class RunnerConfig:
     revision: int | None = None
     """The A/B slot and profile revision the model came from, kept with each result."""
     threads: int = 1
+    drift_reference: Path | None = None
+    """The model's drift reference: the runner sketches live traffic against it, and
+    writes each closed window to ``results`` (:mod:`edgefleet.agent.drift_windows`)."""
+    drift_window: float = 3600.0
+    drift_sample_rate: float = 1.0
+    artifact: str = ""
+    """The model's pinned OCI reference, reported with its drift windows."""
     start_timeout: float = 30.0
     stop_timeout: float = 5.0
     call_timeout: float = 30.0
@@ -97,6 +104,17 @@ class RunnerConfig:
             cmd += ["--slot", self.slot]
         if self.revision is not None:
             cmd += ["--revision", str(self.revision)]
+        if self.drift_reference is not None:
+            cmd += [
+                "--drift-reference",
+                str(self.drift_reference),
+                "--drift-window",
+                f"{self.drift_window:g}",
+                "--drift-sample-rate",
+                f"{self.drift_sample_rate:g}",
+                "--artifact",
+                self.artifact,
+            ]
         return cmd
 
 
