@@ -1,4 +1,5 @@
-"""Pull a model by digest: manifest, probe and ``.onnx`` file into the blob store.
+"""Pull a model by digest: manifest, probe, drift reference and ``.onnx`` file into the
+blob store.
 
 A reference must carry ``@sha256:``: the device runs exactly what its desired state
 pinned, never whatever a tag names today. The manifest is verified against that digest
@@ -49,6 +50,8 @@ class PulledModel:
     """None for an artifact without one (e.g. a plain ``.onnx`` pushed by oras)."""
     name: str | None
     version: str | None
+    drift_reference: bytes | None = None
+    """The drift reference document (verified by digest), when the model has one."""
 
 
 class Puller:
@@ -98,6 +101,12 @@ class Puller:
                 self.store, sources, found.probe.digest, found.probe.size, self.retries
             )
             probe = Probe.from_bytes(probe_path.read_bytes())
+        drift_reference = None
+        if found.reference is not None:
+            reference_path = download_blob(
+                self.store, sources, found.reference.digest, found.reference.size, self.retries
+            )
+            drift_reference = reference_path.read_bytes()
         path = download_blob(
             self.store, sources, found.model.digest, found.model.size, self.retries
         )
@@ -110,6 +119,7 @@ class Puller:
             probe=probe,
             name=found.name,
             version=found.version,
+            drift_reference=drift_reference,
         )
 
     def sources(self, ref: refs.Reference, origin: str | None = None) -> list[Source]:

@@ -123,6 +123,7 @@ class SlotApplier:
 
         puller = self._puller_once()
         keys = signature_check.required_keys(request.policies.get("model_signatures"))
+        drift = request.policies.get("drift")
         staged = []
         for doc in request.models:
             ref = ModelRef.model_validate(doc)
@@ -137,6 +138,8 @@ class SlotApplier:
                     version=pulled.version or "",
                     reference=pulled.reference,
                     probe=pulled.probe.to_bytes() if pulled.probe is not None else None,
+                    drift_reference=pulled.drift_reference,
+                    drift=drift,
                 )
             )
         return staged
@@ -152,8 +155,11 @@ class SlotApplier:
 
 def _policies(desired: DesiredState) -> dict[str, Any]:
     """The profile's health policy in the shape ``health.policy`` reads (``policies``),
-    and its ``model_signatures`` for the staging step (``signature_check``)."""
+    its ``model_signatures`` for the staging step (``signature_check``) and its
+    ``drift`` policy, which the staged set keeps for the runners."""
     policies: dict[str, Any] = {}
+    if desired.drift is not None:
+        policies["drift"] = desired.drift.model_dump(mode="json")
     if desired.model_signatures is not None:
         policies["model_signatures"] = desired.model_signatures.model_dump(mode="json")
     if desired.health is None:

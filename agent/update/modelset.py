@@ -3,6 +3,8 @@
     <slot>/set.json                 revision and, per model, file, digest, version, probe
     <slot>/<name>.onnx
     <slot>/<name>.probe.json        when the artifact has a golden probe
+    <slot>/<name>.reference.json    when it has a drift reference and the profile
+                                    monitors drift (``drift`` in set.json: the policy)
 
 Staging links the verified blobs into a folder (a copy across file systems) and
 builds the manifest the slot backend writes and verifies: every file by digest,
@@ -17,6 +19,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from edgefleet.agent.slots.manifest import build_manifest
 from edgefleet.errors import ConfigError, EdgefleetError
@@ -43,6 +46,9 @@ class StagedModel:
     version: str = ""
     reference: str = ""
     probe: bytes | None = None
+    drift_reference: bytes | None = None
+    drift: dict[str, Any] | None = None
+    """The profile's drift policy (``DriftPolicy``), kept with the reference."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,9 @@ class SetModel:
     version: str
     reference: str
     probe_file: str | None
+    reference_file: str | None = None
+    """The drift reference, for the runner's sketch; None: no drift monitoring."""
+    drift: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +95,16 @@ def stage(models: list[StagedModel], revision: int, folder: Path) -> dict[str, s
         if m.probe is not None:
             probe_file = f"{m.name}.probe.json"
             (folder / probe_file).write_bytes(m.probe)
-        entries.append(SetModel(m.name, file, m.digest, m.version, m.reference, probe_file))
+        reference_file = None
+        if m.drift_reference is not None and m.drift is not None and m.drift.get("enabled"):
+            reference_file = f"{m.name}.reference.json"
+            (folder / reference_file).write_bytes(m.drift_reference)
+        drift = m.drift if reference_file is not None else None
+        entries.append(
+            SetModel(
+                m.name, file, m.digest, m.version, m.reference, probe_file, reference_file, drift
+            )
+        )
     doc = {"revision": revision, "models": [asdict(e) for e in entries]}
     (folder / SET_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     manifest = build_manifest(folder)

@@ -118,5 +118,9 @@ class ModelServing:
                 start_timeout=self.start_timeout,
                 slot=slot,
                 revision=modelset.revision,
+                drift_reference=folder / model.reference_file if model.reference_file else None,
+                drift_window=(model.drift or {}).get("window_seconds", 3600),
+                drift_sample_rate=(model.drift or {}).get("sample_rate", 1.0),
+                artifact=model.reference,
             )
         return configs
