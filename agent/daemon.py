@@ -28,6 +28,7 @@ from edgefleet.agent.claim import Claimer, ClaimRejected
 from edgefleet.agent.claim import forget as forget_claim
 from edgefleet.agent.client import ControllerClient
 from edgefleet.agent.clock import Clock
+from edgefleet.agent.drift_windows import DRIFT_DB, DriftWindows
 from edgefleet.agent.files import ensure_dir, write_json
 from edgefleet.agent.inventory import collect
 from edgefleet.agent.qrpayload import learn_controller_id
@@ -45,6 +46,7 @@ from edgefleet.errors import (
 )
 from edgefleet.signing import make_assertion, renewal_proof
 from edgefleet.wire import (
+    MAX_DRIFT_WINDOWS,
     MAX_TEXT_CHARS,
     AccessToken,
     BufferStats,
@@ -52,6 +54,7 @@ from edgefleet.wire import (
     ClaimRequest,
     DesiredState,
     DeviceState,
+    DriftWindow,
     EnrolRequest,
     EnrolResponse,
     Health,
@@ -151,6 +154,7 @@ class Agent:
         self._upload_roots = ""
         self._capacity_warned: ResultPolicy | None = None
         self._claimer: Claimer | None = None
+        self._drift: DriftWindows | None = None
         self.k3s = k3s
         if k3s is None and settings.mode == "k3s":
             from edgefleet.agent.k3s.backend import K3sBackend  # loads kubernetes
@@ -732,10 +736,28 @@ class Agent:
 
         return collect(self._applier.runners())
 
+    def _drift_windows(self) -> list[DriftWindow]:
+        """The runners' closed drift windows for this report: each model's latest and
+        those the controller does not have yet (see ``drift_windows``)."""
+        folder = self.state_dir / RESULTS_FOLDER
+        if self._drift is None:
+            if not (folder / DRIFT_DB).exists():
+                return []  # no runner monitors drift: no SQLite file opened for nothing
+            self._drift = DriftWindows(folder)
+        windows = []
+        for doc in self._drift.for_report(MAX_DRIFT_WINDOWS):
+            try:
+                windows.append(DriftWindow.model_validate(doc))
+            except ValueError as exc:
+                log.warning("drift window %s not reported (%s)", doc.get("start"), exc)
+        return windows
+
     def _report(self) -> StatusAck:
         assert self.client is not None and self.enrolment is not None
         device_id = self.enrolment.device_id
+        drift = self._drift_windows()
         report = StatusReport(
+            drift=drift,
             applied_revision=self.store.current.applied_revision,
             inventory=None if self._inventory_reported else self.inventory,
             health=self._health(),
@@ -746,6 +768,8 @@ class Agent:
         )
         ack = self._authorized(lambda t: self.client.status(device_id, t, report))
         self._inventory_reported = True
+        if drift and self._drift is not None:
+            self._drift.delivered([w.model_dump(mode="json") for w in drift])
         if ack.state == DeviceState.decommissioned:
             self._decommissioned("status acknowledged with state decommissioned")
         self.interval = float(ack.interval_seconds)
