@@ -19,6 +19,7 @@ import threading
 import time
 
 import psycopg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 
 from edgefleet.controller.db import reading
@@ -129,6 +130,9 @@ class Driver:
         """Take or renew the lease; open the waiter when it is newly held."""
         try:
             held = self.lease.acquire()
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:  # the database away
+            log.warning("the rollout lease could not be read (%s); standing by", exc.orig)
+            held = False
         except Exception:
             log.exception("the rollout lease could not be read; standing by")
             held = False
