@@ -472,3 +472,42 @@ class SigningKey(SQLModel, table=True):
     created_at: datetime = _ts(nullable=False)
     retire_after: datetime | None = _ts(nullable=True)
     """A previous key verifies until then: when everything it signed has expired."""
+
+
+class DriftWindowRecord(SQLModel, table=True):
+    """One closed drift window of one model on one device (``services/drift.py``): the
+    counts laid out as its drift reference's histograms, summed across devices when the
+    fleet view is read. Keyed like the device's own store, so a window sent again (after
+    an outage, or merged by a restarted runner) replaces the first."""
+
+    __tablename__ = "driftwindow"
+    __table_args__ = (
+        UniqueConstraint("device_id", "model", "reference", "start"),
+        Index("ix_driftwindow_start", "start"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    device_id: str = Field(max_length=40, index=True)
+    site_id: int
+    profile_id: int | None = None
+    model: str = Field(max_length=128)
+    model_digest: str = Field(max_length=80)
+    artifact: str = Field(default="", max_length=512)
+    reference: str = Field(max_length=80)
+    start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seconds: int
+    seen: int = Field(sa_column=Column(BigInteger, nullable=False))
+    samples: int = Field(sa_column=Column(BigInteger, nullable=False))
+    counts: list[int] = _json(list)
+    scores: dict[str, Any] = _json(dict)
+    """The device's own worst scores: shown until the reference is read."""
+    received_at: datetime = _ts(nullable=False)
+
+
+class DriftReference(SQLModel, table=True):
+    """A drift reference document read from the registry once (by its digest), so the
+    controller scores merged windows without asking the registry again."""
+
+    __tablename__ = "driftreference"
+    digest: str = Field(primary_key=True, max_length=80)
+    document: str = Field(sa_column=Column(Text, nullable=False))
+    fetched_at: datetime = _ts(nullable=False)
