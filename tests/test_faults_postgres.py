@@ -11,9 +11,12 @@ once."""
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from datetime import datetime
 from pathlib import Path
+
+import httpx
 
 from tests.support.faults import Poller, loopback_postgres
 from tests.support.processes import AgentProcess, ControllerProcess, wait_for
@@ -73,6 +76,10 @@ def test_postgres_restarted_under_load_loses_and_repeats_nothing(
                         30,
                         f"a 503 while PostgreSQL is stopped ({mode})",
                     )
+                    # Kubernetes' probes: alive (no restart), not ready (no traffic).
+                    probe = ssl.create_default_context(cafile=ctl.ca)
+                    assert httpx.get(ctl.url + "/healthz", verify=probe).status_code == 200
+                    assert httpx.get(ctl.url + "/readyz", verify=probe).status_code == 503
                     time.sleep(1.0)  # agents meet the outage too
                     up = time.monotonic()
                     pg.start()
