@@ -121,7 +121,9 @@ class Uploader:
                         exc.message,
                         delay,
                     )
-                    self._fail(delay)
+                    # A Retry-After is the controller's own word (a database or disk
+                    # outage, overload): the main loop reaching it must not cut it short.
+                    self._fail(delay, wakeable=retry_after is None)
                     continue
                 except Exception:
                     # The buffer's storage (disk full, file replaced) or a bug: results
@@ -138,8 +140,8 @@ class Uploader:
         finally:
             self.close()
 
-    def _fail(self, delay: float) -> None:
-        self.failing = True
+    def _fail(self, delay: float, wakeable: bool = True) -> None:
+        self.failing = wakeable
         self._sleep(delay)
 
     def step(self) -> bool:
