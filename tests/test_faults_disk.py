@@ -10,6 +10,7 @@ result the agent held arrives exactly once."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import time
@@ -173,3 +174,71 @@ def _check_nothing_half_written(data: Path, ctl: ControllerProcess) -> None:
             check=True,
         ).stdout
         assert all(dev in tree for dev in devices.values()), tree
+
+
+def test_a_full_fleet_repository_disk_delays_the_commit_and_loses_nothing(
+    tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    """The fleet repositories on a disk of their own that fills: the operator's change is
+    stored and answered (the write is said to be pending, with why), devices in direct
+    mode get it at once from the device API, and the commit lands, whole, once space is
+    freed (the writer retries with a backoff)."""
+    with small_tmpfs(tmp_path / "gitops", "4m") as repos:
+        ctl = ControllerProcess(
+            tmp_path / "ctl",
+            workers=1,
+            device_interval_seconds=1,
+            gitops_debounce_seconds=0.2,
+            gitops_root=repos,
+        ).start()
+        try:
+            with ctl.client() as c:
+                c.post(
+                    "/profiles", json={"name": "vision", "spec": {"mode": "direct"}}
+                ).raise_for_status()
+                reg = ctl.registration(tmp_path / "registration.yaml", profile="vision")
+                agent = AgentProcess(reg, tmp_path / "dev", "SN-GIT")
+                agents.append(agent)
+                device = wait_for(lambda: agent.state().get("device_id"), 60, "enrolment")
+                wait_for(lambda: c.get("/gitops").json()["pending"] == 0, 30, "the first write")
+                repo = next(repos.glob("*.git"))
+                before = _git(repo, "rev-parse", "HEAD")
+
+                ballast = fill(repos)
+                r = c.post(
+                    "/profiles",
+                    json={"name": "vision", "spec": {"mode": "direct", "config": {"v": 2}}},
+                )
+                assert r.status_code in (200, 201), r.text
+                answer = r.json()
+                print(f"while the repositories' disk is full: {answer['gitops']}")
+                assert answer["revision"] == 2 and answer["created_revision"]
+                assert "No space left on device" in json.dumps(answer["gitops"]), answer
+                status = c.get("/gitops").json()
+                assert status["pending"] >= 1 and "No space left" in status["last_error"]
+                # Direct mode does not wait for Git: the device runs the new revision.
+                wait_for(
+                    lambda: c.get(f"/devices/{device}").json()["applied_revision"] == 2,
+                    30,
+                    "the device to take revision 2 from the device API",
+                )
+                assert _git(repo, "rev-parse", "HEAD") == before
+
+                ballast.unlink()
+                freed = time.monotonic()
+                wait_for(lambda: c.get("/gitops").json()["pending"] == 0, 90, "the commit")
+                print(f"committed {time.monotonic() - freed:.1f}s after space was freed")
+                subject = _git(repo, "log", "-1", "--format=%B")
+                assert "revision 2" in subject, subject
+                assert device in _git(repo, "show", "--stat", "--format=", "HEAD")
+                _git(repo, "fsck", "--full", "--strict")
+        finally:
+            ctl.close()
+
+
+def _git(repo: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "--git-dir", str(repo), *args], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"git {' '.join(args)} in {repo}:\n{done.stderr}"
+    return done.stdout.strip()
