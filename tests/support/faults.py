@@ -180,7 +180,13 @@ class Poller:
     what a person at the console or the CLI sees through an outage."""
 
     def __init__(
-        self, url: str, cafile: str, token: str, path: str, every: float = 0.2, timeout=15.0
+        self,
+        url: str,
+        cafile: str,
+        token: str,
+        path: str,
+        every: float = 0.2,
+        timeout: float = 15.0,
     ) -> None:
         self.answers: list[Answer] = []
         self._client = httpx.Client(
