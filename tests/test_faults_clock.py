@@ -6,8 +6,10 @@ DESIGN.md tolerates clocks up to 2 hours apart: the agent signs with the offset 
 learns from the controller's ``Date`` header, and certificates are back-dated by the
 tolerance because TLS checks validity against the local clock. Within it, enrolment,
 access tokens, status, results (dated by the controller's clock) and renewal all work;
-beyond it the controller's certificate is not yet valid for the device, and the agent
-says so and keeps asking."""
+a clock more than 2 hours behind finds the controller's certificate not yet valid, and
+the agent says its clock is the problem and keeps asking. (A clock 3 hours *ahead*
+still works, tried by hand: nothing the device checks is "not yet valid", and it signs
+with corrected time; not run here, to keep the suite short.)"""
 
 from __future__ import annotations
 
