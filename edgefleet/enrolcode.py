@@ -145,7 +145,8 @@ def parse_payload(text: str) -> QrPayload:
         parts = urlsplit(url)
         parts.port  # noqa: B018  (raises on a malformed port)
     except ValueError as exc:
-        raise ConfigError(f"{shown} does not start with a valid URL: {exc}") from exc
+        # Not the parser's words: they quote the port, which may be the code itself.
+        raise ConfigError(f"{shown} does not start with a valid URL (its host or port)") from exc
     if parts.scheme.lower() != "https" or not parts.hostname:
         got = f"{parts.scheme}://" if parts.scheme else "no scheme"
         raise ConfigError(f"{shown} must start with https://HOST (got {got})")
