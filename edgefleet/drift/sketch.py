@@ -40,9 +40,7 @@ from edgefleet.drift import stats
 from edgefleet.drift.reference import Reference, softmax_top
 from edgefleet.errors import ConfigError
 
-MIN_SAMPLES = 100
-"""A histogram scores only with at least this many samples in the window; fewer give
-PSI values that swing past 0.25 on noise alone."""
+MIN_SAMPLES = stats.MIN_SAMPLES
 WIRE_DIGITS = 4
 
 

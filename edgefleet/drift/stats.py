@@ -35,6 +35,11 @@ from edgefleet.errors import ConfigError
 PSI_EPSILON = 1e-4
 """The smallest share a bin takes in the PSI (see the module's docstring)."""
 
+MIN_SAMPLES = 100
+"""A histogram scores only with at least this many samples in the window; fewer give
+PSI values that swing past 0.25 on noise alone. The runner's sketch and the controller's
+merged windows both use it."""
+
 Counts = Sequence[float]
 
 

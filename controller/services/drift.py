@@ -1,0 +1,339 @@
+"""Drift in the fleet (issue 14): windows stored from status reports, summed across
+devices and scored against each model's drift reference.
+
+**Storing.** A status report carries each model's latest closed window and any the
+device had not delivered; they are stored keyed by (device, model, reference, start),
+so a window sent again replaces the first (a runner restarted within a window sends
+the merged counts). Only a report that is not a heartbeat reaches here.
+
+**Scoring.** The fleet view groups windows by site, profile, model version (the model
+file's digest) and reference, or by device, sums the counts of each window start, and
+scores the sums with :mod:`edgefleet.drift.stats` against the reference's expected
+counts: the worst PSI over every histogram (input features, outputs, confidences with
+at least ``MIN_SAMPLES`` counts) decides the level. The reference is read from the
+registry by the model's pinned reference once per digest (checked by digest), kept in
+the ``driftreference`` table and in memory; until it can be read, a group shows the
+worst of its devices' own scores (``scored_by: device``).
+
+**Levels**, with the profile's ``drift.thresholds`` (defaults 0.1 and 0.25): PSI below
+``investigate`` is ``ok``, up to ``act`` ``investigate``, above ``act`` ``act``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from edgefleet.controller.db import reading, session_scope
+from edgefleet.controller.models import (
+    Device,
+    DriftReference,
+    DriftWindowRecord,
+    Profile,
+    ProfileRevision,
+    Site,
+)
+from edgefleet.controller.runtime import Runtime
+from edgefleet.drift import stats
+from edgefleet.drift.reference import Reference
+from edgefleet.errors import ConfigError, EdgefleetError
+from edgefleet.wire import DriftPolicy, DriftWindow
+
+log = logging.getLogger("edgefleet.controller")
+
+LEVELS = ("ok", "investigate", "act")
+RETRY_REFERENCE_S = 60.0
+"""A reference the registry did not give is asked for again after this long."""
+DEFAULT_HOURS = 24.0
+
+_references: dict[str, Reference] = {}
+"""Process-wide, by content digest: a digest names one document whichever controller
+or registry it came from."""
+_missing: dict[str, float] = {}
+
+
+def level(psi: float | None, policy: DriftPolicy) -> str | None:
+    if psi is None:
+        return None
+    if psi < policy.investigate:
+        return "ok"
+    return "investigate" if psi <= policy.act else "act"
+
+
+# -- storing -------------------------------------------------------------------------
+
+
+def record(rt: Runtime, device_id: str, windows: list[DriftWindow]) -> int:
+    """Store the report's windows; returns how many were new or changed."""
+    changed = 0
+    with session_scope(rt.engine) as s:
+        device = s.get(Device, device_id)
+        if device is None:
+            return 0
+        for w in windows:
+            found = s.scalars(
+                select(DriftWindowRecord).where(
+                    DriftWindowRecord.device_id == device_id,
+                    DriftWindowRecord.model == w.model,
+                    DriftWindowRecord.reference == w.reference,
+                    DriftWindowRecord.start == w.start,
+                )
+            ).first()
+            if found is not None and found.seen == w.seen and found.counts == w.counts:
+                continue  # the latest window, travelling again
+            if found is None:
+                found = DriftWindowRecord(
+                    device_id=device_id,
+                    site_id=device.site_id,
+                    model=w.model,
+                    reference=w.reference,
+                    start=w.start,
+                    model_digest=w.digest,
+                    seconds=w.seconds,
+                    seen=w.seen,
+                    samples=w.samples,
+                )
+            found.profile_id = device.profile_id
+            found.model_digest, found.artifact = w.digest, w.artifact
+            found.seconds, found.seen, found.samples = w.seconds, w.seen, w.samples
+            found.counts, found.scores = list(w.counts), dict(w.scores)
+            s.add(found)
+            changed += 1
+    return changed
+
+
+# -- references ------------------------------------------------------------------------
+
+
+def reference(rt: Runtime, digest: str, artifact: str) -> Reference | None:
+    """The drift reference ``digest``, from memory, the database or (once) the registry;
+    None while it cannot be read (logged, asked again after ``RETRY_REFERENCE_S``)."""
+    found = _references.get(digest)
+    if found is not None:
+        return found
+    with reading(rt.engine) as conn:
+        row = conn.execute(
+            select(DriftReference.document).where(DriftReference.digest == digest)  # type: ignore[call-overload]
+        ).first()
+    if row is not None:
+        found = Reference.from_bytes(row[0].encode())
+    else:
+        if time.monotonic() < _missing.get(digest, 0.0) or not artifact:
+            return None
+        try:
+            data = _fetch(rt, digest, artifact)
+            found = Reference.from_bytes(data)
+        except (EdgefleetError, OSError) as exc:
+            _missing[digest] = time.monotonic() + RETRY_REFERENCE_S
+            log.warning(
+                "drift reference %s of %s cannot be read (devices' own scores are shown "
+                "meanwhile): %s",
+                digest,
+                artifact,
+                getattr(exc, "message", exc),
+            )
+            return None
+        with session_scope(rt.engine) as s:
+            if s.get(DriftReference, digest) is None:
+                s.add(DriftReference(digest=digest, document=data.decode()))
+    _references[digest] = found
+    return found
+
+
+def _fetch(rt: Runtime, digest: str, artifact: str) -> bytes:
+    """The reference layer of the model ``artifact`` (pinned by digest), checked to be
+    ``digest``."""
+    from edgefleet.controller.model_pins import _Auth, origin
+    from edgefleet.models.artifact import describe
+    from edgefleet.oci import reference as refs
+    from edgefleet.oci.client import RegistryClient
+    from edgefleet.oci.manifest import Manifest
+    from edgefleet.oci.transport import Endpoint
+
+    ref = refs.parse(artifact)
+    if ref.digest is None:
+        raise ConfigError(f"{artifact} is not pinned by digest")
+    endpoint = Endpoint.parse(origin(rt.settings, ref.registry), timeout=15.0)
+    with RegistryClient(endpoint, _Auth(rt.settings, rt.registry_tokens)) as client:
+        manifest = Manifest.from_bytes(client.get_manifest(ref.repository, ref.digest).data)
+        layer = describe(manifest).reference
+        if layer is None or layer.digest != digest:
+            raise ConfigError(f"the artifact has no drift reference layer {digest}")
+        data = client.fetch_blob(ref.repository, digest)
+    if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+        raise ConfigError(f"the registry's drift reference does not hash to {digest}")
+    return data
+
+
+# -- the fleet view ----------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    key: dict[str, Any]
+    artifact: str = ""
+    reference: str = ""
+    windows: dict[int, list[DriftWindowRecord]] = field(default_factory=lambda: defaultdict(list))
+
+
+def view(
+    rt: Runtime,
+    *,
+    site: str | None = None,
+    model: str | None = None,
+    by: str = "site",
+    hours: float = DEFAULT_HOURS,
+) -> dict[str, Any]:
+    """Scores over time per group (``by`` site or device) and the groups whose latest
+    window reads ``investigate`` or ``act`` (``alerts``)."""
+    since = int(time.time() - hours * 3600)
+    rows = _windows(rt, since, site, model)
+    policies = _policies(rt, {r.profile_id for r, _, _, _ in rows})
+    groups: dict[tuple[Any, ...], _Group] = {}
+    for r, site_name, profile_name, device_name in rows:
+        key = {
+            "site": site_name,
+            "profile": profile_name,
+            "model": r.model,
+            "version": r.model_digest,
+            "reference": r.reference,
+        }
+        if by == "device":
+            key = {"device": r.device_id, "device_name": device_name, **key}
+        group = groups.setdefault((*tuple(key.values()), r.profile_id), _Group(key))
+        group.artifact = r.artifact or group.artifact
+        group.windows[r.start].append(r)
+    out = []
+    for (*_, profile_id), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        policy = policies.get(profile_id) or DriftPolicy()
+        out.append(_scored(rt, group, policy))
+    alerts = [g for g in out if g["level"] in ("investigate", "act")]
+    return {"by": by, "hours": hours, "groups": out, "alerts": alerts}
+
+
+def _windows(
+    rt: Runtime, since: int, site: str | None, model: str | None
+) -> list[tuple[DriftWindowRecord, str, str | None, str | None]]:
+    query = (
+        select(DriftWindowRecord, Site.name, Profile.name, Device.name)
+        .join(Site, Site.id == DriftWindowRecord.site_id)  # type: ignore[arg-type]
+        .outerjoin(Profile, Profile.id == DriftWindowRecord.profile_id)  # type: ignore[arg-type]
+        .outerjoin(Device, Device.id == DriftWindowRecord.device_id)  # type: ignore[arg-type]
+        .where(DriftWindowRecord.start >= since)
+        .order_by(DriftWindowRecord.start)  # type: ignore[arg-type]
+    )
+    if site is not None:
+        query = query.where(Site.name == site)
+    if model is not None:
+        query = query.where(DriftWindowRecord.model == model)
+    with Session(rt.engine) as s:
+        return [tuple(row) for row in s.execute(query).all()]  # type: ignore[misc]
+
+
+def _policies(rt: Runtime, profile_ids: set[int | None]) -> dict[int | None, DriftPolicy]:
+    """Each profile's drift policy, from its latest revision (the thresholds in force)."""
+    out: dict[int | None, DriftPolicy] = {}
+    wanted = [p for p in profile_ids if p is not None]
+    if not wanted:
+        return out
+    with Session(rt.engine) as s:
+        revisions = s.scalars(
+            select(ProfileRevision)
+            .where(ProfileRevision.profile_id.in_(wanted))  # type: ignore[attr-defined]
+            .order_by(ProfileRevision.number)  # type: ignore[arg-type]
+        ).all()
+        for rev in revisions:  # the highest number last: it wins
+            out[rev.profile_id] = DriftPolicy.from_profile(rev.spec) or DriftPolicy()
+    return out
+
+
+def _scored(rt: Runtime, group: _Group, policy: DriftPolicy) -> dict[str, Any]:
+    ref = reference(rt, group.key["reference"], group.artifact)
+    series = []
+    for _start, windows in sorted(group.windows.items()):
+        point = _point(ref, windows)
+        point["level"] = level(point["psi"], policy)
+        series.append(point)
+    latest = series[-1]
+    return {
+        **group.key,
+        "thresholds": {"investigate": policy.investigate, "act": policy.act},
+        "scored_by": "controller" if ref is not None else "device",
+        "level": latest["level"],
+        "latest": latest,
+        "series": series,
+    }
+
+
+def _point(ref: Reference | None, windows: list[DriftWindowRecord]) -> dict[str, Any]:
+    first = windows[0]
+    point: dict[str, Any] = {
+        "start": first.start,
+        "seconds": first.seconds,
+        "devices": len({w.device_id for w in windows}),
+        "seen": sum(w.seen for w in windows),
+        "samples": sum(w.samples for w in windows),
+        "psi": None,
+        "ks": None,
+        "js": None,
+        "histogram": None,
+    }
+    if ref is None:
+        return point | _device_scores(windows)
+    histograms = ref.histograms()
+    sizes = [h.bins for _, h in histograms]
+    counts = [0] * sum(sizes)
+    for w in windows:
+        if len(w.counts) == len(counts):
+            counts = [a + b for a, b in zip(counts, w.counts, strict=True)]
+    worst: dict[str, Any] = {}
+    offset = 0
+    for (label, h), size in zip(histograms, sizes, strict=True):
+        live = counts[offset : offset + size]
+        offset += size
+        if sum(live) < stats.MIN_SAMPLES:
+            continue
+        s = stats.scores(h.counts, live)
+        if not worst or s["psi"] > worst["psi"]:
+            worst = {**s, "histogram": label}
+    return point | {k: round(v, 4) if isinstance(v, float) else v for k, v in worst.items()}
+
+
+def _device_scores(windows: list[DriftWindowRecord]) -> dict[str, Any]:
+    """The worst PSI the devices scored their own windows with."""
+    worst: dict[str, Any] = {}
+    for w in windows:
+        for label, s in w.scores.items():
+            psi = s.get("psi")
+            if isinstance(psi, int | float) and (not worst or psi > worst["psi"]):
+                name = s.get("feature", label) if label == "inputs" else label
+                worst = {"psi": psi, "ks": s.get("ks"), "js": s.get("js"), "histogram": name}
+    return worst
+
+
+# -- Prometheus ----------------------------------------------------------------------------
+
+GAUGE_HOURS = 6.0
+"""The gauges read the windows of the last hours only: a scrape stays cheap."""
+
+
+def gauges(rt: Runtime) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
+    """(site, model, worst latest PSI) and the count of device-model pairs per level."""
+    worst: dict[tuple[str, str], float] = {}
+    for g in view(rt, by="site", hours=GAUGE_HOURS)["groups"]:
+        psi = g["latest"]["psi"]
+        if psi is not None:
+            key = (g["site"], g["model"])
+            worst[key] = max(psi, worst.get(key, 0.0))
+    levels = dict.fromkeys(LEVELS, 0)
+    for g in view(rt, by="device", hours=GAUGE_HOURS)["groups"]:
+        if g["level"] is not None:
+            levels[g["level"]] += 1
+    return [(s, m, p) for (s, m), p in sorted(worst.items())], levels
