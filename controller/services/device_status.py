@@ -18,6 +18,7 @@ from edgefleet.controller import lifecycle
 from edgefleet.controller.db import reading, session_scope
 from edgefleet.controller.models import Device
 from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import drift
 from edgefleet.controller.status_samples import values_of
 from edgefleet.errors import NotFound
 from edgefleet.wire import DeviceState, StatusAck, StatusReport
@@ -46,6 +47,8 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
         rt.last_seen.touch(device_id)
     else:
         target = _write(rt, device_id, report, report_digest)
+    if report.drift:  # each window once in a while: a heartbeat never gets here
+        drift.record(rt, device_id, report.drift)
     rt.status_digests[device_id] = (report_digest, target)
     rt.status_samples.record(device_id, values_of(report, target, stored.site_id))
     return target
@@ -72,7 +75,7 @@ def _write(rt: Runtime, device_id: str, report: StatusReport, report_digest: str
         target = current
         if device.status_digest != report_digest:
             target = lifecycle.state_after_status(current, report)
-            device.status = report.model_dump(mode="json", exclude={"inventory"})
+            device.status = report.model_dump(mode="json", exclude={"inventory", "drift"})
             device.status_digest = report_digest
             device.applied_revision = report.applied_revision
             if report.inventory is not None:
