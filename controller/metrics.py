@@ -99,6 +99,35 @@ class _Rollouts(Collector):
         yield from (states, devices)
 
 
+DriftGauges = tuple[Sequence[tuple[str, str, float]], dict[str, int]]
+"""(site, model, worst PSI of its latest windows) and device-model pairs per level."""
+
+
+class _Drift(Collector):
+    """Read from the database at scrape time (``services/drift.py``)."""
+
+    def __init__(self, gauges: Callable[[], DriftGauges]) -> None:
+        self._gauges = gauges
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        worst, levels = self._gauges()
+        psi = GaugeMetricFamily(
+            "edgefleet_drift_psi",
+            "Worst PSI of the latest drift window of a model at a site (devices summed)",
+            labels=["site", "model"],
+        )
+        for site, model, value in worst:
+            psi.add_metric([site, model], value)
+        level = GaugeMetricFamily(
+            "edgefleet_drift_level",
+            "Device-model pairs whose latest drift window reads ok, investigate or act",
+            labels=["level"],
+        )
+        for name, n in levels.items():
+            level.add_metric([name], n)
+        yield from (psi, level)
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -107,6 +136,7 @@ class Metrics:
         count_by_state: Callable[[], dict[str, int]],
         buffers: Callable[[], Sequence[DeviceBuffer]] = list,
         rollouts: Callable[[], RolloutCounts] = lambda: RolloutCounts({}, []),
+        drift: Callable[[], DriftGauges] = lambda: ([], {}),
     ) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -190,6 +220,7 @@ class Metrics:
         self._devices = _DevicesByState(count_by_state)
         self._buffers = _DeviceBuffers(buffers)
         self._rollouts = _Rollouts(rollouts)
+        self._drift = _Drift(drift)
 
     def render(self) -> bytes:
         if self._multiprocess:
@@ -201,6 +232,7 @@ class Metrics:
         scrape.register(self._devices)
         scrape.register(self._buffers)
         scrape.register(self._rollouts)
+        scrape.register(self._drift)
         return generate_latest(scrape)
 
 

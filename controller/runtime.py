@@ -25,7 +25,7 @@ from edgefleet.controller.db import make_engine
 from edgefleet.controller.gitops.writer import GitopsWriter
 from edgefleet.controller.keyring import Keyring
 from edgefleet.controller.lastseen import LastSeen
-from edgefleet.controller.metrics import Metrics
+from edgefleet.controller.metrics import DriftGauges, Metrics
 from edgefleet.controller.model_pins import origin
 from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
@@ -99,6 +99,7 @@ class Runtime:
             self.count_devices_by_state,
             lambda: device_buffers(self.engine),
             lambda: rollout_counts(self.engine),
+            self._drift_gauges,
         )
         self._auth: dict[str, DeviceAuth] = {}
         self._desired: dict[str, DesiredEntry] = {}
@@ -215,6 +216,11 @@ class Runtime:
         return DesiredEntry(etag, body, state.interval_seconds)
 
     # -- metrics ------------------------------------------------------------------
+
+    def _drift_gauges(self) -> DriftGauges:
+        from edgefleet.controller.services import drift  # it imports this module
+
+        return drift.gauges(self)
 
     def count_devices_by_state(self) -> dict[str, int]:
         with Session(self.engine) as s:
