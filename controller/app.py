@@ -23,6 +23,7 @@ from edgefleet.controller.api import (
     claims,
     device_api,
     devices,
+    drift,
     gitops,
     keys,
     registry,
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         results,
         rollouts,
         claims,
+        drift,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     console.mount(app)

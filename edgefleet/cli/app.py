@@ -11,6 +11,7 @@ from edgefleet.cli import (
     claims,
     controller,
     devices,
+    drift,
     gitops,
     image,
     keys,
@@ -71,6 +72,7 @@ app.add_typer(updates.app, name="updates")
 app.add_typer(results.app, name="results")
 app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(claims.app, name="claims")
+app.add_typer(drift.app, name="drift")
 app.command("login")(login.login)
 app.command("simulate")(simulate.simulate)
 
