@@ -62,7 +62,6 @@ def main() -> int:
     width = max((len(k) for k in counts), default=10)
     for name, n in sorted(counts.items()):
         print(f"  {name:<{width}}  {n:>9,}")
-    print(f"  {'total':<{width}}  {sum(counts.values()):>9,}")
     print("result:", "no failure found" if status == 0 else f"FAILED (pytest exit {status})")
     return status
 
