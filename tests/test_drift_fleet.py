@@ -25,6 +25,7 @@ from edgefleet.drift.reference import Reference, compute
 from edgefleet.drift.sketch import Sketch
 from edgefleet.models.pack import read_signature
 from tests.support.apiclient import Api
+from tests.support.console import Browser, user_with_password
 from tests.support.onnxmodels import affine
 from tests.support.sqlwatch import request_statements
 
@@ -196,3 +197,23 @@ def test_drift_show_and_metrics(
     assert psi["shop-1"] > 0.3 and psi["shop-2"] < 0.1
     levels = {s.labels["level"]: s.value for s in families["edgefleet_drift_level"].samples}
     assert levels == {"ok": 1, "investigate": 0, "act": 1}
+
+
+def test_the_console_shows_the_alert_and_a_chart_per_site(
+    api: Api, reference: tuple[Path, Reference]
+) -> None:
+    devices = fleet(api)
+    known(api, reference[1])
+    start = (int(time.time()) // WINDOW - 1) * WINDOW
+    report(api, devices["shop-1"], [window(reference, 1.5, start)])
+    report(api, devices["shop-2"], [window(reference, 0.0, start)])
+    browser = Browser(api)
+    user_with_password(api, "vera", "viewer")
+    assert browser.login("vera").status_code == 303
+    page = browser.get("/console/drift")
+    assert page.status_code == 200
+    alerts = page.text.split('id="drift-alerts"')[1].split("</table>")[0]
+    assert "shop-1" in alerts and ">act<" in alerts and "shop-2" not in alerts
+    assert page.text.count('class="card drift-site"') == 2 and page.text.count("<svg") >= 2
+    overview = browser.get("/console/").text.split('id="drift-alerts"')[1].split("</table>")[0]
+    assert "shop-1" in overview and "shop-2" not in overview
