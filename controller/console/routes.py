@@ -12,6 +12,7 @@ from edgefleet.controller.console.pages import (
     admin,
     claims,
     devices,
+    drift,
     login,
     overview,
     profiles,
@@ -34,7 +35,7 @@ TITLES = {
 
 def mount(app: FastAPI) -> None:
     router = APIRouter(prefix=PREFIX, include_in_schema=False)
-    for module in (login, overview, devices, claims, tokens, profiles, rollouts, admin):
+    for module in (login, overview, devices, claims, tokens, profiles, rollouts, drift, admin):
         router.include_router(module.router)
     app.include_router(router)
     app.mount(PREFIX + "/static", StaticFiles(directory=HERE / "static"), name="console-static")

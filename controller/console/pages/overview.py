@@ -17,7 +17,7 @@ from edgefleet.controller.console import charts, series
 from edgefleet.controller.console.web import Viewer, back_to, fragment, page, require, runtime
 from edgefleet.controller.roles import Operator
 from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import updates
+from edgefleet.controller.services import drift, updates
 
 router = APIRouter()
 LAGGING_AFTER_SECONDS = 600.0
@@ -48,6 +48,7 @@ def _numbers(rt: Runtime, who: Operator) -> dict[str, Any]:
         "failures": _failures(rt, who),
         "lagging": _lagging(rt),
         "lag_after": LAGGING_AFTER_SECONDS,
+        "alerts": drift.view(rt, hours=drift.GAUGE_HOURS)["alerts"][:SHOWN],
     }
 
 
