@@ -218,6 +218,7 @@ ROWS: list[Row] = [
     Row("GET", "/console/profiles/{name}/diff", READERS, fresh=lambda w: {"name": "matrix"}),
     Row("GET", "/console/gitops", READERS),
     Row("GET", "/console/rollouts", READERS),
+    Row("GET", "/console/drift", READERS),
     Row("GET", "/console/rollouts/plan", READERS, query="?profile=matrix&seed=m"),
     Row(
         "POST",
