@@ -217,3 +217,22 @@ def test_the_console_shows_the_alert_and_a_chart_per_site(
     assert page.text.count('class="card drift-site"') == 2 and page.text.count("<svg") >= 2
     overview = browser.get("/console/").text.split('id="drift-alerts"')[1].split("</table>")[0]
     assert "shop-1" in overview and "shop-2" not in overview
+
+
+def test_the_latest_windows_alone_give_the_alerts_and_old_windows_are_pruned(
+    api: Api, reference: tuple[Path, Reference]
+) -> None:
+    """A site that drifted an hour ago and is back to normal now alerts no more; windows
+    past the retention are deleted."""
+    devices = fleet(api)
+    known(api, reference[1])
+    now = (int(time.time()) // WINDOW) * WINDOW
+    dev = devices["shop-1"]
+    report(api, dev, [window(reference, 1.5, now - 3600), window(reference, 0.0, now - WINDOW)])
+    rt = api.client.app.state.rt  # type: ignore[attr-defined]
+    latest = drift.view(rt, latest_only=True)
+    assert [len(g["series"]) for g in latest["groups"]] == [1] and latest["alerts"] == []
+    full = drift.view(rt)
+    assert [p["level"] for p in full["groups"][0]["series"]] == ["act", "ok"]
+    assert drift.prune(rt, now - 1800) == 1
+    assert [p["start"] for p in drift.view(rt)["groups"][0]["series"]] == [now - WINDOW]

@@ -21,6 +21,7 @@ worst of its devices' own scores (``scored_by: device``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -28,8 +29,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.db import reading, session_scope
 from edgefleet.controller.models import (
@@ -190,11 +192,14 @@ def view(
     model: str | None = None,
     by: str = "site",
     hours: float = DEFAULT_HOURS,
+    latest_only: bool = False,
 ) -> dict[str, Any]:
     """Scores over time per group (``by`` site or device) and the groups whose latest
-    window reads ``investigate`` or ``act`` (``alerts``)."""
+    window reads ``investigate`` or ``act`` (``alerts``). ``latest_only`` reads each
+    device's latest window of each model and no history (alerts, gauges): what the
+    overview and a scrape need, without the series."""
     since = int(time.time() - hours * 3600)
-    rows = _windows(rt, since, site, model)
+    rows = _windows(rt, since, site, model, latest_only)
     policies = _policies(rt, {r.profile_id for r, _, _, _ in rows})
     groups: dict[tuple[Any, ...], _Group] = {}
     for r, site_name, profile_name, device_name in rows:
@@ -219,7 +224,7 @@ def view(
 
 
 def _windows(
-    rt: Runtime, since: int, site: str | None, model: str | None
+    rt: Runtime, since: int, site: str | None, model: str | None, latest_only: bool = False
 ) -> list[tuple[DriftWindowRecord, str, str | None, str | None]]:
     query = (
         select(DriftWindowRecord, Site.name, Profile.name, Device.name)
@@ -229,6 +234,20 @@ def _windows(
         .where(DriftWindowRecord.start >= since)
         .order_by(DriftWindowRecord.start)  # type: ignore[arg-type]
     )
+    if latest_only:
+        w = DriftWindowRecord.__table__.alias("w")  # type: ignore[attr-defined]
+        newest = (
+            select(w.c.device_id, w.c.model, func.max(w.c.start).label("start"))
+            .where(w.c.start >= since)
+            .group_by(w.c.device_id, w.c.model)
+            .subquery()
+        )
+        query = query.join(
+            newest,
+            (newest.c.device_id == DriftWindowRecord.device_id)
+            & (newest.c.model == DriftWindowRecord.model)
+            & (newest.c.start == DriftWindowRecord.start),
+        )
     if site is not None:
         query = query.where(Site.name == site)
     if model is not None:
@@ -327,13 +346,51 @@ GAUGE_HOURS = 6.0
 def gauges(rt: Runtime) -> tuple[list[tuple[str, str, float]], dict[str, int]]:
     """(site, model, worst latest PSI) and the count of device-model pairs per level."""
     worst: dict[tuple[str, str], float] = {}
-    for g in view(rt, by="site", hours=GAUGE_HOURS)["groups"]:
+    for g in view(rt, by="site", hours=GAUGE_HOURS, latest_only=True)["groups"]:
         psi = g["latest"]["psi"]
         if psi is not None:
             key = (g["site"], g["model"])
             worst[key] = max(psi, worst.get(key, 0.0))
     levels = dict.fromkeys(LEVELS, 0)
-    for g in view(rt, by="device", hours=GAUGE_HOURS)["groups"]:
+    for g in view(rt, by="device", hours=GAUGE_HOURS, latest_only=True)["groups"]:
         if g["level"] is not None:
             levels[g["level"]] += 1
     return [(s, m, p) for (s, m), p in sorted(worst.items())], levels
+
+
+# -- retention -------------------------------------------------------------------------------
+
+PRUNE_BATCH = 5000
+PRUNE_EVERY_S = 600.0
+
+
+def prune(rt: Runtime, before: int) -> int:
+    """Delete windows that started before ``before`` (epoch seconds), a batch per
+    transaction so writers never wait long behind it; returns how many went."""
+    table = DriftWindowRecord.__table__  # type: ignore[attr-defined]
+    gone = 0
+    while True:
+        batch = select(table.c.id).where(table.c.start < before).limit(PRUNE_BATCH)
+        with session_scope(rt.engine) as s:
+            n = s.execute(delete(table).where(table.c.id.in_(batch))).rowcount
+        gone += n
+        if n < PRUNE_BATCH:
+            return gone
+
+
+async def run_retention(rt: Runtime) -> None:
+    """The background loop of every worker: windows older than ``drift_retention_days``."""
+    while True:
+        await asyncio.sleep(PRUNE_EVERY_S)
+        before = int(time.time()) - rt.settings.drift_retention_days * 86400
+        try:
+            gone = await run_in_threadpool(prune, rt, before)
+        except Exception as exc:  # the database is away: the next run tries again
+            log.warning("pruning old drift windows failed: %s", exc)
+            continue
+        if gone:
+            log.info(
+                "deleted %d drift windows older than %d days",
+                gone,
+                rt.settings.drift_retention_days,
+            )

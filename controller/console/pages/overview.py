@@ -48,7 +48,7 @@ def _numbers(rt: Runtime, who: Operator) -> dict[str, Any]:
         "failures": _failures(rt, who),
         "lagging": _lagging(rt),
         "lag_after": LAGGING_AFTER_SECONDS,
-        "alerts": drift.view(rt, hours=drift.GAUGE_HOURS)["alerts"][:SHOWN],
+        "alerts": drift.view(rt, hours=drift.GAUGE_HOURS, latest_only=True)["alerts"][:SHOWN],
     }
 
 
