@@ -42,6 +42,7 @@ from edgefleet.controller.guard import Guard
 from edgefleet.controller.ratelimit import RateLimits
 from edgefleet.controller.rollouts.driver import Driver
 from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import drift as drift_service
 from edgefleet.controller.settings import Settings, load_settings
 from edgefleet.errors import ApiError, BadRequest, NotFound
 from edgefleet.wire import API_PREFIX
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         task = asyncio.create_task(_flush_last_seen(rt))
         history = asyncio.create_task(sample_rollup.run(rt))  # status history upkeep
         retention = asyncio.create_task(results_retention.run(rt))  # old results deleted
+        drift_upkeep = asyncio.create_task(drift_service.run_retention(rt))  # old windows
         rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
         rt.gitops.start()  # the fleet repositories, brought up to date in the background
         driver.start()  # drives rollouts while this process holds the lease
@@ -73,7 +75,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await run_in_threadpool(claim_waits.stop)
             await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
-            for background in (task, history, retention):
+            for background in (task, history, retention, drift_upkeep):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background

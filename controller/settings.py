@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     """How long results are kept, by their time (controller/results_retention.py); unset:
     forever. At least 3 days: longer than an agent's buffer holds a result (48 h), so a
     result sent again is never one already deleted (it would be stored twice)."""
+    drift_retention_days: int = Field(default=30, ge=1, le=3650)
+    """How long devices' drift windows are kept, by their start (controller/services/drift.py):
+    10,000 devices with 3 models and hourly windows send 720,000 a day, about 2 KB each."""
     bootstrap_admin_token: str | None = None
     """First admin's API token (e.g. from a Kubernetes Secret); printed once when unset."""
     bootstrap_admin_password: str | None = None
