@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS windows (
     reference TEXT NOT NULL,
     start INTEGER NOT NULL,
     seconds INTEGER NOT NULL,
+    seen INTEGER NOT NULL,
     body TEXT NOT NULL,
     sent INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (model, reference, start)
@@ -82,9 +83,15 @@ class DriftWindows:
                 if row is not None:
                     window = _merged(json.loads(row[0]), window)
                 self._db.execute(
-                    "INSERT OR REPLACE INTO windows (model, reference, start, seconds, body, sent)"
-                    " VALUES (?, ?, ?, ?, ?, 0)",
-                    (*key, int(window["seconds"]), json.dumps(window, separators=(",", ":"))),
+                    "INSERT OR REPLACE INTO windows "
+                    "(model, reference, start, seconds, seen, body, sent) "
+                    "VALUES (?, ?, ?, ?, ?, ?, 0)",
+                    (
+                        *key,
+                        int(window["seconds"]),
+                        int(window["seen"]),
+                        json.dumps(window, separators=(",", ":")),
+                    ),
                 )
                 self._trim()
                 self._db.execute("COMMIT")
@@ -145,8 +152,8 @@ class DriftWindows:
             for doc in windows:
                 self._db.execute(
                     "UPDATE windows SET sent = 1 WHERE model=? AND reference=? AND start=? "
-                    "AND body=?",
-                    (*key_of(doc), json.dumps(doc, separators=(",", ":"))),
+                    "AND seen=?",
+                    (*key_of(doc), int(doc["seen"])),
                 )
             # delivered windows older than each model's latest are of no further use
             self._db.execute(

@@ -236,3 +236,35 @@ def test_the_latest_windows_alone_give_the_alerts_and_old_windows_are_pruned(
     assert [p["level"] for p in full["groups"][0]["series"]] == ["act", "ok"]
     assert drift.prune(rt, now - 1800) == 1
     assert [p["start"] for p in drift.view(rt)["groups"][0]["series"]] == [now - WINDOW]
+
+
+def test_a_window_naming_a_model_outside_the_profile_sends_the_controller_nowhere(
+    api: Api, reference: tuple[Path, Reference], caplog: pytest.LogCaptureFixture
+) -> None:
+    devices = fleet(api)
+    start = (int(time.time()) // WINDOW - 1) * WINDOW
+    elsewhere = "127.0.0.1:9/somewhere@sha256:" + "2" * 64
+    report(api, devices["shop-1"], [window(reference, 1.5, start) | {"artifact": elsewhere}])
+    [group] = api.ok("GET", "/drift", api.admin)["groups"]
+    assert group["scored_by"] == "device"
+    assert "is not a model of the device's profile; not read" in caplog.text
+
+
+def test_a_trailing_window_with_few_inferences_does_not_hide_the_alert(
+    api: Api, reference: tuple[Path, Reference]
+) -> None:
+    """Traffic stopped mid-window: the last window has too few samples to score, and the
+    level stays that of the newest window that scored, in the view and on the overview."""
+    devices = fleet(api)
+    known(api, reference[1])
+    start = (int(time.time()) // WINDOW - 2) * WINDOW
+    report(
+        api,
+        devices["shop-1"],
+        [window(reference, 1.5, start), window(reference, 1.5, start + WINDOW, n=20)],
+    )
+    [group] = api.ok("GET", "/drift", api.admin)["groups"]
+    assert [p["psi"] is None for p in group["series"]] == [False, True]
+    assert group["level"] == "act" and group["latest"]["start"] == start
+    rt = api.client.app.state.rt  # type: ignore[attr-defined]
+    assert [a["site"] for a in drift.view(rt, latest_only=True)["alerts"]] == ["shop-1"]

@@ -114,9 +114,14 @@ def record(rt: Runtime, device_id: str, windows: list[DriftWindow]) -> int:
 # -- references ------------------------------------------------------------------------
 
 
-def reference(rt: Runtime, digest: str, artifact: str) -> Reference | None:
+def reference(
+    rt: Runtime, digest: str, artifact: str, profile_id: int | None = None
+) -> Reference | None:
     """The drift reference ``digest``, from memory, the database or (once) the registry;
-    None while it cannot be read (logged, asked again after ``RETRY_REFERENCE_S``)."""
+    None while it cannot be read (logged, asked again after ``RETRY_REFERENCE_S``).
+
+    The registry is asked only for an ``artifact`` a revision of the device's profile
+    names: a device cannot send the controller to fetch from a host of its choosing."""
     found = _references.get(digest)
     if found is not None:
         return found
@@ -128,6 +133,14 @@ def reference(rt: Runtime, digest: str, artifact: str) -> Reference | None:
         found = Reference.from_bytes(row[0].encode())
     else:
         if time.monotonic() < _missing.get(digest, 0.0) or not artifact:
+            return None
+        if not _in_profile(rt, profile_id, artifact):
+            _missing[digest] = time.monotonic() + RETRY_REFERENCE_S
+            log.warning(
+                "drift reference %s: %s is not a model of the device's profile; not read",
+                digest,
+                artifact,
+            )
             return None
         try:
             data = _fetch(rt, digest, artifact)
@@ -147,6 +160,16 @@ def reference(rt: Runtime, digest: str, artifact: str) -> Reference | None:
                 s.add(DriftReference(digest=digest, document=data.decode()))
     _references[digest] = found
     return found
+
+
+def _in_profile(rt: Runtime, profile_id: int | None, artifact: str) -> bool:
+    if profile_id is None:
+        return False
+    with Session(rt.engine) as s:
+        specs = s.scalars(
+            select(ProfileRevision.spec).where(ProfileRevision.profile_id == profile_id)
+        ).all()
+    return any(m.get("reference") == artifact for spec in specs for m in spec.get("models", []))
 
 
 def _fetch(rt: Runtime, digest: str, artifact: str) -> bytes:
@@ -180,6 +203,7 @@ def _fetch(rt: Runtime, digest: str, artifact: str) -> bytes:
 @dataclass
 class _Group:
     key: dict[str, Any]
+    profile_id: int | None = None
     artifact: str = ""
     reference: str = ""
     windows: dict[int, list[DriftWindowRecord]] = field(default_factory=lambda: defaultdict(list))
@@ -195,8 +219,9 @@ def view(
     latest_only: bool = False,
 ) -> dict[str, Any]:
     """Scores over time per group (``by`` site or device) and the groups whose latest
-    window reads ``investigate`` or ``act`` (``alerts``). ``latest_only`` reads each
-    device's latest window of each model and no history (alerts, gauges): what the
+    window reads ``investigate`` or ``act`` (``alerts``); a group's latest is its newest
+    window that scored. ``latest_only`` reads each device's newest window of each model
+    with at least ``MIN_SAMPLES`` inferences and no history (alerts, gauges): what the
     overview and a scrape need, without the series."""
     since = int(time.time() - hours * 3600)
     rows = _windows(rt, since, site, model, latest_only)
@@ -214,6 +239,7 @@ def view(
             key = {"device": r.device_id, "device_name": device_name, **key}
         group = groups.setdefault((*tuple(key.values()), r.profile_id), _Group(key))
         group.artifact = r.artifact or group.artifact
+        group.profile_id = r.profile_id
         group.windows[r.start].append(r)
     out = []
     for (*_, profile_id), group in sorted(groups.items(), key=lambda kv: str(kv[0])):
@@ -238,7 +264,7 @@ def _windows(
         w = DriftWindowRecord.__table__.alias("w")  # type: ignore[attr-defined]
         newest = (
             select(w.c.device_id, w.c.model, func.max(w.c.start).label("start"))
-            .where(w.c.start >= since)
+            .where(w.c.start >= since, w.c.samples >= stats.MIN_SAMPLES)
             .group_by(w.c.device_id, w.c.model)
             .subquery()
         )
@@ -274,13 +300,16 @@ def _policies(rt: Runtime, profile_ids: set[int | None]) -> dict[int | None, Dri
 
 
 def _scored(rt: Runtime, group: _Group, policy: DriftPolicy) -> dict[str, Any]:
-    ref = reference(rt, group.key["reference"], group.artifact)
+    ref = reference(rt, group.key["reference"], group.artifact, group.profile_id)
     series = []
     for _start, windows in sorted(group.windows.items()):
         point = _point(ref, windows)
         point["level"] = level(point["psi"], policy)
         series.append(point)
-    latest = series[-1]
+    # a window closed with few inferences (traffic stopped mid-window) scores nothing:
+    # the level is the newest window's that scored
+    scored = [p for p in series if p["psi"] is not None]
+    latest = scored[-1] if scored else series[-1]
     return {
         **group.key,
         "thresholds": {"investigate": policy.investigate, "act": policy.act},
