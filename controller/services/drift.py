@@ -73,7 +73,22 @@ def level(psi: float | None, policy: DriftPolicy) -> str | None:
 
 
 def record(rt: Runtime, device_id: str, windows: list[DriftWindow]) -> int:
-    """Store the report's windows; returns how many were new or changed."""
+    """Store the report's windows; returns how many were new or changed. Windows the
+    controller holds already (each model's latest travels in every report) cost one
+    read, no write."""
+    t = DriftWindowRecord.__table__  # type: ignore[attr-defined]
+    with reading(rt.engine) as conn:
+        held = {
+            (m, r, start): seen
+            for m, r, start, seen in conn.execute(
+                select(t.c.model, t.c.reference, t.c.start, t.c.seen).where(
+                    t.c.device_id == device_id, t.c.start.in_({w.start for w in windows})
+                )
+            )
+        }
+    windows = [w for w in windows if held.get((w.model, w.reference, w.start)) != w.seen]
+    if not windows:
+        return 0
     changed = 0
     with session_scope(rt.engine) as s:
         device = s.get(Device, device_id)
@@ -88,8 +103,6 @@ def record(rt: Runtime, device_id: str, windows: list[DriftWindow]) -> int:
                     DriftWindowRecord.start == w.start,
                 )
             ).first()
-            if found is not None and found.seen == w.seen and found.counts == w.counts:
-                continue  # the latest window, travelling again
             if found is None:
                 found = DriftWindowRecord(
                     device_id=device_id,
