@@ -35,8 +35,6 @@ from tests.fuzz_settings import tried
 from tests.support.apiclient import Api, TestDevice, csr_for, new_key
 from tests.test_parsers_property import (
     JSON_VALUES,
-    KNOWN_PKI_BUG,
-    from_pki,
     mutated,
     with_field,
 )
@@ -102,16 +100,6 @@ _CSR_TEXT = st.text(max_size=200) | mutated(_CSR.encode()).map(
 )
 
 
-def _with_known_pki_bug(api: Api, send: Any) -> None:
-    """KNOWN_PKI_BUG (tests/test_parsers_property.py): a CSR cryptography cannot read is
-    a 500 until controller/pki/authority.py catches it; only that case is let pass."""
-    try:
-        answered_properly(api, send)
-    except KNOWN_PKI_BUG as exc:
-        if not from_pki(exc):
-            raise
-
-
 @given(
     st.fixed_dictionaries({"csr": _CSR_TEXT})
     | st.fixed_dictionaries({"csr": _CSR_TEXT, "inventory": JSON_VALUES})
@@ -123,7 +111,7 @@ def test_enrolment_answers_every_body_without_a_500(
 ) -> None:
     tried("enrolment request")
     api, _, token = door
-    _with_known_pki_bug(api, lambda: post_json(api, "/enrol", {"token": token, **body}))
+    answered_properly(api, lambda: post_json(api, "/enrol", {"token": token, **body}))
 
 
 @given(
@@ -134,7 +122,7 @@ def test_enrolment_answers_every_body_without_a_500(
 def test_claim_requests_get_a_claim_or_a_4xx(door: tuple[Api, TestDevice, str], body: Any) -> None:
     tried("claim request")
     api, _, _ = door
-    _with_known_pki_bug(api, lambda: post_json(api, "/claims", body))
+    answered_properly(api, lambda: post_json(api, "/claims", body))
 
 
 def test_a_raw_body_that_is_not_json_is_a_400(door: tuple[Api, TestDevice, str]) -> None:

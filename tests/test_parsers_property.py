@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -107,34 +105,11 @@ def test_csr_parser_gives_a_request_or_a_400(text: str) -> None:
     tried("CSR")
     try:
         csr, pin = parse_device_csr(text)
-    except KNOWN_PKI_BUG as exc:
-        assert from_pki(exc), exc
-        return  # see test_a_broken_csr_is_a_400
     except ApiError as exc:
         assert exc.status == 400
         refused_properly(exc)
     else:
         assert pin.startswith("sha256:") and csr.is_signature_valid
-
-
-KNOWN_PKI_BUG = (UnsupportedAlgorithm, ValueError, x509.InvalidVersion)
-"""What parse_device_csr (controller/pki/authority.py, not these tests' to change) lets
-out of cryptography instead of a BadRequest: a 500 at enrolment, claims and renewal.
-test_a_broken_csr_is_a_400 fails once it is fixed; then drop this and its uses."""
-KNOWN_PKI_BUG_DOC = (
-    "parse_device_csr lets cryptography's UnsupportedAlgorithm, ValueError (public_key()) "
-    "and InvalidVersion (load) out: a 500; strict, so it fails once fixed"
-)
-
-
-def from_pki(exc: BaseException) -> bool:
-    """Raised inside controller/pki/authority.py (the known bug), not elsewhere."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith("controller/pki/authority.py"):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _broken(how: str) -> str:
@@ -151,7 +126,6 @@ def _broken(how: str) -> str:
     return _pem(bytes(der))
 
 
-@pytest.mark.xfail(strict=True, raises=KNOWN_PKI_BUG, reason=KNOWN_PKI_BUG_DOC)
 @pytest.mark.parametrize("how", ["curve", "point", "version"])
 def test_a_broken_csr_is_a_400(how: str) -> None:
     with pytest.raises(ApiError) as refused:

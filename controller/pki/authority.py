@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -106,11 +106,17 @@ def parse_device_csr(csr_pem: str) -> tuple[x509.CertificateSigningRequest, str]
     """Check a device CSR and return it with its key pin; every refusal says why."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem.encode())
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise BadRequest(
             "the CSR is not a PEM certificate signing request", code="csr_malformed"
         ) from exc
-    key = csr.public_key()
+    try:
+        key = csr.public_key()
+    except (UnsupportedAlgorithm, ValueError) as exc:  # an unknown curve, a point off it
+        raise BadRequest(
+            f"the CSR's public key cannot be read ({exc}); device keys must be EC P-256",
+            code="csr_key_type",
+        ) from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise BadRequest(
             "device keys must be EC P-256 (ES256); this CSR carries another key type",
