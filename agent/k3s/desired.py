@@ -16,6 +16,7 @@ from typing import Any
 from edgefleet.agent.k3s.api import ClusterError
 from edgefleet.wire import (
     DesiredState,
+    DriftPolicy,
     HealthPolicy,
     ModelRef,
     ModelSignaturePolicy,
@@ -60,6 +61,7 @@ def desired_from(data: dict[str, str], device_id: str) -> DesiredState:
             model_signatures=ModelSignaturePolicy.from_profile(
                 {"model_signatures": _json(data, "model_signatures", None)}
             ),
+            drift=DriftPolicy.from_profile({"drift": _json(data, "drift", None)}),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ClusterError(f"the desired-state ConfigMap cannot be used: {exc}") from exc

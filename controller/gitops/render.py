@@ -137,6 +137,8 @@ def _desired(revision: Revision | None) -> bytes:
     }
     if "model_signatures" in spec:  # the keys are public: a site may read them
         data["model_signatures"] = _canonical(spec["model_signatures"])
+    if "drift" in spec:  # only then: the ConfigMaps of profiles without it do not change
+        data["drift"] = _canonical(spec["drift"])
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
