@@ -8,8 +8,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import yaml
+
 from edgefleet import profilespec
+from edgefleet.agent.k3s.desired import desired_from
 from edgefleet.agent.update.modelset import StagedModel, load_set, stage
+from edgefleet.controller.gitops.model import Revision
+from edgefleet.controller.gitops.render import _desired
 from edgefleet.wire import DesiredState, DriftPolicy
 
 
@@ -58,3 +63,13 @@ def test_the_slot_keeps_the_reference_only_when_the_profile_monitors_drift(
         assert (entry.reference_file is not None) is kept
         assert ("m.reference.json" in manifest) is kept  # verified with the slot's files
         assert (entry.drift == policy) is kept
+
+
+def test_a_k3s_device_reads_the_drift_policy_from_its_configmap() -> None:
+    """The fleet repository's desired-state ConfigMap carries ``drift`` when the profile
+    has it (and only then), and the K3s-mode agent reads it as the device API gives it."""
+    spec = {"models": [], "drift": {"window_seconds": 600, "thresholds": {"act": 0.3}}}
+    rendered = yaml.safe_load(_desired(Revision("vision", 4, spec)))["data"]
+    assert desired_from(rendered, "dev-1").drift == DriftPolicy(window_seconds=600, act=0.3)
+    plain = yaml.safe_load(_desired(Revision("vision", 4, {"models": []})))["data"]
+    assert "drift" not in plain and desired_from(plain, "dev-1").drift is None
