@@ -18,7 +18,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from edgefleet.controller import results_retention, sample_rollup
+from edgefleet.controller import openapi, results_retention, sample_rollup
 from edgefleet.controller.api import (
     claims,
     device_api,
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await run_in_threadpool(rt.status_samples.flush)
 
     app = FastAPI(title="Edgefleet controller", version="1", lifespan=lifespan)
+    openapi.install(app)  # errors documented as they are answered: {"error": {...}}
     app.state.rt = rt
     app.state.rollout_driver = driver
     app.state.claim_waits = claim_waits
