@@ -337,7 +337,7 @@ class DesiredState(BaseModel):
     """None when the profile sets no health policy: the agent uses its defaults."""
     results: ResultPolicy = Field(default_factory=ResultPolicy)
     model_signatures: ModelSignaturePolicy | None = None
-    """None when the profile asks for no signatures."""
+    """None when the profile asks for no signatures; then left out of the body (below)."""
     update_retries: int = 0
     """Grows with each operator retry (``edgefleet devices retry-update``): the device
     then tries ``revision`` again even where a slot failed it."""
@@ -346,10 +346,14 @@ class DesiredState(BaseModel):
     the ETag of a device without drift monitoring is what it was before the field."""
 
     @model_serializer(mode="wrap")
-    def _without_absent_drift(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _without_absent_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Sections added after the first release are left out when absent: a controller
+        upgrade must not change every device's ETag (each would fetch its whole desired
+        state again at once)."""
         data: dict[str, Any] = handler(self)
-        if data.get("drift", ...) is None:
-            del data["drift"]
+        for added in ("model_signatures", "drift"):
+            if data.get(added, ...) is None:
+                del data[added]
         return data
 
 

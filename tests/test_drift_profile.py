@@ -40,8 +40,13 @@ def test_bad_drift_settings_are_refused_by_path() -> None:
 
 
 def test_a_desired_state_without_drift_has_the_body_it_had_before() -> None:
+    """Neither section added since (drift, model signatures) appears when absent: an
+    upgrade leaves every such device's ETag as it was."""
     plain = DesiredState(device_id="dev-1", interval_seconds=30)
-    assert "drift" not in plain.model_dump(mode="json")
+    assert set(plain.model_dump(mode="json")) == {
+        "device_id", "profile", "revision", "models", "config", "interval_seconds",
+        "trust_bundle", "health", "results", "update_retries",
+    }  # fmt: skip
     monitored = DesiredState(device_id="dev-1", interval_seconds=30, drift=DriftPolicy())
     body = json.loads(monitored.model_dump_json())
     assert body["drift"]["act"] == 0.25
