@@ -82,6 +82,23 @@ def test_access_rotation_keeps_old_tokens_until_their_key_is_retired(api: Api) -
     assert _desired(api, dev.id, dev.access_token) == 200
 
 
+def test_a_worker_that_has_not_seen_a_rotation_yet_retires_the_old_key(api: Api) -> None:
+    """Rotate on one worker, retire on another at once: the second must not refuse the
+    old key as "the signing key" from a view older than the rotation."""
+    from edgefleet.controller.runtime import Runtime
+    from edgefleet.controller.services import key_rotation, users
+
+    rt = api.client.app.state.rt  # type: ignore[attr-defined]
+    other = Runtime(rt.settings, rt.engine)  # a second worker, its keyring loaded now
+    (first,) = _keys(api, "access")
+    assert other.keyring.access().kid == first["kid"]
+    api.ok("POST", "/keys/access/rotate", api.admin)
+    admin = users.authenticate(rt.engine, api.admin, "127.0.0.1")
+    retired = key_rotation.retire(other, admin, "access", first["kid"])
+    assert retired["state"] == "retired"
+    assert {k["kid"]: k["state"] for k in _keys(api, "access")}[first["kid"]] == "retired"
+
+
 def test_a_previous_access_key_is_refused_once_its_tokens_have_expired(api: Api) -> None:
     api.site()
     dev = api.device(api.token()["token"])

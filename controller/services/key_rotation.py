@@ -181,6 +181,7 @@ def promote(rt: Runtime, who: Operator, purpose: str) -> dict[str, Any]:
 def retire(rt: Runtime, who: Operator, purpose: str, kid: str) -> dict[str, Any]:
     """Refuse a previous (or staged) key from now on, before its time is up."""
     _check_purpose(purpose)
+    rt.keyring.reload()  # a rotation another worker made may not have reached this one yet
     signing = rt.keyring.access().kid if purpose == ACCESS else rt.keyring.registry().signing.kid
     with session_scope(rt.engine) as s:
         row = s.scalars(
