@@ -211,7 +211,7 @@ class Runtime:
             update_retries=retries,
             drift=DriftPolicy.from_profile(spec),
         )
-        body = json.dumps(state.model_dump(mode="json"), separators=(",", ":")).encode()
+        body = json.dumps(state.body(), separators=(",", ":")).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         return DesiredEntry(etag, body, state.interval_seconds)
 

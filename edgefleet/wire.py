@@ -18,9 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     StringConstraints,
-    model_serializer,
     model_validator,
 )
 
@@ -345,12 +343,11 @@ class DesiredState(BaseModel):
     """None when the profile has no ``drift`` section; then left out of the body, so
     the ETag of a device without drift monitoring is what it was before the field."""
 
-    @model_serializer(mode="wrap")
-    def _without_absent_sections(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Sections added after the first release are left out when absent: a controller
-        upgrade must not change every device's ETag (each would fetch its whole desired
-        state again at once)."""
-        data: dict[str, Any] = handler(self)
+    def body(self) -> dict[str, Any]:
+        """The document the controller serves, as JSON types. Sections added after the
+        first release are left out when absent: a controller upgrade must not change every
+        device's ETag (each would fetch its whole desired state again at once)."""
+        data = self.model_dump(mode="json")
         for added in ("model_signatures", "drift"):
             if data.get(added, ...) is None:
                 del data[added]

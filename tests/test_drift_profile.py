@@ -43,7 +43,7 @@ def test_a_desired_state_without_drift_has_the_body_it_had_before() -> None:
     """Neither section added since (drift, model signatures) appears when absent: an
     upgrade leaves every such device's ETag as it was."""
     plain = DesiredState(device_id="dev-1", interval_seconds=30)
-    assert set(plain.model_dump(mode="json")) == {
+    assert set(plain.body()) == {
         "device_id", "profile", "revision", "models", "config", "interval_seconds",
         "trust_bundle", "health", "results", "update_retries",
     }  # fmt: skip
