@@ -173,6 +173,32 @@ def test_a_report_another_worker_stored_costs_a_read_not_a_write(
     assert show(api, dev.id)["status"]["applied_revision"] == 2, "a changed report was lost"
 
 
+def test_the_report_after_the_inventory_one_is_not_written_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent sends its inventory once; the next report says the same without it. It
+    changes nothing stored, so it costs no commit (20,000 returning devices were 40,000
+    commits), and a report that does change something is still written."""
+    dev, _ = enrolled(api)
+    body = {"applied_revision": 1, "buffer": {"depth": 3}}
+    first = {**body, "inventory": {"hostname": "till-1", "arch": "aarch64"}}
+    assert report(api, dev, first).status_code == 200
+    rt = api.client.app.state.rt  # type: ignore[attr-defined]
+    with monkeypatch.context() as m:  # the write-behind flushes wait: every write is ours
+        m.setattr(rt.last_seen, "flush", lambda: 0)
+        m.setattr(rt.status_samples, "flush", lambda: 0)
+        with request_statements(rt.engine) as statements:
+            again = report(api, dev, body)
+    assert again.status_code == 200
+    writes = [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "INSERT"))]
+    assert writes == [], f"a report that changed nothing was written: {writes}"
+    shown = show(api, dev.id)
+    assert shown["inventory"]["hostname"] == "till-1", "the inventory was lost"
+    changed = report(api, dev, {**body, "buffer": {"depth": 4}})
+    assert changed.status_code == 200
+    assert show(api, dev.id)["status"]["buffer"]["depth"] == 4
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

@@ -4,13 +4,16 @@ A report equal to the last one (a heartbeat) touches only the in-memory last-see
 map and status history (``status_samples.py``), written behind in batches; a changed
 report is one transaction, which also stores the outcome a rollout waits for from this
 device (``rollouts/watch.py``). A report another worker (or this one before a restart)
-already stored costs a read, not a commit: each worker learns a device's report once.
+already stored costs a read, not a commit: each worker learns a device's report once. So
+does the report after the first, which repeats it without the inventory an agent sends
+once: a fleet's return would otherwise write every device twice.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Row, select
 
@@ -42,7 +45,9 @@ def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | 
 
 def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
     stored = _stored(rt, device_id)
-    if stored.status_digest == report_digest:
+    if stored.status_digest == report_digest or (
+        report.inventory is None and stored.status == _kept(report)
+    ):  # an agent sends its inventory once: the report after it says nothing new
         target = DeviceState(stored.state)
         rt.last_seen.touch(device_id)
     else:
@@ -57,11 +62,18 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
 def _stored(rt: Runtime, device_id: str) -> Row:
     with reading(rt.engine) as conn:
         row = conn.execute(
-            select(_D.c.state, _D.c.site_id, _D.c.status_digest).where(_D.c.id == device_id)
+            select(_D.c.state, _D.c.site_id, _D.c.status_digest, _D.c.status).where(
+                _D.c.id == device_id
+            )
         ).first()
     if row is None:
         raise NotFound(f"no device {device_id}")
     return row
+
+
+def _kept(report: StatusReport) -> dict[str, Any]:
+    """What the device row keeps of a report (inventory and drift are stored apart)."""
+    return report.model_dump(mode="json", exclude={"inventory", "drift"})
 
 
 def _write(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
@@ -75,7 +87,7 @@ def _write(rt: Runtime, device_id: str, report: StatusReport, report_digest: str
         target = current
         if device.status_digest != report_digest:
             target = lifecycle.state_after_status(current, report)
-            device.status = report.model_dump(mode="json", exclude={"inventory", "drift"})
+            device.status = _kept(report)
             device.status_digest = report_digest
             device.applied_revision = report.applied_revision
             if report.inventory is not None:
