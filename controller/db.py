@@ -15,7 +15,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import delete, event, select
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, create_engine
@@ -133,6 +133,28 @@ def write_behind(
             time.sleep(0.001)  # let a waiting writer take the lock
         with writing(engine) as conn:
             execute(conn, rows[start : start + WRITE_BEHIND_CHUNK])
+
+
+def delete_in_batches(
+    engine: Engine,
+    table: Any,
+    older: Any,
+    batch: int,
+    budget_seconds: float = float("inf"),
+) -> int:
+    """Delete the rows of ``table`` (which has an ``id`` key) matching ``older``, ``batch``
+    per transaction with the write lock free between them, until none is left or the
+    budget is spent (one batch at least); returns how many went. The retention loops
+    (results, drift windows) share it."""
+    gone, started = 0, time.monotonic()
+    while True:
+        ids = select(table.c.id).where(older).limit(batch)
+        with writing(engine) as conn:
+            n = conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount
+        gone += n
+        if n < batch or time.monotonic() - started >= budget_seconds:
+            return gone
+        time.sleep(0.001)  # let a waiting writer take the lock
 
 
 @contextmanager

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.controller.db import writing
+from edgefleet.controller.db import delete_in_batches
 from edgefleet.controller.models import Result
 
 if TYPE_CHECKING:
@@ -40,15 +38,7 @@ EVERY_SECONDS = 60.0
 def prune(engine: Engine, before: datetime, budget_seconds: float = RUN_BUDGET_SECONDS) -> int:
     """Delete results whose time is before ``before``, PRUNE_BATCH per transaction, until
     none is left or the budget is spent (one batch at least); returns how many went."""
-    gone, started = 0, time.monotonic()
-    while True:
-        batch = select(_R.c.id).where(_R.c.time < before).limit(PRUNE_BATCH)
-        with writing(engine) as conn:
-            n = conn.execute(delete(_R).where(_R.c.id.in_(batch))).rowcount
-        gone += n
-        if n < PRUNE_BATCH or time.monotonic() - started >= budget_seconds:
-            return gone
-        time.sleep(0.001)  # let a waiting writer take the lock
+    return delete_in_batches(engine, _R, _R.c.time < before, PRUNE_BATCH, budget_seconds)
 
 
 async def run(rt: Runtime) -> None:

@@ -29,11 +29,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from edgefleet.controller.db import reading, session_scope
+from edgefleet.controller.db import delete_in_batches, reading, session_scope
 from edgefleet.controller.models import (
     Device,
     DriftReference,
@@ -410,14 +410,7 @@ def prune(rt: Runtime, before: int) -> int:
     """Delete windows that started before ``before`` (epoch seconds), a batch per
     transaction so writers never wait long behind it; returns how many went."""
     table = DriftWindowRecord.__table__  # type: ignore[attr-defined]
-    gone = 0
-    while True:
-        batch = select(table.c.id).where(table.c.start < before).limit(PRUNE_BATCH)
-        with session_scope(rt.engine) as s:
-            n = s.execute(delete(table).where(table.c.id.in_(batch))).rowcount
-        gone += n
-        if n < PRUNE_BATCH:
-            return gone
+    return delete_in_batches(rt.engine, table, table.c.start < before, PRUNE_BATCH)
 
 
 async def run_retention(rt: Runtime) -> None:
