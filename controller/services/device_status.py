@@ -45,13 +45,13 @@ def heartbeat(rt: Runtime, device_id: str, report_digest: str) -> DeviceState | 
 
 def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
     stored = _stored(rt, device_id)
-    if stored.status_digest == report_digest or (
-        report.inventory is None and stored.status == _kept(report)
-    ):  # an agent sends its inventory once: the report after it says nothing new
+    kept = None if stored.status_digest == report_digest else _kept(report)
+    if kept is None or (report.inventory is None and stored.status == kept):
+        # known already; or the report after the inventory one, which an agent sends once
         target = DeviceState(stored.state)
         rt.last_seen.touch(device_id)
     else:
-        target = _write(rt, device_id, report, report_digest)
+        target = _write(rt, device_id, report, report_digest, kept)
     if report.drift:  # each window once in a while: a heartbeat never gets here
         drift.record(rt, device_id, report.drift)
     rt.status_digests[device_id] = (report_digest, target)
@@ -76,7 +76,9 @@ def _kept(report: StatusReport) -> dict[str, Any]:
     return report.model_dump(mode="json", exclude={"inventory", "drift"})
 
 
-def _write(rt: Runtime, device_id: str, report: StatusReport, report_digest: str) -> DeviceState:
+def _write(
+    rt: Runtime, device_id: str, report: StatusReport, report_digest: str, kept: dict[str, Any]
+) -> DeviceState:
     now = datetime.now(UTC)
     news = None
     with session_scope(rt.engine) as s:
@@ -87,7 +89,7 @@ def _write(rt: Runtime, device_id: str, report: StatusReport, report_digest: str
         target = current
         if device.status_digest != report_digest:
             target = lifecycle.state_after_status(current, report)
-            device.status = _kept(report)
+            device.status = kept
             device.status_digest = report_digest
             device.applied_revision = report.applied_revision
             if report.inventory is not None:
