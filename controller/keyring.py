@@ -51,7 +51,8 @@ ACCESS = "access"
 REGISTRY = "registry"
 STAGED, ACTIVE, PREVIOUS, RETIRED = "staged", "active", "previous", "retired"
 RELOAD_EVERY_S = 1.0
-"""While the epoch keeps moving (enrolments bump it), reload at most this often."""
+"""While the epoch keeps moving (approvals, assignments, rollout waves bump it), reload at
+most this often."""
 UNKNOWN_KID_RELOAD_S = 0.2
 """A token with a key id this worker does not know triggers a reload at most this often,
 so garbage key ids cannot turn into a database query each."""
