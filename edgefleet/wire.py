@@ -320,6 +320,30 @@ class DriftPolicy(BaseModel):
         )
 
 
+class ShadowModel(BaseModel):
+    """A candidate the device runs beside one of its active models: it sees the same
+    live inputs, its answers go nowhere, and the two are compared."""
+
+    key: str
+    """What asked for the comparison, echoed in every window: ``rollout-<id>`` for a
+    rollout's shadow wave, ``parent`` for a quantized model against its full-precision
+    parent (the profile's ``parent``)."""
+    active: str
+    """The name of the active model (``models[].name``) whose inputs it shares."""
+    model: ModelRef
+    """The candidate, pinned by digest (its name is the active model's)."""
+
+
+class ShadowPlan(BaseModel):
+    """The candidates to run in shadow: at most one per active model."""
+
+    models: list[ShadowModel] = Field(default_factory=list)
+    sample_rate: float = Field(default=1.0, gt=0, le=1)
+    """The share of live inferences also run on the candidate."""
+    window_seconds: int = Field(default=300, ge=1, le=86400)
+    """Agreement windows are aligned on the wall clock, as drift windows are."""
+
+
 class DesiredState(BaseModel):
     """What a device should run; its ETag is a digest of this object."""
 
@@ -342,13 +366,15 @@ class DesiredState(BaseModel):
     drift: DriftPolicy | None = None
     """None when the profile has no ``drift`` section; then left out of the body, so
     the ETag of a device without drift monitoring is what it was before the field."""
+    shadow: ShadowPlan | None = None
+    """None when nothing runs in shadow; then left out of the body."""
 
     def body(self) -> dict[str, Any]:
         """The document the controller serves, as JSON types. Sections added after the
         first release are left out when absent: a controller upgrade must not change every
         device's ETag (each would fetch its whole desired state again at once)."""
         data = self.model_dump(mode="json")
-        for added in ("model_signatures", "drift"):
+        for added in ("model_signatures", "drift", "shadow"):
             if data.get(added, ...) is None:
                 del data[added]
         return data
@@ -466,6 +492,57 @@ class DriftWindow(Strict):
     """The device's own worst scores for a glance; the controller scores merged counts."""
 
 
+MAX_SHADOW_WINDOWS = 16
+"""Agreement windows in one status report, as for drift windows."""
+Ratio = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class LatencySummary(Strict):
+    """One model's inference time over a window's compared inferences, in ms."""
+
+    p50_ms: Ratio | None = None
+    p95_ms: Ratio | None = None
+
+
+class ShadowWindow(Strict):
+    """One closed window of one shadow comparison: the active model and its candidate
+    on the same sampled live inputs."""
+
+    key: Short
+    """The plan's ``key`` (``rollout-<id>``, ``parent``)."""
+    model: Name
+    """The active model's name."""
+    active_digest: Short
+    candidate_digest: Short
+    start: int = Field(ge=0, le=INT64_MAX)
+    seconds: int = Field(ge=1, le=86400)
+    compared: int = Field(ge=0, le=INT64_MAX)
+    """Inferences both models answered."""
+    skipped: int = Field(default=0, ge=0, le=INT64_MAX)
+    """Sampled inferences the candidate did not run (its queue was full)."""
+    errors: int = Field(default=0, ge=0, le=INT64_MAX)
+    """Sampled inferences the candidate failed."""
+    top1_total: int = Field(default=0, ge=0, le=INT64_MAX)
+    """Compared inferences whose first output reads as class scores (its last axis has
+    at least two values): top-1 is counted over these only."""
+    top1_agree: int = Field(default=0, ge=0, le=INT64_MAX)
+    """Of those, the ones whose top-1 class was the same for both models."""
+    abs_diff_sum: Ratio = 0.0
+    """Sum over compared inferences of the mean absolute difference of their outputs
+    (every numeric output, element by element): divided by ``compared`` it is the
+    window's mean absolute difference."""
+    abs_diff_max: Ratio = 0.0
+    """The largest absolute difference of any output value in the window."""
+    active_latency: LatencySummary = Field(default_factory=LatencySummary)
+    candidate_latency: LatencySummary = Field(default_factory=LatencySummary)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ShadowWindow:
+        if self.top1_agree > self.top1_total or self.top1_total > self.compared:
+            raise ValueError("top1_agree <= top1_total <= compared must hold")
+        return self
+
+
 class StatusReport(Strict):
     """Sent when something changed and as a heartbeat on the interval."""
 
@@ -482,6 +559,8 @@ class StatusReport(Strict):
     """K3s mode only: Flux ``Kustomization`` / Argo CD ``Application`` sync and health."""
     drift: list[DriftWindow] = Field(default_factory=list, max_length=MAX_DRIFT_WINDOWS)
     """Closed drift windows: the latest of each model, and any not yet delivered."""
+    shadow: list[ShadowWindow] = Field(default_factory=list, max_length=MAX_SHADOW_WINDOWS)
+    """Closed shadow-comparison windows not yet delivered, oldest first."""
 
 
 MAX_EVIDENCE_BYTES = 48 * 1024
