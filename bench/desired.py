@@ -16,7 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from figures import database, figure, median_of
-from harness import RunningController, make_csr, median, run_wrk, start_controller
+from harness import (
+    NOT_MODIFIED_MAX,
+    RunningController,
+    make_csr,
+    median,
+    run_wrk,
+    start_controller,
+)
 
 from edgefleet.signing import make_assertion
 
@@ -75,8 +82,11 @@ def main() -> None:
             print(
                 f"run {run + 1}: {r.requests_per_s:.0f} req/s, p50 {r.p50_ms:.2f} ms, "
                 f"p99 {r.p99_ms:.2f} ms, non-2xx/3xx {r.non_2xx}, wrk CPU "
-                f"{r.cpu_seconds / r.duration_s * 100:.0f}% of a core"
+                f"{r.cpu_seconds / r.duration_s * 100:.0f}% of a core, "
+                f"{r.bytes_per_request():.0f} bytes read per request"
             )
+            if r.non_2xx or r.bytes_per_request() > NOT_MODIFIED_MAX:
+                raise SystemExit("answers other than 304 came back: check the ETags")
         print(
             f"desired 304 ({args.devices} devices, {args.connections} connections): median "
             f"{median([r.requests_per_s for r in results]):.0f} req/s, median p99 "

@@ -183,6 +183,11 @@ def make_csr() -> tuple[ec.EllipticCurvePrivateKey, str]:
     return key, csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+NOT_MODIFIED_MAX = 512
+"""Bytes a 304 takes at most, headers included: a run reading more per request got
+bodies (200s), so its devices' ETags did not match."""
+
+
 @dataclass
 class WrkResult:
     requests_per_s: float
@@ -192,6 +197,11 @@ class WrkResult:
     requests: int
     cpu_seconds: float
     duration_s: float
+    bytes_read: float = 0.0
+    """What wrk read, headers included: per request it tells 304s (no body) from 200s."""
+
+    def bytes_per_request(self) -> float:
+        return self.bytes_read / self.requests if self.requests else 0.0
 
 
 def _ms(text: str) -> float:
@@ -222,7 +232,9 @@ def run_wrk(url: str, script: Path, threads: int, connections: int, seconds: int
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, total, cpu, seconds)
+    size, unit = re.search(r"requests in [^,]+, ([\d.]+)([KMG]?B) read", out).groups()  # type: ignore[union-attr]
+    read = float(size) * {"B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}[unit]
+    return WrkResult(rps, p50, p99, int(bad.group(1)) if bad else 0, total, cpu, seconds, read)
 
 
 def median(values: list[float]) -> float:

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from desired import wrk_devices
 from figures import figure, median_of
-from harness import WrkResult, median, pinned, run_wrk, start_controller
+from harness import NOT_MODIFIED_MAX, WrkResult, median, pinned, run_wrk, start_controller
 from replicas import listed, schema_url, start_replica
 
 LUA = Path(__file__).with_name("desired.lua")
@@ -51,7 +51,10 @@ def _together(urls: list[str], connections: int, seconds: int) -> list[WrkResult
 def _wrk_only(url: str, connections: int, seconds: int) -> None:
     """A child of :func:`_together`: one wrk run, its figures on one line."""
     r = run_wrk(url, LUA, 1, connections, seconds)
-    print(r.requests_per_s, r.p50_ms, r.p99_ms, r.non_2xx, r.requests, r.cpu_seconds, seconds)
+    print(
+        r.requests_per_s, r.p50_ms, r.p99_ms, r.non_2xx, r.requests, r.cpu_seconds, seconds,
+        r.bytes_read,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -97,17 +100,21 @@ def main() -> None:
 
     alone = median([r.requests_per_s for r in one])
     both = median([sum(r.requests_per_s for r in pair) for pair in two])
-    bad = sum(r.non_2xx for pair in two for r in pair) + sum(r.non_2xx for r in one)
+    runs = [*one, *(r for pair in two for r in pair)]
+    bad = sum(r.non_2xx for r in runs)
+    per_request = max(r.bytes_per_request() for r in runs)
     wrk_cpu = median([sum(r.cpu_seconds for r in pair) / args.seconds for pair in two])
     p99 = median([max(r.p99_ms for r in pair) for pair in two])
     print(
         f"one replica (1 worker, core 0; wrk on core 1): {alone:.0f} req/s; two replicas "
         f"(core 0 and core 1; two wrk sharing them): {both:.0f} req/s together, p99 "
         f"{p99:.2f} ms, {both / alone:.2f}x; wrk CPU {wrk_cpu * 100:.0f}% of a core; "
-        f"non-304 answers {bad}; devices listed by A {len(seen_a)}, by B {len(seen_b)}, "
+        f"non-2xx/3xx answers {bad}, at most {per_request:.0f} bytes read per request; "
+        f"devices listed by A {len(seen_a)}, by B {len(seen_b)}, "
         f"the same: {seen_a == seen_b}; rollout lease holders named: {len(holders)}"
     )
-    if bad or seen_a != seen_b or len(seen_a) != args.devices or len(holders) != 1:
+    broken = bad or per_request > NOT_MODIFIED_MAX or len(holders) != 1
+    if broken or seen_a != seen_b or len(seen_a) != args.devices:
         raise SystemExit("a guarantee did not hold")
     settings = {
         "database": "PostgreSQL",
