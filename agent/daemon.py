@@ -35,6 +35,7 @@ from edgefleet.agent.qrpayload import learn_controller_id
 from edgefleet.agent.reports import Outbox, outcome_of, report_of
 from edgefleet.agent.results import RESULTS_DB, RESULTS_FOLDER
 from edgefleet.agent.settings import Settings
+from edgefleet.agent.shadow_windows import SHADOW_DB, ShadowWindows
 from edgefleet.agent.state import DESIRED_FILE, Phase, StateStore
 from edgefleet.agent.uploader import Uploader
 from edgefleet.errors import (
@@ -47,6 +48,7 @@ from edgefleet.errors import (
 from edgefleet.signing import make_assertion, renewal_proof
 from edgefleet.wire import (
     MAX_DRIFT_WINDOWS,
+    MAX_SHADOW_WINDOWS,
     MAX_TEXT_CHARS,
     AccessToken,
     BufferStats,
@@ -63,6 +65,7 @@ from edgefleet.wire import (
     RenewRequest,
     ResultAck,
     ResultPolicy,
+    ShadowWindow,
     SlotStatus,
     StatusAck,
     StatusReport,
@@ -155,6 +158,7 @@ class Agent:
         self._capacity_warned: ResultPolicy | None = None
         self._claimer: Claimer | None = None
         self._drift: DriftWindows | None = None
+        self._shadow: ShadowWindows | None = None
         self.k3s = k3s
         if k3s is None and settings.mode == "k3s":
             from edgefleet.agent.k3s.backend import K3sBackend  # loads kubernetes
@@ -621,6 +625,7 @@ class Agent:
         self._learn_trust(desired.trust_bundle)
         self.uploader.configure(desired.results)
         self._take_retries(desired)
+        self._apply_shadow(desired)
         try:
             serving = desired.models or self._applier is not None
             revision = self.applier.apply(desired) if serving else desired.revision
@@ -641,6 +646,17 @@ class Agent:
             interval_seconds=desired.interval_seconds,
         )
         log.info("applied desired state revision=%s profile=%s", revision, desired.profile)
+
+    def _apply_shadow(self, desired: DesiredState) -> None:
+        """Before the revision: a plan that goes away stops before a new revision's
+        runners start (they would start with it). Never fatal: a candidate that cannot
+        run is reported in the health checks, and the active models serve on."""
+        if self._applier is None and not (desired.shadow and desired.models):
+            return  # nothing serves, nothing to compare with: no applier loaded for it
+        try:
+            self.applier.apply_shadow(desired)
+        except EdgefleetError as exc:
+            log.warning("shadow plan not applied: %s", exc.message)
 
     def _queue_report(self) -> None:
         """Put the last update attempt's report in the outbox, once per attempt."""
@@ -720,13 +736,19 @@ class Agent:
         )
 
     def _health(self) -> Health:
+        """A shadow candidate that does not run is listed (``shadow <model>``) but leaves
+        the device healthy: its active models serve, and a rollout gating on health must
+        not stop for a comparison that could not be made."""
         checks = []
         if self._apply_error is not None:
             detail = self._apply_error[:MAX_TEXT_CHARS]
             checks.append(CheckResult(name="apply", ok=False, detail=detail))
         if self.k3s is not None and self.enrolment is not None:
             checks.extend(self.k3s.checks(self.enrolment.device_id))
-        return Health(ok=all(c.ok for c in checks), checks=checks)
+        ok = all(c.ok for c in checks)
+        if self._applier is not None:
+            checks.extend(self._applier.shadow_checks())
+        return Health(ok=ok, checks=checks)
 
     def _inference(self) -> InferenceStats:
         """From the runners serving the active set; none serve before the first model."""
@@ -752,12 +774,31 @@ class Agent:
                 log.warning("drift window %s not reported (%s)", doc.get("start"), exc)
         return windows
 
+    def _shadow_windows(self) -> list[ShadowWindow]:
+        """The runners' ended shadow windows the controller does not have yet, oldest
+        first (see ``shadow_windows``)."""
+        folder = self.state_dir / RESULTS_FOLDER
+        if self._shadow is None:
+            if not (folder / SHADOW_DB).exists():
+                return []  # no runner ran a shadow: no SQLite file opened for nothing
+            self._shadow = ShadowWindows(folder)
+        windows = []
+        for doc in self._shadow.for_report(MAX_SHADOW_WINDOWS):
+            try:
+                windows.append(ShadowWindow.model_validate(doc))
+            except ValueError as exc:
+                log.warning("shadow window %s dropped, it cannot be reported: %s", doc, exc)
+                self._shadow.forget(doc)
+        return windows
+
     def _report(self) -> StatusAck:
         assert self.client is not None and self.enrolment is not None
         device_id = self.enrolment.device_id
         drift = self._drift_windows()
+        shadow = self._shadow_windows()
         report = StatusReport(
             drift=drift,
+            shadow=shadow,
             applied_revision=self.store.current.applied_revision,
             inventory=None if self._inventory_reported else self.inventory,
             health=self._health(),
@@ -770,6 +811,8 @@ class Agent:
         self._inventory_reported = True
         if drift and self._drift is not None:
             self._drift.delivered([w.model_dump(mode="json") for w in drift])
+        if shadow and self._shadow is not None:
+            self._shadow.delivered([w.model_dump(mode="json") for w in shadow])
         if ack.state == DeviceState.decommissioned:
             self._decommissioned("status acknowledged with state decommissioned")
         self.interval = float(ack.interval_seconds)

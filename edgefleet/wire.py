@@ -513,15 +513,21 @@ class ShadowWindow(Strict):
     model: Name
     """The active model's name."""
     active_digest: Short
+    """The active model's manifest digest (``sha256:<hex>``, as its ``ModelRef.digest``)."""
     candidate_digest: Short
+    """The candidate's manifest digest, as the plan's ``ShadowModel.model.digest``."""
     start: int = Field(ge=0, le=INT64_MAX)
     seconds: int = Field(ge=1, le=86400)
     compared: int = Field(ge=0, le=INT64_MAX)
-    """Inferences both models answered."""
+    """Inferences both models answered, counted in rows: a call of a batch of 100 rows
+    counts 100 (a call's rows are its first output's leading axis when that output has
+    two axes or more, else 1). ``skipped``, ``errors`` and ``top1_*`` count rows too;
+    the latencies are per call."""
     skipped: int = Field(default=0, ge=0, le=INT64_MAX)
     """Sampled inferences the candidate did not run (its queue was full)."""
     errors: int = Field(default=0, ge=0, le=INT64_MAX)
-    """Sampled inferences the candidate failed."""
+    """Sampled inferences the candidate failed, or whose outputs could not be compared
+    (another shape, values that are not finite)."""
     top1_total: int = Field(default=0, ge=0, le=INT64_MAX)
     """Compared inferences whose first output reads as class scores (its last axis has
     at least two values): top-1 is counted over these only."""
@@ -530,7 +536,7 @@ class ShadowWindow(Strict):
     abs_diff_sum: Ratio = 0.0
     """Sum over compared inferences of the mean absolute difference of their outputs
     (every numeric output, element by element): divided by ``compared`` it is the
-    window's mean absolute difference."""
+    window's mean absolute difference. Each row of a call adds the call's mean."""
     abs_diff_max: Ratio = 0.0
     """The largest absolute difference of any output value in the window."""
     active_latency: LatencySummary = Field(default_factory=LatencySummary)

@@ -62,6 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--artifact", default="", help="the model's pinned OCI reference")
     p.add_argument(
+        "--shadow-model",
+        type=Path,
+        help="run this candidate .onnx in shadow on a sample of the live inputs, after each "
+        "answer, writing agreement windows to the results folder's shadow.db",
+    )
+    p.add_argument("--shadow-digest", help="refuse the candidate unless its file has this digest")
+    p.add_argument("--shadow-key", default="", help="what asked for the comparison (rollout-7)")
+    p.add_argument("--shadow-reference", default="", help="the candidate's pinned OCI reference")
+    p.add_argument(
+        "--shadow-sample-rate", type=float, default=1.0, help="share of inferences compared"
+    )
+    p.add_argument("--shadow-window", type=float, default=300.0, help="seconds (default 300)")
+    p.add_argument(
         "--watch-stdin",
         action="store_true",
         help="exit when standard input closes: the supervisor holds the other end, "
@@ -104,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     _release_free_memory()
     if service.drift is not None:
         service.drift.start()
+    if args.shadow_model is not None:
+        # after the socket serves: adding a candidate costs callers no longer a gap
+        # than any restart of the runner
+        threading.Thread(target=_attach_shadow, args=(args, service), daemon=True).start()
     with server.serving(servers, args.socket):
         log.info(
             "serving %s (%s) from %s in %.0f ms on %s%s",
@@ -115,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             f" and 127.0.0.1:{service.port}" if service.port is not None else "",
         )
         stop.wait()
+    if service.shadow is not None:  # no call comes any more: store its open windows
+        service.shadow.stop()
     log.info("stopped")
     return EXIT_OK
 
@@ -157,6 +176,61 @@ def _drift(args: argparse.Namespace, loaded: model.Model) -> DriftMonitor | None
     except (ConfigError, OSError, sqlite3.Error) as exc:
         log.error("serving %s without drift monitoring: %s", loaded.ref["name"], exc)
         return None
+
+
+def _attach_shadow(args: argparse.Namespace, service: server.Service) -> None:
+    """Load the candidate and start comparing; a candidate that cannot run is refused
+    with one log line (and in ``/health``), and the active model serves on alone."""
+    from edgefleet.agent.runner.api import ShadowHealth
+    from edgefleet.agent.runner.shadow import Shadow
+    from edgefleet.agent.shadow_windows import ShadowWindows
+
+    active = service.model
+    reference = args.shadow_reference
+    candidate_digest = reference.rsplit("@", 1)[-1] if "@" in reference else args.shadow_digest
+    try:
+        candidate = model.load(
+            args.shadow_model, active.ref["name"], "", args.shadow_digest, args.threads
+        )
+        shadow = Shadow(
+            active,
+            candidate,
+            ShadowWindows(args.results),
+            key=args.shadow_key,
+            active_digest=args.artifact.rsplit("@", 1)[-1]
+            if "@" in args.artifact
+            else active.ref["digest"],
+            candidate_digest=candidate_digest or candidate.ref["digest"],
+            sample_rate=args.shadow_sample_rate,
+            window_seconds=args.shadow_window,
+        )
+    except (model.ModelError, ConfigError, OSError, sqlite3.Error) as exc:
+        log.error(
+            "serving %s without its shadow candidate %s: %s",
+            active.ref["name"],
+            args.shadow_key,
+            exc,
+        )
+        service.shadow_refused = ShadowHealth(
+            key=args.shadow_key,
+            digest=candidate_digest or "",
+            running=False,
+            reason=str(exc),
+            compared=0,
+            skipped=0,
+            errors=0,
+        )
+        return
+    _release_free_memory()
+    shadow.start()
+    service.shadow = shadow
+    log.info(
+        "shadow candidate %s (%s) compared on %g of the calls to %s",
+        args.shadow_key,
+        candidate.ref["digest"],
+        args.shadow_sample_rate,
+        active.ref["name"],
+    )
 
 
 def _set_at_eof(stop: threading.Event) -> None:

@@ -13,7 +13,7 @@ Errors answer ``{"error": {"code", "message"}}`` (as the controller does, so
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 PREDICT = "/predict"
 HEALTH = "/health"
@@ -49,6 +49,22 @@ class Prediction(TypedDict):
     """onnxruntime's own time for this call."""
 
 
+class ShadowHealth(TypedDict):
+    """The candidate a runner runs in shadow (``edgefleet.agent.runner.shadow``)."""
+
+    key: str
+    digest: str
+    """The candidate's manifest digest, as the shadow plan pins it."""
+    running: bool
+    """False when the runner refused it (``reason`` says why); the active model serves."""
+    reason: str | None
+    """Why it does not run, or its last failure while running."""
+    compared: int
+    skipped: int
+    errors: int
+    """Rows since the runner started."""
+
+
 class Health(TypedDict):
     loaded: bool
     model: ModelRef
@@ -67,3 +83,5 @@ class Health(TypedDict):
     """The loopback TCP port also served, if any."""
     pid: int
     """The runner's process id: its supervisor checks it answers its own child."""
+    shadow: NotRequired[ShadowHealth]
+    """The candidate run in shadow; absent when the runner was given none."""

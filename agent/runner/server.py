@@ -19,16 +19,19 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.agent.results import ResultStore
 from edgefleet.agent.runner import api, inputs
 from edgefleet.agent.runner.drift import DriftMonitor
 from edgefleet.agent.runner.model import InferenceError, Model
 from edgefleet.percentile import percentile
+
+if TYPE_CHECKING:  # loaded only by a runner given a candidate
+    from edgefleet.agent.runner.shadow import Shadow
 
 log = logging.getLogger("edgefleet.runner")
 
@@ -59,6 +62,10 @@ class Service:
         self.model = model
         self.store = store
         self.drift = drift
+        self.shadow: Shadow | None = None
+        """Set once the candidate is loaded (after the socket serves)."""
+        self.shadow_refused: api.ShadowHealth | None = None
+        """The candidate the runner was given and refused, for ``/health``."""
         self.port: int | None = None
         self._started = time.monotonic()
         self._lock = threading.Lock()
@@ -70,6 +77,14 @@ class Service:
 
     def predict(self, body: bytes) -> api.Prediction:
         """Raises InputError or InferenceError (counted); a store failure is only counted."""
+        answer, after = self.answer(body)
+        if after is not None:
+            after()
+        return answer
+
+    def answer(self, body: bytes) -> tuple[api.Prediction, Callable[[], None] | None]:
+        """The prediction, and what to do once the caller has it (hand the call to the
+        shadow candidate): the HTTP handler writes the answer first."""
         with self._lock:
             self._calls += 1
         try:
@@ -85,7 +100,11 @@ class Service:
             self.drift.update(arrays, values)
         outputs = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in values.items()}
         self._record(arrays, outputs, latency_ms)
-        return api.Prediction(outputs=outputs, model=self.model.ref, latency_ms=latency_ms)
+        answer = api.Prediction(outputs=outputs, model=self.model.ref, latency_ms=latency_ms)
+        shadow = self.shadow
+        if shadow is None:
+            return answer, None
+        return answer, lambda: shadow.offer(arrays, values, latency_ms)
 
     def _record(self, arrays: dict[str, Any], outputs: dict[str, object], latency: float) -> None:
         record = {
@@ -107,8 +126,9 @@ class Service:
                 log.warning("result store failed (answering anyway, counted): %s", message)
 
     def health(self) -> api.Health:
+        shadow = self.shadow.health() if self.shadow is not None else self.shadow_refused
         with self._lock:
-            return api.Health(
+            health = api.Health(
                 loaded=True,
                 model=self.model.ref,
                 uptime_s=round(time.monotonic() - self._started, 3),
@@ -120,6 +140,9 @@ class Service:
                 port=self.port,
                 pid=os.getpid(),
             )
+        if shadow is not None:
+            health["shadow"] = shadow
+        return health
 
 
 def percentile_95(latencies: Collection[float]) -> float | None:
@@ -158,7 +181,7 @@ class Handler(BaseHTTPRequestHandler):
         if body is None:
             return
         try:
-            answer = self.service.predict(body)
+            answer, after = self.service.answer(body)
         except inputs.InputError as exc:
             self._error(400, "bad_input", str(exc))
             return
@@ -167,6 +190,9 @@ class Handler(BaseHTTPRequestHandler):
             self._error(500, "inference_failed", str(exc))
             return
         self._answer(200, answer)
+        if after is not None:
+            self.wfile.flush()  # the caller has its answer before the candidate's turn
+            after()
 
     def _body(self) -> bytes | None:
         """The request body, or None after answering why it cannot be read."""

@@ -67,7 +67,17 @@ class RunnerConfig:
     drift_window: float = 3600.0
     drift_sample_rate: float = 1.0
     artifact: str = ""
-    """The model's pinned OCI reference, reported with its drift windows."""
+    """The model's pinned OCI reference, reported with its drift and shadow windows."""
+    shadow_model: Path | None = None
+    """A candidate run in shadow on a sample of the live inputs, compared with this
+    model (:mod:`edgefleet.agent.runner.shadow`); its windows go to ``results``."""
+    shadow_digest: str | None = None
+    """The candidate file's ``sha256:<hex>``: any other content is refused."""
+    shadow_key: str = ""
+    shadow_reference: str = ""
+    """The candidate's pinned OCI reference: its digest names it in the windows."""
+    shadow_sample_rate: float = 1.0
+    shadow_window: float = 300.0
     start_timeout: float = 30.0
     stop_timeout: float = 5.0
     call_timeout: float = 30.0
@@ -112,9 +122,24 @@ class RunnerConfig:
                 f"{self.drift_window:g}",
                 "--drift-sample-rate",
                 f"{self.drift_sample_rate:g}",
-                "--artifact",
-                self.artifact,
             ]
+        if self.artifact:
+            cmd += ["--artifact", self.artifact]
+        if self.shadow_model is not None:
+            cmd += [
+                "--shadow-model",
+                str(self.shadow_model),
+                "--shadow-key",
+                self.shadow_key,
+                "--shadow-reference",
+                self.shadow_reference,
+                "--shadow-sample-rate",
+                f"{self.shadow_sample_rate:g}",
+                "--shadow-window",
+                f"{self.shadow_window:g}",
+            ]
+            if self.shadow_digest:
+                cmd += ["--shadow-digest", self.shadow_digest]
         return cmd
 
 

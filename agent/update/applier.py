@@ -22,9 +22,10 @@ from edgefleet.agent.slots.record import Record
 from edgefleet.agent.update.attempt import Outcome, Request
 from edgefleet.agent.update.engine import UpdateEngine
 from edgefleet.agent.update.modelset import StagedModel
+from edgefleet.agent.update.shadowing import ShadowCandidates
 from edgefleet.agent.update.switch import ModelServing
 from edgefleet.errors import ConfigError, EdgefleetError
-from edgefleet.wire import DesiredState, ModelRef
+from edgefleet.wire import CheckResult, DesiredState, ModelRef
 
 if TYPE_CHECKING:  # loaded on the first pull: an agent that pulls nothing carries no OCI client
     from edgefleet.agent.oci.pull import Puller
@@ -61,6 +62,8 @@ class SlotApplier:
         serving = ModelServing(
             socket_dir, state_dir / RESULTS_FOLDER, state_dir / "update" / RESULTS_FOLDER, threads
         )
+        self._shadow = ShadowCandidates(state_dir, self._new_puller)
+        serving.shadow = self._shadow.recover()  # the main runners start with it
         self.engine = UpdateEngine(
             state_dir,
             slots or FolderSlots(state_dir / "slots-data"),
@@ -98,6 +101,51 @@ class SlotApplier:
             )
         return desired.revision
 
+    def apply_shadow(self, desired: DesiredState) -> float:
+        """Run the desired state's shadow plan (none: stop any): pull its candidates
+        and restart the runners whose candidate changed. A candidate that cannot be had
+        is left out and reported (``shadow_checks``); the revision is not touched.
+        Returns the longest gap a caller of a main socket saw, in seconds."""
+        serving = self.engine.ctx.serving
+        signatures = desired.model_signatures
+        specs = self._shadow.prepare(
+            desired.shadow,
+            signatures.model_dump(mode="json") if signatures is not None else None,
+            serving.shadow,
+        )
+        if specs == serving.shadow:
+            return 0.0
+        gap = serving.set_shadow(specs)
+        log.info(
+            "shadow plan: %s (runner restart gap %.0f ms)",
+            ", ".join(f"{n} beside {s.key}" for n, s in sorted(specs.items())) or "none",
+            gap * 1000,
+        )
+        return gap
+
+    def shadow_checks(self) -> list[CheckResult]:
+        """What keeps a candidate of the plan from running: not pulled or refused here,
+        or refused by its runner (inputs that do not match the active model's)."""
+        serving = self.engine.ctx.serving
+        checks = [
+            CheckResult(name=f"shadow {name}", ok=False, detail=reason[:2048])
+            for name, reason in sorted(self._shadow.problems.items())
+        ]
+        for name, spec in sorted(serving.shadow.items()):
+            runner = serving.main.get(name)
+            if runner is None:
+                detail = f"no active model named {name} to run {spec.key} beside"
+                checks.append(CheckResult(name=f"shadow {name}", ok=False, detail=detail))
+                continue
+            try:
+                state = runner.health().get("shadow")
+            except EdgefleetError:
+                continue  # restarting: the next report says
+            if state is not None and not state["running"]:
+                detail = f"{spec.key}: {state['reason']}"[:2048]
+                checks.append(CheckResult(name=f"shadow {name}", ok=False, detail=detail))
+        return checks
+
     def retry(self, revision: int) -> None:
         """An operator's retry of a revision a slot failed."""
         self.engine.retry(revision)
@@ -115,6 +163,7 @@ class SlotApplier:
 
     def close(self) -> None:
         self.engine.close()
+        self._shadow.close()
         if self._puller is not None:
             self._puller.close()
 
@@ -146,11 +195,16 @@ class SlotApplier:
 
     def _puller_once(self) -> Puller:
         if self._puller is None:
-            from edgefleet.agent.oci.pull import Puller
-            from edgefleet.agent.oci.store import BlobStore
-
-            self._puller = Puller(BlobStore(self._models), mirrors=self._mirrors, token=self._token)
+            self._puller = self._new_puller(self._models)
         return self._puller
+
+    def _new_puller(self, folder: Path) -> Puller:
+        """A puller into the blob store at ``folder``: the revision's models, or the
+        shadow candidates."""
+        from edgefleet.agent.oci.pull import Puller
+        from edgefleet.agent.oci.store import BlobStore
+
+        return Puller(BlobStore(folder), mirrors=self._mirrors, token=self._token)
 
 
 def _policies(desired: DesiredState) -> dict[str, Any]:

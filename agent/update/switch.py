@@ -5,6 +5,11 @@ call. A candidate set is served on ``<name>.next.sock`` by new runners while the
 main ones keep serving, so the health checks never take the device's model away; a
 commit restarts the main runners on the new slot's files, a rollback only stops the
 candidates.
+
+A shadow plan (``set_shadow``) gives a main runner a candidate to compare with on its
+live inputs: the runner is restarted with it (or without it, once the plan drops it);
+runners whose candidate did not change keep running. The health checks' candidate
+runners never run a shadow.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.agent.runner.supervisor import Runner, RunnerConfig
@@ -23,6 +29,20 @@ log = logging.getLogger("edgefleet.agent")
 MAX_SOCKET_PATH = 107
 """Linux's limit on a Unix socket's path (``sun_path`` less its terminator)."""
 CANDIDATE_SUFFIX = ".next.sock"
+
+
+@dataclass(frozen=True)
+class ShadowSpec:
+    """A pulled candidate to run in shadow beside the active model of its name."""
+
+    key: str
+    model: Path
+    digest: str
+    """The file's ``sha256:<hex>``."""
+    reference: str
+    """Pinned by its manifest digest."""
+    sample_rate: float = 1.0
+    window_seconds: float = 300.0
 
 
 class ModelServing:
@@ -43,6 +63,9 @@ class ModelServing:
         self.start_timeout = start_timeout
         self.main: dict[str, Runner] = {}
         self.candidates: dict[str, Runner] = {}
+        self.shadow: dict[str, ShadowSpec] = {}
+        """By active model name."""
+        self._serving: tuple[Path | None, str | None] = (None, None)
 
     def serve(self, folder: Path | None, slot: str | None = None) -> float:
         """Make the main sockets serve the set in ``folder`` (None: serve nothing), slot
@@ -51,7 +74,12 @@ class ModelServing:
         Runners already serving the same file are kept; a changed model's old runner is
         stopped, then the new one started on the same socket. Returns the longest gap a
         caller of a main socket saw, in seconds. Raises RunnerStartError."""
-        wanted = self._configs(folder, ".sock", self.results, slot) if folder is not None else {}
+        wanted = (
+            self._configs(folder, ".sock", self.results, slot, self.shadow)
+            if folder is not None
+            else {}
+        )
+        self._serving = (folder, slot)
         for name in sorted(set(self.main) - set(wanted)):
             log.info("model %s is not in the active set; stopping its runner", name)
             self.main.pop(name).stop()
@@ -70,12 +98,20 @@ class ModelServing:
             gap = max(gap, time.monotonic() - started)
         return gap
 
+    def set_shadow(self, specs: dict[str, ShadowSpec]) -> float:
+        """Run these candidates in shadow (by active model name; empty: none) from now
+        on; restarts the main runners whose candidate changed. Returns the longest gap a
+        caller saw, in seconds."""
+        self.shadow = dict(specs)
+        folder, slot = self._serving
+        return self.serve(folder, slot) if folder is not None else 0.0
+
     def start_candidates(self, folder: Path, slot: str | None = None) -> dict[str, Runner]:
         """Runners for the set in ``folder`` on the candidate sockets; RunnerStartError
         (with the child's last words) if one does not come up."""
         self.stop_candidates()
         for name, config in sorted(
-            self._configs(folder, CANDIDATE_SUFFIX, self.candidate_results, slot).items()
+            self._configs(folder, CANDIDATE_SUFFIX, self.candidate_results, slot, {}).items()
         ):
             runner = Runner(config)
             self.candidates[name] = runner
@@ -95,7 +131,12 @@ class ModelServing:
         self.main.clear()
 
     def _configs(
-        self, folder: Path, suffix: str, results: Path, slot: str | None
+        self,
+        folder: Path,
+        suffix: str,
+        results: Path,
+        slot: str | None,
+        shadow: dict[str, ShadowSpec],
     ) -> dict[str, RunnerConfig]:
         self.socket_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
         configs = {}
@@ -122,5 +163,19 @@ class ModelServing:
                 drift_window=(model.drift or {}).get("window_seconds", 3600),
                 drift_sample_rate=(model.drift or {}).get("sample_rate", 1.0),
                 artifact=model.reference,
+                **_shadow_fields(shadow.get(model.name)),
             )
         return configs
+
+
+def _shadow_fields(spec: ShadowSpec | None) -> dict[str, object]:
+    if spec is None:
+        return {}
+    return {
+        "shadow_model": spec.model,
+        "shadow_digest": spec.digest,
+        "shadow_key": spec.key,
+        "shadow_reference": spec.reference,
+        "shadow_sample_rate": spec.sample_rate,
+        "shadow_window": spec.window_seconds,
+    }
