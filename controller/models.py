@@ -368,6 +368,11 @@ class RolloutWave(SQLModel, table=True):
     commits: dict[str, Any] = _json(dict)
     """The fleet repositories' commits that moved this wave's devices."""
     gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    shadow_until: datetime | None = _ts(nullable=True)
+    """While ``shadowing``: when the shadow phase ends and its gates are read."""
+    shadow: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The shadow phase's evidence (``rollouts/shadow.py``): the figures per model, the
+    devices and compared inferences, the verdict; kept whichever way it went."""
 
 
 class RolloutDevice(SQLModel, table=True):
@@ -511,3 +516,38 @@ class DriftReference(SQLModel, table=True):
     digest: str = Field(primary_key=True, max_length=80)
     document: str = Field(sa_column=Column(Text, nullable=False))
     fetched_at: datetime = _ts(nullable=False)
+
+
+class ShadowWindowRecord(SQLModel, table=True):
+    """One closed agreement window of one shadow comparison on one device
+    (``services/shadow.py``): the active model and a candidate on the same sampled live
+    inputs. Keyed like the device's own windows, so a window sent again replaces the
+    first."""
+
+    __tablename__ = "shadowwindow"
+    __table_args__ = (
+        UniqueConstraint("device_id", "key", "model", "candidate_digest", "start"),
+        Index("ix_shadowwindow_start", "start"),
+        Index("ix_shadowwindow_key", "key", "start"),
+    )
+    id: int | None = Field(default=None, sa_column=Column(BigId, primary_key=True))
+    device_id: str = Field(max_length=40, index=True)
+    site_id: int
+    profile_id: int | None = None
+    key: str = Field(max_length=256)
+    """``rollout-<id>`` or ``parent``."""
+    model: str = Field(max_length=128)
+    active_digest: str = Field(max_length=256)
+    candidate_digest: str = Field(max_length=256)
+    start: int = Field(sa_column=Column(BigInteger, nullable=False))
+    seconds: int
+    compared: int = Field(sa_column=Column(BigInteger, nullable=False))
+    skipped: int = Field(sa_column=Column(BigInteger, nullable=False))
+    errors: int = Field(sa_column=Column(BigInteger, nullable=False))
+    top1_total: int = Field(sa_column=Column(BigInteger, nullable=False))
+    top1_agree: int = Field(sa_column=Column(BigInteger, nullable=False))
+    abs_diff_sum: float
+    abs_diff_max: float
+    active_p95_ms: float | None = None
+    candidate_p95_ms: float | None = None
+    received_at: datetime = _ts(nullable=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,6 +32,7 @@ from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
 from edgefleet.controller.registry_tokens import RegistryTokens
 from edgefleet.controller.rollouts.nudge import Nudge
+from edgefleet.controller.rollouts.shadow import ShadowWave, changed_models, key_of, shadow_waves
 from edgefleet.controller.rollouts.store import rollout_counts
 from edgefleet.controller.rollouts.watch import Watch
 from edgefleet.controller.settings import Settings
@@ -44,7 +46,16 @@ from edgefleet.wire import (
     ModelRef,
     ModelSignaturePolicy,
     ResultPolicy,
+    ShadowModel,
+    ShadowPlan,
 )
+
+PARENT_KEY = "parent"
+"""The shadow key of a quantized model compared with its full-precision parent."""
+PARENT_SAMPLE_RATE = 0.1
+"""A parent comparison runs all the time: by default on a tenth of the inferences (the
+profile's ``shadow.sample_rate`` says otherwise)."""
+PARENT_WINDOW_SECONDS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +114,8 @@ class Runtime:
         )
         self._auth: dict[str, DeviceAuth] = {}
         self._desired: dict[str, DesiredEntry] = {}
+        self._shadow_waves: dict[str, list[ShadowWave]] = {}
+        """The waves in their shadow phase, read once per epoch (``rollouts/shadow.py``)."""
         self.status_digests: dict[str, tuple[str, DeviceState]] = {}
         self.watch = Watch(self.engine)
         """Devices rollouts wait on, for the status hook."""
@@ -117,6 +130,7 @@ class Runtime:
     def _drop_caches(self) -> None:
         self._auth = {}
         self._desired = {}
+        self._shadow_waves = {}
         self.status_digests = {}
         self.watch.drop()
 
@@ -187,19 +201,12 @@ class Runtime:
                     number, spec = rev.number, rev.spec
         # The spec was validated on apply (profiles/schema.json): references are pinned.
         policies = spec.get("policies", {})
+        shadow = self._shadow_plan(device_id, device.profile_id, spec)
         state = DesiredState(
             device_id=device_id,
             profile=profile_name,
             revision=number,
-            models=[
-                ModelRef(
-                    name=m["name"],
-                    reference=m["reference"],
-                    digest=m["reference"].rsplit("@")[-1],
-                    origin=origin(self.settings, m["reference"].split("/", 1)[0]),
-                )
-                for m in spec.get("models", [])
-            ],
+            models=[self._model_ref(m["name"], m["reference"]) for m in spec.get("models", [])],
             config=spec.get("config", {}),
             interval_seconds=int(
                 policies.get("interval_seconds", self.settings.device_interval_seconds)
@@ -210,10 +217,62 @@ class Runtime:
             model_signatures=ModelSignaturePolicy.from_profile(spec),
             update_retries=retries,
             drift=DriftPolicy.from_profile(spec),
+            shadow=shadow,
         )
         body = json.dumps(state.body(), separators=(",", ":")).encode()
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         return DesiredEntry(etag, body, state.interval_seconds)
+
+    def _model_ref(self, name: str, reference: str) -> ModelRef:
+        return ModelRef(
+            name=name,
+            reference=reference,
+            digest=reference.rsplit("@")[-1],
+            origin=origin(self.settings, reference.split("/", 1)[0]),
+        )
+
+    def _shadow_plan(
+        self, device_id: str, profile_id: int | None, spec: dict[str, Any]
+    ) -> ShadowPlan | None:
+        """What the device runs in shadow: a rollout wave's candidates while the wave is in
+        its shadow phase, else each quantized model's full-precision ``parent``; at most
+        one candidate per active model, a rollout's first. None: nothing (the body and
+        the ETag are then what they were before shadows existed)."""
+        models = spec.get("models", [])
+        chosen: dict[str, ShadowModel] = {}
+        sample_rate, window = None, None
+        for wave in self.shadow_waves():
+            if device_id not in wave.devices or wave.profile_id != profile_id:
+                continue
+            for m in changed_models(models, wave.target_models):
+                chosen.setdefault(
+                    m["name"],
+                    ShadowModel(
+                        key=key_of(wave.rollout_id),
+                        active=m["name"],
+                        model=self._model_ref(m["name"], m["reference"]),
+                    ),
+                )
+                sample_rate, window = wave.sample_rate, wave.window_seconds
+        for m in models:
+            if m.get("parent") and m["name"] not in chosen:
+                chosen[m["name"]] = ShadowModel(
+                    key=PARENT_KEY, active=m["name"], model=self._model_ref(m["name"], m["parent"])
+                )
+        if not chosen:
+            return None
+        section = spec.get("shadow", {})
+        return ShadowPlan(
+            models=list(chosen.values()),
+            sample_rate=sample_rate or section.get("sample_rate", PARENT_SAMPLE_RATE),
+            window_seconds=window or section.get("window_seconds", PARENT_WINDOW_SECONDS),
+        )
+
+    def shadow_waves(self) -> list[ShadowWave]:
+        cache = self._shadow_waves  # as in device_auth: a drop discards what this read
+        if "waves" not in cache:
+            cache["waves"] = shadow_waves(self.engine)
+        return cache["waves"]
 
     # -- metrics ------------------------------------------------------------------
 

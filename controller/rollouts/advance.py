@@ -35,7 +35,7 @@ from edgefleet.controller.models import (
     aware,
     utcnow,
 )
-from edgefleet.controller.rollouts import gates, store
+from edgefleet.controller.rollouts import gates, shadow, store
 from edgefleet.controller.rollouts import windows as win
 from edgefleet.controller.rollouts.lease import Lease
 from edgefleet.controller.rollouts.members import OFFLINE_AFTER_INTERVALS
@@ -50,6 +50,8 @@ from edgefleet.controller.rollouts.states import (
     WaveState,
 )
 from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import drift
+from edgefleet.controller.services import shadow as shadow_store
 
 MAX_STEPS = 16
 """Steps taken in a row before the driver looks at its other rollouts."""
@@ -173,12 +175,108 @@ class _Step:
             wave.state, wave.started_at = WaveState.updating, self.now
             store.event(s, r.id, ENGINE, "wave_started", at=self.now, wave=wave.number)  # type: ignore[arg-type]
             self._touch()
+            self._start_shadow(wave)
             return True, self.now
+        if wave.state == WaveState.shadowing:
+            return self._shadowing(wave)
         if wave.state == WaveState.updating:
             return self._updating(wave, tally)
         if wave.state == WaveState.baking:
             return self._baking(wave)
         return False, None
+
+    # -- the shadow phase -----------------------------------------------------------------
+
+    def _candidates(self) -> list[dict[str, Any]]:
+        """The target's models that differ from the rollout's starting revision."""
+        specs = dict(
+            self.s.execute(
+                select(ProfileRevision.number, ProfileRevision.spec).where(
+                    ProfileRevision.profile_id == self.r.profile_id,
+                    ProfileRevision.number.in_(  # type: ignore[attr-defined]
+                        [self.r.from_revision, self.r.target_revision]
+                    ),
+                )
+            ).all()
+        )
+        return shadow.changed_models(
+            specs.get(self.r.from_revision, {}).get("models", []),
+            specs.get(self.r.target_revision, {}).get("models", []),
+        )
+
+    def _start_shadow(self, wave: RolloutWave) -> None:
+        """A wave of a rollout with a shadow phase shadows first, when the target changes
+        a model (a configuration-only revision has nothing to compare)."""
+        if not self.spec.shadow_seconds:
+            return
+        models = self._candidates()
+        if not models:
+            return
+        wave.state = WaveState.shadowing
+        wave.shadow_until = self.now + timedelta(seconds=self.spec.shadow_seconds)
+        store.event(
+            self.s,
+            self.r.id,  # type: ignore[arg-type]
+            ENGINE,
+            "shadow_started",
+            at=self.now,
+            wave=wave.number,
+            until=wave.shadow_until.isoformat(),
+            models=[m["name"] for m in models],
+        )
+        self.moved_desired = True  # the wave's devices get the shadow plan
+
+    def _shadowing(self, wave: RolloutWave) -> tuple[bool, datetime | None]:
+        """At the phase's end, read the shadow gates: pass, and the wave's devices are
+        moved as any wave's; fail, and the rollout stops before any is moved."""
+        until = aware(wave.shadow_until)
+        overridden = (wave.gate or {}).get("overridden_by")
+        if not overridden and until is not None and until > self.now:
+            return False, until
+        self.moved_desired = True  # either way the shadow plan ends now
+        if overridden:
+            wave.shadow = {**(wave.shadow or {}), "overridden_by": overridden}
+            verdict = gates.Verdict(True, f"{overridden} resumed past its failed shadow gate")
+            wave.gate = None  # the bake's gates are read afresh
+        else:
+            verdict, wave.shadow = self._shadow_evidence(wave)
+        if not verdict.ok:
+            wave.gate = verdict.public()
+            self._trip(f"shadow phase of wave {wave.number}: {verdict.detail}")
+            return True, None
+        wave.state = WaveState.updating
+        store.event(
+            self.s,
+            self.r.id,  # type: ignore[arg-type]
+            ENGINE,
+            "shadow_passed",
+            verdict.detail,
+            at=self.now,
+            wave=wave.number,
+        )
+        self._touch()
+        return True, self.now
+
+    def _shadow_evidence(self, wave: RolloutWave) -> tuple[gates.Verdict, dict[str, Any]]:
+        devices = list(
+            self.s.scalars(
+                select(RolloutDevice.device_id).where(
+                    RolloutDevice.rollout_id == self.r.id,
+                    RolloutDevice.wave == wave.number,
+                )
+            )
+        )
+        windows = shadow_store.windows_of(self.s, shadow.key_of(self.r.id), devices)  # type: ignore[arg-type]
+        until = aware(wave.shadow_until) or self.now
+        since = int(until.timestamp()) - self.spec.shadow_seconds
+
+        def worst(model: str) -> dict[str, Any] | None:
+            return drift.worst_during(self.s, self.rt, devices, model, since)
+
+        verdict, found = shadow.evidence(
+            self.spec.gates, self._candidates(), windows, shadow_store.figures, worst
+        )
+        return verdict, {**found, "wave_devices": len(devices), "read_at": self.now.isoformat()}
 
     # -- a wave's devices ---------------------------------------------------------------
 
@@ -503,7 +601,7 @@ def revert(
         .order_by(RolloutWave.number)  # type: ignore[arg-type]
     ).all()
     for wave in waves:
-        if wave.state in (WaveState.updating, WaveState.baking):
+        if wave.state in (WaveState.shadowing, WaveState.updating, WaveState.baking):
             wave.state, wave.finished_at = WaveState.failed, now
     numbers = [w.number for w in waves] or [r.current_wave]
     span = str(numbers[0]) if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"

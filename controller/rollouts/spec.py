@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgefleet.controller.rollouts.plan import Step, parse_steps
 from edgefleet.wire import Strict
@@ -30,6 +30,27 @@ class Gates(Strict):
     """Inference latency p95 the updated devices report, at most."""
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     """Share of inference calls failing on the updated devices, at most."""
+    min_agreement: float | None = Field(default=None, ge=0, le=1)
+    """Shadow phase: top-1 agreement of each candidate model with the active one, at
+    least (read over the compared inferences whose output is class scores)."""
+    max_mad: float | None = Field(default=None, ge=0)
+    """Shadow phase: mean absolute difference of each candidate's outputs from the active
+    model's, at most."""
+    max_drift: float | None = Field(default=None, ge=0)
+    """Shadow phase: the worst PSI of the live inputs the wave's devices compared the
+    candidates on, scored against the model's drift reference (``rollouts/shadow.py``),
+    at most."""
+    min_shadow_samples: int = Field(default=100, ge=0)
+    """Shadow phase: compared inferences each candidate model needs; fewer fails the
+    gate (too little evidence)."""
+
+    def shadow_gates(self) -> list[str]:
+        """The shadow gates set, by name."""
+        return [
+            name
+            for name in ("min_agreement", "max_mad", "max_drift")
+            if getattr(self, name) is not None
+        ]
 
 
 class RolloutSpec(Strict):
@@ -59,6 +80,29 @@ class RolloutSpec(Strict):
     """Update a site's devices only inside its maintenance windows."""
     seed: str | None = Field(default=None, min_length=1, max_length=64)
     """The rollout key that ranks devices into waves; None: a random one."""
+    shadow_seconds: int = Field(default=0, ge=0, le=WEEK)
+    """Before a wave's devices are moved, they run the target's changed models in shadow
+    for this long (0: no shadow phase); the shadow gates are read at its end."""
+    shadow_sample_rate: float = Field(default=1.0, gt=0, le=1)
+    """The share of live inferences the candidates also run during the shadow phase."""
+    shadow_window_seconds: int = Field(default=60, ge=1, le=86400)
+    """The devices' agreement windows: only closed windows count, so the phase should
+    last several of them."""
+
+    @model_validator(mode="after")
+    def _shadow_consistent(self) -> RolloutSpec:
+        if self.shadow_seconds == 0 and self.gates.shadow_gates():
+            raise ValueError(
+                f"gates {', '.join(self.gates.shadow_gates())} are read at the end of a "
+                "shadow phase: set shadow_seconds above 0, or drop them"
+            )
+        if 0 < self.shadow_seconds < self.shadow_window_seconds:
+            raise ValueError(
+                f"shadow_seconds {self.shadow_seconds} is shorter than one agreement window "
+                f"(shadow_window_seconds {self.shadow_window_seconds}): no window would "
+                "close within the shadow phase"
+            )
+        return self
 
     def steps(self) -> list[Step]:
         """The parsed wave plan; BadRequest (``bad_plan``) with the reason otherwise.

@@ -21,6 +21,9 @@ ACTIVE = (RolloutState.running, RolloutState.paused)
 
 class WaveState(StrEnum):
     pending = "pending"
+    shadowing = "shadowing"
+    """Its devices run the target's changed models in shadow until ``shadow_until``; none
+    is moved until the shadow gates pass."""
     updating = "updating"
     """Its devices are being moved to the target, within windows and the concurrency cap."""
     baking = "baking"

@@ -21,7 +21,7 @@ from edgefleet.controller import lifecycle
 from edgefleet.controller.db import reading, session_scope
 from edgefleet.controller.models import Device
 from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import drift
+from edgefleet.controller.services import drift, shadow
 from edgefleet.controller.status_samples import values_of
 from edgefleet.errors import NotFound
 from edgefleet.wire import DeviceState, StatusAck, StatusReport
@@ -54,6 +54,8 @@ def store(rt: Runtime, device_id: str, report: StatusReport, report_digest: str)
         target = _write(rt, device_id, report, report_digest, kept)
     if report.drift:  # each window once in a while: a heartbeat never gets here
         drift.record(rt, device_id, report.drift)
+    if report.shadow:  # likewise: a report without agreement windows costs nothing more
+        shadow.record(rt, device_id, report.shadow)
     rt.status_digests[device_id] = (report_digest, target)
     rt.status_samples.record(device_id, values_of(report, target, stored.site_id))
     return target
@@ -72,8 +74,9 @@ def _stored(rt: Runtime, device_id: str) -> Row:
 
 
 def _kept(report: StatusReport) -> dict[str, Any]:
-    """What the device row keeps of a report (inventory and drift are stored apart)."""
-    return report.model_dump(mode="json", exclude={"inventory", "drift"})
+    """What the device row keeps of a report (inventory, drift and shadow windows are
+    stored apart)."""
+    return report.model_dump(mode="json", exclude={"inventory", "drift", "shadow"})
 
 
 def _write(

@@ -43,6 +43,7 @@ from edgefleet.controller.models import (
     Site,
 )
 from edgefleet.controller.runtime import Runtime
+from edgefleet.controller.services import shadow
 from edgefleet.drift import stats
 from edgefleet.drift.reference import Reference
 from edgefleet.errors import ConfigError, EdgefleetError
@@ -379,6 +380,34 @@ def _device_scores(windows: list[DriftWindowRecord]) -> dict[str, Any]:
     return worst
 
 
+def worst_during(
+    s: Session, rt: Runtime, devices: list[str], model: str, since: int
+) -> dict[str, Any] | None:
+    """The worst PSI of ``model``'s windows on ``devices`` that started at ``since`` or
+    later, each window start's counts summed across the devices and scored as the fleet
+    view scores them (``{"psi", "histogram", "start"}``; None when no window scored): what
+    a rollout's ``max_drift`` gate reads of its shadow phase."""
+    if not devices:
+        return None
+    rows = s.scalars(
+        select(DriftWindowRecord).where(
+            DriftWindowRecord.device_id.in_(devices),  # type: ignore[attr-defined]
+            DriftWindowRecord.model == model,
+            DriftWindowRecord.start >= since,
+        )
+    ).all()
+    by_start: dict[tuple[str, int], list[DriftWindowRecord]] = defaultdict(list)
+    for w in rows:
+        by_start[(w.reference, w.start)].append(w)
+    worst: dict[str, Any] | None = None
+    for (ref_digest, start), windows in sorted(by_start.items()):
+        ref = reference(rt, ref_digest, windows[0].artifact, windows[0].profile_id)
+        point = _point(ref, windows)
+        if point["psi"] is not None and (worst is None or point["psi"] > worst["psi"]):
+            worst = {"psi": point["psi"], "histogram": point["histogram"], "start": start}
+    return worst
+
+
 # -- Prometheus ----------------------------------------------------------------------------
 
 GAUGE_HOURS = 6.0
@@ -414,15 +443,24 @@ def prune(rt: Runtime, before: int) -> int:
 
 
 async def run_retention(rt: Runtime) -> None:
-    """The background loop of every worker: windows older than ``drift_retention_days``."""
+    """The background loop of every worker: drift and shadow windows older than
+    ``drift_retention_days``."""
     while True:
         await asyncio.sleep(PRUNE_EVERY_S)
         before = int(time.time()) - rt.settings.drift_retention_days * 86400
         try:
             gone = await run_in_threadpool(prune, rt, before)
+            # the shadow comparisons' agreement windows are kept as long
+            gone_shadow = await run_in_threadpool(shadow.prune, rt, before)
         except Exception as exc:  # the database is away: the next run tries again
-            log.warning("pruning old drift windows failed: %s", exc)
+            log.warning("pruning old drift and shadow windows failed: %s", exc)
             continue
+        if gone_shadow:
+            log.info(
+                "deleted %d shadow agreement windows older than %d days",
+                gone_shadow,
+                rt.settings.drift_retention_days,
+            )
         if gone:
             log.info(
                 "deleted %d drift windows older than %d days",

@@ -49,9 +49,11 @@ def for_operator(engine: Engine, who: Operator, wanted: list[Access]) -> list[Ac
 
 
 def for_device(desired: DesiredState, wanted: list[Access] | None) -> list[Access]:
-    """Pull, and only pull, on the repositories of the device's desired models; ``wanted``
+    """Pull, and only pull, on the repositories of the device's desired models (and of
+    the candidates it runs in shadow); ``wanted``
     None means all of them. A device without models gets a token that grants nothing."""
-    mine = sorted({repository_of(m.reference) for m in desired.models})
+    candidates = [c.model for c in desired.shadow.models] if desired.shadow else []
+    mine = sorted({repository_of(m.reference) for m in [*desired.models, *candidates]})
     if wanted is not None:
         asked = {a.name for a in wanted if a.type == REPOSITORY and PULL in a.actions}
         mine = [name for name in mine if name in asked]

@@ -129,7 +129,8 @@ def resume(rt: Runtime, who: Operator, rollout_id: int, reason: str) -> dict[str
 
 
 def abort(rt: Runtime, who: Operator, rollout_id: int, reason: str) -> dict[str, Any]:
-    """Stop for good; devices already moved keep the target until a rollback."""
+    """Stop for good; devices already moved keep the target until a rollback, and a
+    shadow phase ends (its evidence is kept)."""
 
     def act(s: Session, r: Rollout) -> None:
         _allowed(r, "abort", ACTIVE)
@@ -138,12 +139,16 @@ def abort(rt: Runtime, who: Operator, rollout_id: int, reason: str) -> dict[str,
         for wave in s.scalars(
             select(RolloutWave).where(
                 RolloutWave.rollout_id == r.id,
-                RolloutWave.state.in_([WaveState.updating, WaveState.baking]),  # type: ignore[attr-defined]
+                RolloutWave.state.in_(  # type: ignore[attr-defined]
+                    [WaveState.shadowing, WaveState.updating, WaveState.baking]
+                ),
             )
         ):
             wave.state, wave.finished_at = WaveState.failed, r.updated_at
 
-    return _act(rt, who, rollout_id, "aborted", reason, act)
+    out = _act(rt, who, rollout_id, "aborted", reason, act)
+    rt.changed()  # a wave in its shadow phase stops shadowing
+    return out
 
 
 def rollback(rt: Runtime, who: Operator, rollout_id: int, reason: str) -> dict[str, Any]:

@@ -115,6 +115,8 @@ def detail(s: Session, rollout_id: int) -> dict[str, Any]:
             "waiting_for_window": waiting if w.number == r.current_wave else [],
             "commits": w.commits,
             "gate": w.gate,
+            "shadow_until": _iso(w.shadow_until),
+            "shadow": w.shadow,
         }
         for w in waves
     ]

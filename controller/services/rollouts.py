@@ -40,6 +40,7 @@ from edgefleet.controller.roles import Operator
 from edgefleet.controller.rollouts import windows as win
 from edgefleet.controller.rollouts.members import select_members
 from edgefleet.controller.rollouts.plan import Member, Wave, assign
+from edgefleet.controller.rollouts.shadow import changed_models
 from edgefleet.controller.rollouts.spec import RolloutSpec
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.services import profiles
@@ -101,6 +102,8 @@ class Selection:
     waves: list[Wave]
     sites: dict[str, tuple[str, list[str]]]
     """Every site's time zone and maintenance windows."""
+    candidates: list[dict[str, Any]]
+    """The target's models that change, which a shadow phase would compare."""
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -117,14 +120,22 @@ def selection(rt: Runtime, spec: RolloutSpec, now: datetime) -> Selection:
     with Session(rt.engine) as s:
         profile = profiles.profile_by_name(s, spec.profile)
         target = spec.revision or profile.latest_revision
-        profiles.revision_or_404(s, profile, target)
+        target_spec = profiles.revision_or_404(s, profile, target).spec
         latest = profiles.revision_or_404(s, profile, profile.latest_revision)
+        from_spec = profiles.revision_or_404(s, profile, profile.followed_revision).spec
         known = {
             name: (tz, list(texts or []))
             for name, tz, texts in s.execute(
                 select(Site.name, Site.timezone, Site.maintenance_windows)
             )
         }
+    if spec.shadow_seconds and target_spec.get("mode") == "k3s":
+        raise BadRequest(
+            f"profile {profile.name!r} revision {target} is mode: k3s, whose devices read "
+            "their desired state from the fleet repository, which carries no shadow plan: "
+            "set shadow_seconds to 0 (the health gates still apply)",
+            code="shadow_unsupported",
+        )
     missing = sorted(set(spec.sites) - set(known))
     if missing:
         raise NotFound(
@@ -144,7 +155,10 @@ def selection(rt: Runtime, spec: RolloutSpec, now: datetime) -> Selection:
     )
     if not members:
         raise BadRequest(_nobody(spec), code="no_devices")
-    return Selection(profile, target, seed, members, assign(members, steps, seed), known)
+    candidates = changed_models(from_spec.get("models", []), target_spec.get("models", []))
+    return Selection(
+        profile, target, seed, members, assign(members, steps, seed), known, candidates
+    )
 
 
 def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[str, Any]:
@@ -158,7 +172,8 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
     clock = _Clock(chosen.sites) if spec.respect_windows else _Clock({})
     current = _current(rt, profile, members)
     following = Counter(rev for rev, _applied in current.values())
-    rows, total = _waves(spec, waves, clock, now)
+    shadow_seconds = spec.shadow_seconds if chosen.candidates else 0
+    rows, total = _waves(spec, waves, clock, now, shadow_seconds)
     offline = sum(w.offline for w in waves)
     waiting = sum(w.offline > 0 for w in waves) if spec.offline == "wait" else 0
     return {
@@ -177,13 +192,15 @@ def plan(rt: Runtime, who: Operator, spec: RolloutSpec, now: datetime) -> dict[s
         "update_seconds_estimate": UPDATE_SECONDS_ESTIMATE,
         "seed": chosen.seed,
         "now": now.isoformat(),
-        "warnings": _warnings(spec, target, profile, waves, members, current),
+        "shadow": _shadow(spec, chosen.candidates),
+        "warnings": _warnings(spec, target, profile, waves, members, current)
+        + _shadow_warnings(spec, chosen.candidates),
         "spec": spec.model_copy(update=chosen.spec).model_dump(mode="json"),
     }
 
 
 def _waves(
-    spec: RolloutSpec, waves: list[Wave], clock: _Clock, now: datetime
+    spec: RolloutSpec, waves: list[Wave], clock: _Clock, now: datetime, shadow_seconds: int
 ) -> tuple[list[dict[str, Any]], int]:
     """Each wave's row, and the estimated seconds of the whole rollout."""
     rows = []
@@ -193,6 +210,7 @@ def _waves(
         closed = [site for site in sites if clock.opens(site, now) > now]
         opens_at = max((clock.opens(site, now) for site in closed), default=None)
         seconds = _wave_seconds(spec, wave, clock, at)
+        seconds += shadow_seconds if wave.members else 0
         at += timedelta(seconds=seconds)
         rows.append(
             {
@@ -203,6 +221,7 @@ def _waves(
                 "sites": sites,
                 "sites_closed_now": closed,
                 "opens_at": opens_at.isoformat() if opens_at else None,
+                "shadow_seconds": shadow_seconds if wave.members else 0,
                 "expected_seconds": seconds,
             }
         )
@@ -217,6 +236,38 @@ def _wave_seconds(spec: RolloutSpec, wave: Wave, clock: _Clock, start: datetime)
     wait = math.ceil((ready - start).total_seconds())
     batches = math.ceil(updating / spec.concurrency) if spec.concurrency else 1
     return wait + batches * UPDATE_SECONDS_ESTIMATE + spec.bake_seconds
+
+
+def _shadow(spec: RolloutSpec, candidates: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The shadow phase each wave starts with, or None when there is none."""
+    if not spec.shadow_seconds or not candidates:
+        return None
+    return {
+        "seconds": spec.shadow_seconds,
+        "sample_rate": spec.shadow_sample_rate,
+        "window_seconds": spec.shadow_window_seconds,
+        "models": [{"name": m["name"], "candidate": m["reference"]} for m in candidates],
+        "gates": {
+            name: getattr(spec.gates, name)
+            for name in ("min_agreement", "max_mad", "max_drift", "min_shadow_samples")
+        },
+    }
+
+
+def _shadow_warnings(spec: RolloutSpec, candidates: list[dict[str, Any]]) -> list[str]:
+    if not spec.shadow_seconds:
+        return []
+    if not candidates:
+        return [
+            "the target changes no model the devices run now: there is nothing to compare, "
+            "so the waves have no shadow phase"
+        ]
+    if not spec.gates.shadow_gates():
+        return [
+            "a shadow phase without min_agreement, max_mad or max_drift only checks that "
+            f"{spec.gates.min_shadow_samples} inferences were compared"
+        ]
+    return []
 
 
 def _current(

@@ -1,0 +1,247 @@
+"""Shadow comparisons in the fleet (issue 14): agreement windows stored from status
+reports, and their figures summed by device, site, profile, model and key.
+
+**Storing.** A status report carries the closed windows the device had not delivered
+yet; each is stored keyed by (device, key, model, candidate digest, start), so a window
+sent again (the report was lost, a runner restarted) replaces the first. Only a report
+that is not a heartbeat, and has windows, reaches here: a report without any costs
+nothing more than before.
+
+**Figures** of a group of windows (``figures``):
+
+- ``agreement``: top-1 agreement, the sum of ``top1_agree`` over the sum of
+  ``top1_total`` (None when no compared output read as class scores);
+- ``mad``: mean absolute difference, the sum of ``abs_diff_sum`` over the sum of
+  ``compared`` (each window's sum is of per-inference means);
+- ``max_abs_diff``: the largest single output difference of any window;
+- ``active_p95_ms`` / ``candidate_p95_ms``: the median of the windows' p95 latencies
+  (each window weighs the same; a p95 of p95s would follow the single slowest window,
+  a mean would follow an outlier: the median tells what a device usually sees);
+- ``compared``, ``skipped``, ``errors``, ``devices``, ``windows``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
+from sqlmodel import Session
+
+from edgefleet.controller.db import delete_in_batches, reading, session_scope
+from edgefleet.controller.models import Device, Profile, ShadowWindowRecord, Site
+from edgefleet.controller.runtime import Runtime
+from edgefleet.errors import BadRequest
+from edgefleet.wire import ShadowWindow
+
+DEFAULT_HOURS = 24.0
+BY = ("site", "device", "model", "profile")
+"""The groupings of the agreement view; every group is also split by key and model."""
+
+# -- storing -------------------------------------------------------------------------
+
+
+def _identity(w: ShadowWindow) -> tuple[str, str, str, int]:
+    return (w.key, w.model, w.candidate_digest, w.start)
+
+
+def record(rt: Runtime, device_id: str, windows: list[ShadowWindow]) -> int:
+    """Store the report's windows; returns how many were new or changed. Windows held
+    already with the same count cost one read, no write."""
+    t = ShadowWindowRecord.__table__  # type: ignore[attr-defined]
+    with reading(rt.engine) as conn:
+        held = {
+            (k, m, c, start): (compared, skipped, errors)
+            for k, m, c, start, compared, skipped, errors in conn.execute(
+                select(
+                    t.c.key,
+                    t.c.model,
+                    t.c.candidate_digest,
+                    t.c.start,
+                    t.c.compared,
+                    t.c.skipped,
+                    t.c.errors,
+                ).where(t.c.device_id == device_id, t.c.start.in_({w.start for w in windows}))
+            )
+        }
+    windows = [w for w in windows if held.get(_identity(w)) != (w.compared, w.skipped, w.errors)]
+    if not windows:
+        return 0
+    with session_scope(rt.engine) as s:
+        device = s.get(Device, device_id)
+        if device is None:
+            return 0
+        for w in {_identity(w): w for w in windows}.values():  # the last copy in a report wins
+            found = s.scalars(
+                select(ShadowWindowRecord).where(
+                    ShadowWindowRecord.device_id == device_id,
+                    ShadowWindowRecord.key == w.key,
+                    ShadowWindowRecord.model == w.model,
+                    ShadowWindowRecord.candidate_digest == w.candidate_digest,
+                    ShadowWindowRecord.start == w.start,
+                )
+            ).first()
+            if found is None:
+                found = ShadowWindowRecord(
+                    device_id=device_id,
+                    site_id=device.site_id,
+                    key=w.key,
+                    model=w.model,
+                    candidate_digest=w.candidate_digest,
+                    start=w.start,
+                    active_digest=w.active_digest,
+                    seconds=w.seconds,
+                    compared=w.compared,
+                    skipped=w.skipped,
+                    errors=w.errors,
+                    top1_total=w.top1_total,
+                    top1_agree=w.top1_agree,
+                    abs_diff_sum=w.abs_diff_sum,
+                    abs_diff_max=w.abs_diff_max,
+                )
+            found.profile_id = device.profile_id
+            found.active_digest, found.seconds = w.active_digest, w.seconds
+            found.compared, found.skipped, found.errors = w.compared, w.skipped, w.errors
+            found.top1_total, found.top1_agree = w.top1_total, w.top1_agree
+            found.abs_diff_sum, found.abs_diff_max = w.abs_diff_sum, w.abs_diff_max
+            found.active_p95_ms = w.active_latency.p95_ms
+            found.candidate_p95_ms = w.candidate_latency.p95_ms
+            s.add(found)
+    return len(windows)
+
+
+# -- figures ---------------------------------------------------------------------------
+
+
+def figures(windows: Iterable[ShadowWindowRecord]) -> dict[str, Any]:
+    """The agreement figures of ``windows`` summed (see the module's docstring)."""
+    rows = list(windows)
+    compared = sum(w.compared for w in rows)
+    top1_total = sum(w.top1_total for w in rows)
+    top1_agree = sum(w.top1_agree for w in rows)
+    diff = sum(w.abs_diff_sum for w in rows)
+    active = [w.active_p95_ms for w in rows if w.active_p95_ms is not None]
+    candidate = [w.candidate_p95_ms for w in rows if w.candidate_p95_ms is not None]
+    return {
+        "devices": len({w.device_id for w in rows}),
+        "windows": len(rows),
+        "compared": compared,
+        "skipped": sum(w.skipped for w in rows),
+        "errors": sum(w.errors for w in rows),
+        "top1_total": top1_total,
+        "top1_agree": top1_agree,
+        "agreement": round(top1_agree / top1_total, 6) if top1_total else None,
+        "mad": round(diff / compared, 9) if compared else None,
+        "max_abs_diff": max((w.abs_diff_max for w in rows), default=None),
+        "active_p95_ms": round(statistics.median(active), 3) if active else None,
+        "candidate_p95_ms": round(statistics.median(candidate), 3) if candidate else None,
+    }
+
+
+def windows_of(
+    s: Session, key: str, devices: Iterable[str], since: int | None = None
+) -> list[ShadowWindowRecord]:
+    """The windows of comparison ``key`` the given devices reported (a rollout's wave)."""
+    wanted = list(devices)
+    if not wanted:
+        return []
+    query = select(ShadowWindowRecord).where(
+        ShadowWindowRecord.key == key,
+        ShadowWindowRecord.device_id.in_(wanted),  # type: ignore[attr-defined]
+    )
+    if since is not None:
+        query = query.where(ShadowWindowRecord.start >= since)
+    return list(s.scalars(query).all())
+
+
+def view(
+    rt: Runtime,
+    *,
+    by: str = "site",
+    key: str | None = None,
+    site: str | None = None,
+    model: str | None = None,
+    hours: float = DEFAULT_HOURS,
+) -> dict[str, Any]:
+    """Agreement figures over the last ``hours`` per group: ``by`` site, device, profile
+    or model, each split by key (``parent``, ``rollout-<id>``), model and candidate."""
+    if by not in BY:
+        raise BadRequest(f"by must be one of {', '.join(BY)}, not {by!r}", code="bad_grouping")
+    since = int(time.time() - hours * 3600)
+    query = (
+        select(ShadowWindowRecord, Site.name, Profile.name, Device.name)
+        .join(Site, Site.id == ShadowWindowRecord.site_id)  # type: ignore[arg-type]
+        .outerjoin(Profile, Profile.id == ShadowWindowRecord.profile_id)  # type: ignore[arg-type]
+        .outerjoin(Device, Device.id == ShadowWindowRecord.device_id)  # type: ignore[arg-type]
+        .where(ShadowWindowRecord.start >= since)
+    )
+    if key is not None:
+        query = query.where(ShadowWindowRecord.key == key)
+    if site is not None:
+        query = query.where(Site.name == site)
+    if model is not None:
+        query = query.where(ShadowWindowRecord.model == model)
+    with Session(rt.engine) as s:
+        rows = s.execute(query).all()
+    groups: dict[tuple[Any, ...], tuple[dict[str, Any], list[ShadowWindowRecord]]] = {}
+    for w, site_name, profile_name, device_name in rows:
+        head: dict[str, Any] = {}
+        if by == "site":
+            head = {"site": site_name}
+        elif by == "device":
+            head = {"device": w.device_id, "device_name": device_name, "site": site_name}
+        elif by == "profile":
+            head = {"profile": profile_name}
+        head |= {"key": w.key, "model": w.model, "candidate": w.candidate_digest}
+        found = groups.setdefault(tuple(map(str, head.values())), (head, []))
+        found[1].append(w)
+    out = [
+        {**head, **figures(ws), "last_start": max(w.start for w in ws)}
+        for _, (head, ws) in sorted(groups.items())
+    ]
+    return {"by": by, "hours": hours, "key": key, "groups": out}
+
+
+# -- Prometheus --------------------------------------------------------------------------
+
+GAUGE_HOURS = 6.0
+"""The gauges read the windows of the last hours only: a scrape stays cheap."""
+
+
+def gauges(rt: Runtime) -> list[tuple[str, str, float | None, float | None, int]]:
+    """(model, key, agreement, MAD, compared) over the last ``GAUGE_HOURS``: a few series,
+    per model and key, never per device."""
+    found = view(rt, by="model", hours=GAUGE_HOURS)["groups"]
+    merged: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for g in found:  # candidates of one model and key together
+        merged.setdefault((g["model"], g["key"]), []).append(g)
+    out = []
+    for (model, key), gs in sorted(merged.items()):
+        total = sum(g["top1_total"] for g in gs)
+        agree = sum(g["top1_agree"] for g in gs)
+        compared = sum(g["compared"] for g in gs)
+        diff = sum((g["mad"] or 0.0) * g["compared"] for g in gs)
+        out.append(
+            (
+                model,
+                key,
+                agree / total if total else None,
+                diff / compared if compared else None,
+                compared,
+            )
+        )
+    return out
+
+
+# -- retention -------------------------------------------------------------------------------
+
+PRUNE_BATCH = 5000
+
+
+def prune(rt: Runtime, before: int) -> int:
+    """Delete windows that started before ``before`` (epoch seconds), a batch per
+    transaction; kept as long as drift windows (``drift_retention_days``)."""
+    table = ShadowWindowRecord.__table__  # type: ignore[attr-defined]
+    return delete_in_batches(rt.engine, table, table.c.start < before, PRUNE_BATCH)
