@@ -68,6 +68,7 @@ BENCHES: list[Bench] = [
     Bench("pull.py", ("--runs", "3")),
     Bench("runner.py", ("--loads", "5", "--calls", "500")),
     Bench("drift.py", ("--updates", "5000", "--predicts", "3000")),
+    Bench("shadow.py", ("--runs", "3", "--calls", "300", "--restarts", "2")),
     Bench("gateway.py", ("--calls", "200", "--runs", "1")),
     Bench("update.py", ("--runs", "2")),
     Bench("buffer.py", ("--runs", "1", "--single", "2000")),
