@@ -128,6 +128,43 @@ class _Drift(Collector):
         yield from (psi, level)
 
 
+ShadowGauges = Sequence[tuple[str, str, float | None, float | None, int]]
+"""(model, key, top-1 agreement, mean absolute difference, compared inferences)."""
+
+
+class _Shadow(Collector):
+    """Read from the database at scrape time (``services/shadow.py``): one series per
+    model and comparison key, never per device."""
+
+    def __init__(self, gauges: Callable[[], ShadowGauges]) -> None:
+        self._gauges = gauges
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        agreement = GaugeMetricFamily(
+            "edgefleet_shadow_agreement",
+            "Top-1 agreement of shadow candidates with the active model, last 6 hours "
+            "(key: parent or rollout-<id>)",
+            labels=["model", "key"],
+        )
+        mad = GaugeMetricFamily(
+            "edgefleet_shadow_mad",
+            "Mean absolute difference of shadow candidates' outputs, last 6 hours",
+            labels=["model", "key"],
+        )
+        compared = GaugeMetricFamily(
+            "edgefleet_shadow_compared",
+            "Inferences compared in shadow, last 6 hours",
+            labels=["model", "key"],
+        )
+        for model, key, ratio, diff, n in self._gauges():
+            if ratio is not None:
+                agreement.add_metric([model, key], ratio)
+            if diff is not None:
+                mad.add_metric([model, key], diff)
+            compared.add_metric([model, key], n)
+        yield from (agreement, mad, compared)
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
@@ -137,6 +174,7 @@ class Metrics:
         buffers: Callable[[], Sequence[DeviceBuffer]] = list,
         rollouts: Callable[[], RolloutCounts] = lambda: RolloutCounts({}, []),
         drift: Callable[[], DriftGauges] = lambda: ([], {}),
+        shadow: Callable[[], ShadowGauges] = list,
     ) -> None:
         self._registry = CollectorRegistry(auto_describe=True)
         self._multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -221,6 +259,7 @@ class Metrics:
         self._buffers = _DeviceBuffers(buffers)
         self._rollouts = _Rollouts(rollouts)
         self._drift = _Drift(drift)
+        self._shadow = _Shadow(shadow)
 
     def render(self) -> bytes:
         if self._multiprocess:
@@ -233,6 +272,7 @@ class Metrics:
         scrape.register(self._buffers)
         scrape.register(self._rollouts)
         scrape.register(self._drift)
+        scrape.register(self._shadow)
         return generate_latest(scrape)
 
 

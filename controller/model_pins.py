@@ -38,16 +38,20 @@ def origin(settings: Settings, registry: str) -> str:
 
 
 def pin(settings: Settings, tokens: RegistryTokens, spec: dict[str, Any]) -> dict[str, Any]:
-    """``spec`` with every model reference carrying a digest (tags resolved now)."""
+    """``spec`` with every model reference (and ``parent``) carrying a digest (tags
+    resolved now)."""
     models = spec.get("models") or []
-    if all("@" in m["reference"] for m in models):
+    fields = ("reference", "parent")  # a quantized model's full-precision parent, too
+    if all("@" in m[f] for m in models for f in fields if f in m):
         return spec
     pinned = []
     for i, model in enumerate(models):
-        text = model["reference"]
-        if "@" not in text:
-            text = _resolve(settings, tokens, f"/models/{i}/reference", model["name"], text)
-        pinned.append({**model, "reference": text})
+        model = dict(model)
+        for f in fields:
+            text = model.get(f)
+            if text is not None and "@" not in text:
+                model[f] = _resolve(settings, tokens, f"/models/{i}/{f}", model["name"], text)
+        pinned.append(model)
     return {**spec, "models": pinned}
 
 

@@ -26,7 +26,7 @@ from edgefleet.controller.db import make_engine
 from edgefleet.controller.gitops.writer import GitopsWriter
 from edgefleet.controller.keyring import Keyring
 from edgefleet.controller.lastseen import LastSeen
-from edgefleet.controller.metrics import DriftGauges, Metrics
+from edgefleet.controller.metrics import DriftGauges, Metrics, ShadowGauges
 from edgefleet.controller.model_pins import origin
 from edgefleet.controller.models import Device, Profile, ProfileRevision, aware
 from edgefleet.controller.pki.authority import Authority, load_authority
@@ -111,6 +111,7 @@ class Runtime:
             lambda: device_buffers(self.engine),
             lambda: rollout_counts(self.engine),
             self._drift_gauges,
+            self._shadow_gauges,
         )
         self._auth: dict[str, DeviceAuth] = {}
         self._desired: dict[str, DesiredEntry] = {}
@@ -280,6 +281,11 @@ class Runtime:
         from edgefleet.controller.services import drift  # it imports this module
 
         return drift.gauges(self)
+
+    def _shadow_gauges(self) -> ShadowGauges:
+        from edgefleet.controller.services import shadow  # it imports this module
+
+        return shadow.gauges(self)
 
     def count_devices_by_state(self) -> dict[str, int]:
         with Session(self.engine) as s:

@@ -53,6 +53,7 @@ def errors(doc: Any) -> list[tuple[str, str]]:
     out.extend(_k3s_only(doc))
     out.extend(_signing_keys(doc))
     out.extend(_drift_thresholds(doc))
+    out.extend(_parents(doc))
     return sorted(set(out))
 
 
@@ -82,7 +83,7 @@ def _explain(err: jsonschema.ValidationError) -> list[tuple[str, str]]:
             for key in err.instance
             if key not in allowed
         ]
-    if err.validator == "pattern" and path and path[-1] == "reference":
+    if err.validator == "pattern" and path and path[-1] in ("reference", "parent"):
         reason = (
             f"{err.instance!r} is not a model reference: write registry/repo:tag (pinned to "
             "its digest when the profile is applied) or registry/repo@sha256:<64 hex>"
@@ -124,6 +125,24 @@ def _duplicates(doc: Any) -> list[tuple[str, str]]:
                     out.append((pointer([section, i, "name"]), f"duplicate name {name!r}"))
                 seen.add(name)
     return out
+
+
+def _parents(doc: Any) -> list[tuple[str, str]]:
+    """A model's ``parent`` is another model: comparing one with itself measures nothing."""
+    models = doc.get("models") if isinstance(doc, dict) else None
+    if not isinstance(models, list):
+        return []
+    return [
+        (
+            pointer(["models", i, "parent"]),
+            "the parent is the model itself: name the full-"
+            "precision model this one was quantized from, or remove parent",
+        )
+        for i, m in enumerate(models)
+        if isinstance(m, dict)
+        and m.get("parent") is not None
+        and m.get("parent") == m.get("reference")
+    ]
 
 
 K3S_ONLY = ("os", "k3s")

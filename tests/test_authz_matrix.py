@@ -510,6 +510,7 @@ ROWS: list[Row] = [
     Row("GET", "/api/v1/updates", READERS),
     Row("GET", "/api/v1/results", READERS),
     Row("GET", "/api/v1/drift", READERS),
+    Row("GET", "/api/v1/drift/agreement", READERS),
     Row("GET", "/api/v1/updates/{update_id}", READERS, site_scoped=True, fresh=_update_id),
     Row("GET", "/api/v1/controller", READERS),
     # Signing keys (tests/test_key_rotation.py): admins only; the registry's token bundle

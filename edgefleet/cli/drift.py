@@ -92,3 +92,75 @@ def _window(point: dict[str, Any]) -> str:
 
 def _score(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+@app.command("agreement")
+@handled
+def agreement(
+    ctx: typer.Context,
+    site: str | None = typer.Option(None, help="only this site"),
+    model: str | None = typer.Option(None, help="only this model (its name in the profile)"),
+    key: str | None = typer.Option(
+        None, help="only this comparison: parent (INT8 vs full precision) or rollout-<id>"
+    ),
+    by: str = typer.Option("site", help="site, device, model or profile"),
+    hours: float = typer.Option(24.0, help="windows that started in the last HOURS"),
+    output: Format = OutputOpt,
+) -> None:
+    """Shadow comparisons: how often a candidate (a quantized model's full-precision
+    parent, a rollout's new model) picks the active model's top-1 class, how far their
+    outputs lie apart, and the latency of each (the median of the windows' p95)."""
+    if by not in ("site", "device", "model", "profile"):
+        raise typer.BadParameter(f"{by!r}: use site, device, model or profile", param_hint="--by")
+    if not hours > 0:
+        raise typer.BadParameter("give a positive number of hours", param_hint="--hours")
+    doc = controller(ctx).get(
+        "/drift/agreement", site=site, model=model, key=key, by=by, hours=hours
+    )
+    if output == Format.json:
+        show(doc, output, [])
+        return
+    heads = {"site": ["SITE"], "device": ["DEVICE", "SITE"], "profile": ["PROFILE"], "model": []}
+    table = Table(
+        *heads[by],
+        "KEY",
+        "MODEL",
+        "CANDIDATE",
+        "DEVICES",
+        "COMPARED",
+        "TOP-1 AGREE",
+        "MAD",
+        "MAX DIFF",
+        "P95 ACTIVE",
+        "P95 CANDIDATE",
+    )
+    for g in doc["groups"]:
+        lead = {
+            "site": [g.get("site")],
+            "device": [g.get("device_name") or g.get("device"), g.get("site")],
+            "profile": [g.get("profile")],
+            "model": [],
+        }[by]
+        table.add_row(
+            *(escape(str(v or "-")) for v in lead),
+            escape(g["key"]),
+            escape(g["model"]),
+            g["candidate"].split(":", 1)[-1][:12],
+            str(g["devices"]),
+            str(g["compared"]),
+            "-" if g["agreement"] is None else f"{g['agreement']:.1%}",
+            _figure(g["mad"]),
+            _figure(g["max_abs_diff"]),
+            _ms(g["active_p95_ms"]),
+            _ms(g["candidate_p95_ms"]),
+        )
+    console.print(table)
+    console.print(f"{len(doc['groups'])} comparison(s)", highlight=False)
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} ms"

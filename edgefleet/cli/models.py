@@ -100,6 +100,23 @@ def push(
         return
     for row in rows:
         console.print(f"pushed {row['reference']}", highlight=False, soft_wrap=True)
+    parent = next((r for r in rows if r["variant"] == "fp32"), None)
+    for row in rows:
+        if row["variant"] != "fp32" and parent is not None:
+            console.print(_parent_snippet(name, row["reference"], parent["reference"]), end="")
+
+
+def _parent_snippet(name: str, reference: str, parent: str) -> str:
+    """The profile entry that runs the quantized variant and compares it on every device
+    with its full-precision parent (``edgefleet drift agreement --key parent``)."""
+    return (
+        "\nIn a profile, to run the quantized model and see what it costs in accuracy on "
+        "real site data:\n"
+        "models:\n"
+        f"  - name: {name.rsplit('/', 1)[-1]}\n"
+        f"    reference: {reference}\n"
+        f"    parent: {parent}\n"
+    )
 
 
 @app.command("list")

@@ -31,6 +31,7 @@ STATE_STYLE = {
     "rolled_back": "red",
     "updating": "yellow",
     "baking": "cyan",
+    "shadowing": "blue",
     "passed": "green",
     "failed": "red",
     "pending": "dim",
@@ -81,6 +82,8 @@ def render_plan(plan: dict[str, Any], out: Console) -> None:
             escape(_closed(wave)),
         )
     out.print(table)
+    if plan.get("shadow"):
+        out.print(_shadow_plan(plan["shadow"]), highlight=False, soft_wrap=True)
     following = plan["following"]
     now = (
         f"revision {next(iter(following))}"
@@ -98,6 +101,16 @@ def render_plan(plan: dict[str, Any], out: Console) -> None:
     ]
     for line in lines:
         out.print(line, highlight=False, soft_wrap=True)
+
+
+def _shadow_plan(shadow: dict[str, Any]) -> str:
+    gates = ", ".join(f"{k} {v}" for k, v in shadow["gates"].items() if v is not None)
+    models = ", ".join(escape(m["name"]) for m in shadow["models"])
+    return (
+        f"shadow phase: each wave's devices first run {models} of the target in shadow "
+        f"for {duration(shadow['seconds'])} ({shadow['sample_rate']:.0%} of inferences), "
+        f"and are moved only if its gates pass: {gates}"
+    )
 
 
 def _closed(wave: dict[str, Any]) -> str:
@@ -145,6 +158,8 @@ def status_view(rollout: dict[str, Any], now: datetime, note: str = "") -> Rende
     if note:  # at the top: a live view taller than the terminal loses its bottom lines
         parts.append(Text(f"warning: {note}", style="yellow"))
     parts.append(_waves(rollout, now))
+    if any(w.get("shadow") for w in rollout["waves"]):
+        parts.append(_shadow(rollout["waves"]))
     if rollout.get("failures"):
         parts.append(_failures(rollout["failures"]))
     if rollout["events"]:
@@ -212,6 +227,9 @@ def _waiting(wave: dict[str, Any], now: datetime) -> Text:
     if wave["state"] == "baking" and wave["bake_until"]:
         left = (when(wave["bake_until"]) - now).total_seconds()
         return Text(f"bake, {duration(left)} left")
+    if wave["state"] == "shadowing" and wave.get("shadow_until"):
+        left = (when(wave["shadow_until"]) - now).total_seconds()
+        return Text(f"shadow, {duration(max(left, 0))} left")
     if wave["waiting_for_window"]:
         return Text(f"window at {sites(wave['waiting_for_window'])}")
     return Text("-")
@@ -222,6 +240,56 @@ def _gate(gate: dict[str, Any] | None) -> Text:
         return Text("-")
     verdict = Text("ok", style="green") if gate["ok"] else Text("failed", style="red")
     return verdict.append(f": {gate['detail']}" if gate.get("detail") else "")
+
+
+def _shadow(waves: list[dict[str, Any]]) -> Table:
+    """Each wave's shadow evidence: per changed model, what the candidate did on the
+    wave's devices before any was moved, and the verdict."""
+    table = Table(
+        "wave",
+        "model",
+        "devices",
+        "compared",
+        "top-1 agree",
+        "MAD",
+        "max diff",
+        "p95 active / candidate",
+        "input PSI",
+        "verdict",
+        title="shadow evidence",
+        box=box.SIMPLE_HEAD,
+    )
+    for wave in waves:
+        evidence = wave.get("shadow")
+        if not evidence:
+            continue
+        verdict = evidence.get("verdict") or {}
+        mark = _gate(verdict) if verdict else Text("-")
+        if evidence.get("overridden_by"):
+            mark = Text(f"resumed past by {evidence['overridden_by']}", style="yellow")
+        for m in evidence.get("models", []):
+            drift = m.get("drift")
+            table.add_row(
+                str(wave["number"]),
+                Text(m["model"]),
+                str(m["devices"]),
+                str(m["compared"]),
+                "-" if m["agreement"] is None else f"{m['agreement']:.1%}",
+                _num(m["mad"]),
+                _num(m["max_abs_diff"]),
+                f"{_ms(m['active_p95_ms'])} / {_ms(m['candidate_p95_ms'])}",
+                "-" if not drift else f"{drift['psi']:.3f}",
+                mark,
+            )
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g} ms"
 
 
 def _events(events: list[dict[str, Any]], now: datetime) -> Table:

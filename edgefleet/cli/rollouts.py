@@ -90,6 +90,25 @@ def rollout_spec(
     max_failures: int = typer.Option(0, help="Gate: failed updates tolerated in all"),
     max_p95_ms: float | None = typer.Option(None, help="Gate: inference p95 at most (ms)"),
     max_error_rate: float | None = typer.Option(None, help="Gate: inference error share"),
+    shadow: str = typer.Option(
+        "0",
+        help="Shadow phase per wave before its devices are moved (e.g. 30m; 0: none): they "
+        "run the changed models beside the active ones and report agreement",
+    ),
+    shadow_sample_rate: float = typer.Option(1.0, help="Share of inferences run in shadow"),
+    shadow_window: str = typer.Option("60s", help="Agreement window during the shadow phase"),
+    min_agreement: float | None = typer.Option(
+        None, help="Shadow gate: top-1 agreement with the active model, at least (0-1)"
+    ),
+    max_mad: float | None = typer.Option(
+        None, help="Shadow gate: mean absolute difference of the outputs, at most"
+    ),
+    max_drift: float | None = typer.Option(
+        None, help="Shadow gate: worst input PSI during the shadow phase, at most"
+    ),
+    min_shadow_samples: int = typer.Option(
+        100, help="Shadow gate: compared inferences each changed model needs"
+    ),
     ignore_windows: bool = typer.Option(
         False, "--ignore-windows", help="Update sites outside their maintenance windows too"
     ),
@@ -108,7 +127,14 @@ def rollout_spec(
             "max_failures": max_failures,
             "max_p95_ms": max_p95_ms,
             "max_error_rate": max_error_rate,
+            "min_agreement": min_agreement,
+            "max_mad": max_mad,
+            "max_drift": max_drift,
+            "min_shadow_samples": min_shadow_samples,
         },
+        "shadow_seconds": seconds(shadow, "--shadow"),
+        "shadow_sample_rate": shadow_sample_rate,
+        "shadow_window_seconds": seconds(shadow_window, "--shadow-window"),
         "on_failure": on_failure.value,
         "offline": offline.value,
         "offline_deadline_seconds": seconds(offline_deadline, "--offline-deadline"),
@@ -265,6 +291,21 @@ def status(
     if output == Format.json:
         show(rollout, output, [])
     _ended(rollout, err if output == Format.json else console)
+
+
+@app.command("show")
+@handled
+def show_rollout(
+    ctx: typer.Context,
+    rollout_id: int = typer.Argument(..., metavar="ID"),
+    output: Format = OutputOpt,
+) -> None:
+    """A rollout once: its waves, the evidence of their shadow phases, its latest events."""
+    rollout = controller(ctx).get(f"/rollouts/{rollout_id}")
+    if output == Format.json:
+        show(rollout, output, [])
+    else:
+        console.print(status_view(rollout, datetime.now(UTC)))
 
 
 def _poll(ctl: Controller, path: str, last: dict[str, Any]) -> tuple[dict[str, Any], str]:

@@ -15,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from edgefleet.controller import roles
 from edgefleet.controller.console import charts
 from edgefleet.controller.console.web import Viewer, page, require, runtime
-from edgefleet.controller.runtime import Runtime
-from edgefleet.controller.services import drift
+from edgefleet.controller.runtime import PARENT_KEY, Runtime
+from edgefleet.controller.services import drift, shadow
 
 router = APIRouter()
 SERIES_CSS = ("ef-series-1", "ef-series-2", "ef-bad", "ef-ok")
@@ -48,7 +48,8 @@ def site_charts(groups: list[dict[str, Any]]) -> list[tuple[str, Markup]]:
 
 def _drift(rt: Runtime, site: str | None, model: str | None) -> dict[str, Any]:
     shown = drift.view(rt, site=site, model=model)
-    return {**shown, "charts": site_charts(shown["groups"])}
+    parent = shadow.view(rt, by="site", key=PARENT_KEY, site=site, model=model)
+    return {**shown, "charts": site_charts(shown["groups"]), "parents": parent["groups"]}
 
 
 @router.get("/drift", response_class=HTMLResponse)
