@@ -29,9 +29,9 @@ SHADOW_DB = "shadow.db"
 MAX_WINDOWS = 2000
 """About a week of five-minute windows for one model, two days for four."""
 BUSY_TIMEOUT_S = 10.0
-SETTLE_S = 15.0
+SETTLE_S = 10.0
 """A window is reported this long after its end: the runners close a window within
-five seconds of its end, and a restarted runner stores its part within that time."""
+five seconds of its end (their timer), and a stopped one stores its part as it stops."""
 KEEP_DELIVERED_S = 3600.0
 """A delivered window's row stays this long after its end, for a late part to merge into."""
 REPORT_BYTES = 16 * 1024
