@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
+from edgefleet.cli import common
+from edgefleet.cli.app import app as cli_app
+from edgefleet.cli.client import Controller
+from edgefleet.cli.output import console
 from edgefleet.controller.app import create_app
 from edgefleet.controller.bootstrap import Prepared
 from edgefleet.controller.settings import Settings
 from tests.support.apiclient import Api
+from tests.support.console import Browser, user_with_password
 from tests.test_rollouts_engine import HOURLY, Fleet
 
 OLD = "registry.test:5000/models/detector@sha256:" + "a" * 64
@@ -306,3 +313,36 @@ def test_the_plan_shows_the_shadow_phase_and_k3s_profiles_refuse_it(fleet: Shado
         "POST", "/rollouts/plan", fleet.api.admin, json={**body, "shadow_seconds": 600}
     )
     assert res.status_code == 400 and res.json()["error"]["code"] == "shadow_unsupported"
+
+
+def test_the_evidence_is_shown_by_rollouts_show_and_the_console(
+    fleet: ShadowFleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    ids = fleet.enrol(2)
+    fleet.hold_new_model()
+    rid = fleet.create_shadowed(waves="100%", on_failure="pause")["id"]
+    fleet.wait(rid, lambda x: x["waves"][0]["state"] == "shadowing", "the shadow phase")
+    for d in ids:
+        fleet.agree(d, rid, compared=100, agree=70, diff=0.2)
+    fleet.wait(rid, lambda x: x["state"] == "paused", "the gate to pause it")
+
+    api = fleet.api
+    monkeypatch.setenv("EDGEFLEET_CLI_CONFIG", str(tmp_path / "absent.yaml"))
+    transport = api.client._transport  # the in-process app behind the TestClient
+    monkeypatch.setattr(common, "Controller", lambda cfg, _t: Controller(cfg, transport))
+    monkeypatch.setattr(console, "width", 250)
+    login = ["--url", "https://testserver", "--token", api.admin]
+    out = CliRunner().invoke(cli_app, [*login, "rollouts", "show", str(rid)])
+    assert out.exit_code == 0, out.output
+    evidence = out.output.split("shadow evidence")[1]
+    row = next(line for line in evidence.splitlines() if "detector" in line)
+    assert "70.0%" in row and "200" in row and "0.2" in row and "failed" in row
+
+    browser = Browser(api)
+    user_with_password(api, "vera", "viewer")
+    assert browser.login("vera").status_code == 303
+    page = browser.get(f"/console/rollouts/{rid}")
+    assert page.status_code == 200
+    table = page.text.split('id="shadow-evidence"')[1].split("</table>")[0]
+    assert "detector" in table and "70.0%" in table and "failed" in table
+    assert "min_agreement 90.0%" in table
