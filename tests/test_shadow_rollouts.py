@@ -94,7 +94,7 @@ class ShadowFleet(Fleet):
     def create_shadowed(self, **spec: Any) -> dict[str, Any]:
         body = {
             "waves": "50%,100%",
-            "shadow_seconds": 2,
+            "shadow_seconds": 3,
             "shadow_window_seconds": 1,
             "gates": {"min_agreement": 0.9, "max_mad": 0.05, "min_shadow_samples": 100},
             **spec,
@@ -346,3 +346,54 @@ def test_the_evidence_is_shown_by_rollouts_show_and_the_console(
     table = page.text.split('id="shadow-evidence"')[1].split("</table>")[0]
     assert "detector" in table and "70.0%" in table and "failed" in table
     assert "min_agreement 90.0%" in table
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    import numpy as np
+
+    from edgefleet.drift.reference import compute
+    from edgefleet.models.pack import read_signature
+    from tests.support.onnxmodels import affine
+
+    folder = tmp_path_factory.mktemp("shadow-drift")
+    path = affine(folder / "affine.onnx", inputs=4, outputs=3)
+    x = np.random.default_rng(0).normal(size=(1000, 4)).astype(np.float32)
+    np.savez(folder / "ref.npz", x=x)
+    return path, compute(path, folder / "ref.npz", read_signature(path))
+
+
+@pytest.mark.parametrize(("shift", "passes"), [(1.5, False), (0.0, True)])
+def test_max_drift_reads_the_inputs_the_wave_saw_during_its_shadow_phase(
+    fleet: ShadowFleet, reference: tuple[Path, Any], shift: float, passes: bool
+) -> None:
+    from tests.test_drift_fleet import known
+    from tests.test_drift_fleet import window as drift_window
+
+    drift = {"drift": {"window_seconds": 60}}
+    fleet.api.profile(
+        "vision", {**HOURLY, **drift, "models": [{"name": "detector", "reference": OLD}]}
+    )  # revision 2, released: the devices run it now
+    ids = fleet.enrol(2)
+    fleet.hold(**drift, models=[{"name": "detector", "reference": NEW}])
+    known(fleet.api, reference[1])
+    rid = fleet.create_shadowed(
+        waves="100%",
+        on_failure="pause",
+        gates={"min_agreement": 0.9, "max_drift": 0.25, "min_shadow_samples": 100},
+    )["id"]
+    fleet.wait(rid, lambda x: x["waves"][0]["state"] == "shadowing", "the shadow phase")
+    start = int(time.time())
+    for seed, d in enumerate(ids):
+        inputs = drift_window(reference, shift, start, n=300, seed=seed) | {"model": "detector"}
+        fleet.report(d, 2, drift=[inputs])
+        fleet.agree(d, rid, compared=100, agree=100)
+    done = fleet.wait(rid, lambda x: x["waves"][0]["shadow"] is not None, "the shadow gates")
+    [model] = done["waves"][0]["shadow"]["models"]
+    if passes:
+        assert model["drift"]["psi"] < 0.1 and done["waves"][0]["state"] != "shadowing"
+        assert done["state"] == "running"
+    else:
+        assert model["drift"]["psi"] > 0.25
+        assert done["state"] == "paused" and "input drift PSI" in done["reason"]
+        assert "max_drift 0.25" in done["reason"]

@@ -258,15 +258,12 @@ class _Step:
         return True, self.now
 
     def _shadow_evidence(self, wave: RolloutWave) -> tuple[gates.Verdict, dict[str, Any]]:
-        devices = list(
-            self.s.scalars(
-                select(RolloutDevice.device_id).where(
-                    RolloutDevice.rollout_id == self.r.id,
-                    RolloutDevice.wave == wave.number,
-                )
-            )
+        members = select(RolloutDevice.device_id).where(
+            RolloutDevice.rollout_id == self.r.id,
+            RolloutDevice.wave == wave.number,
         )
-        windows = shadow_store.windows_of(self.s, shadow.key_of(self.r.id), devices)  # type: ignore[arg-type]
+        devices = list(self.s.scalars(members))
+        windows = shadow_store.windows_of(self.s, shadow.key_of(self.r.id), members)  # type: ignore[arg-type]
         until = aware(wave.shadow_until) or self.now
         since = int(until.timestamp()) - self.spec.shadow_seconds
 

@@ -15,6 +15,17 @@ desired state (``Runtime._build_desired``), keyed ``rollout-<id>``; a K3s-mode d
 reads its desired state from the fleet repository, which carries no shadow plan, so a
 rollout of a ``mode: k3s`` profile refuses a shadow phase.
 
+**Offline devices.** The shadow phase waits for nobody: a device offline during it
+gets the plan when it returns (if the phase still runs) and contributes what it
+reports; the evidence is what the wave's online devices said, and
+``min_shadow_samples`` fails a phase with too little of it. The rollout's ``offline``
+policy then applies, as for any wave, when the devices are moved.
+
+**Pause** keeps the comparison running (it moves nothing, and its windows keep
+arriving); on resume the gates are read when the phase ends, at once if it ended
+meanwhile. Resuming a rollout paused by a failed shadow gate accepts the gate: the
+evidence keeps who did, and the wave's devices are moved.
+
 **Gates**, per candidate model, over the windows the wave's devices reported for the
 key and the candidate's digest: fewer than ``min_shadow_samples`` compared inferences
 fails (too little evidence: offline devices, too short a phase), then
@@ -42,7 +53,6 @@ from edgefleet.controller.models import (
     Rollout,
     RolloutDevice,
     RolloutWave,
-    ShadowWindowRecord,
 )
 from edgefleet.controller.rollouts.gates import Verdict
 from edgefleet.controller.rollouts.spec import Gates, RolloutSpec
@@ -122,8 +132,8 @@ def shadow_waves(engine: Engine) -> list[ShadowWave]:
 def evidence(
     gates: Gates,
     candidates: list[dict[str, Any]],
-    windows: list[ShadowWindowRecord],
-    figures: Callable[[Iterable[ShadowWindowRecord]], dict[str, Any]],
+    windows: list[Any],
+    figures: Callable[[Iterable[Any]], dict[str, Any]],
     drift: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> tuple[Verdict, dict[str, Any]]:
     """The shadow gates' verdict over the wave's ``windows``, and the evidence kept with

@@ -383,8 +383,9 @@ def _device_scores(windows: list[DriftWindowRecord]) -> dict[str, Any]:
 def worst_during(
     s: Session, rt: Runtime, devices: list[str], model: str, since: int
 ) -> dict[str, Any] | None:
-    """The worst PSI of ``model``'s windows on ``devices`` that started at ``since`` or
-    later, each window start's counts summed across the devices and scored as the fleet
+    """The worst PSI of ``model``'s windows on ``devices`` that ended after ``since`` (a
+    window aligned on the clock may have started a little before), each window start's
+    counts summed across the devices and scored as the fleet
     view scores them (``{"psi", "histogram", "start"}``; None when no window scored): what
     a rollout's ``max_drift`` gate reads of its shadow phase."""
     if not devices:
@@ -393,7 +394,7 @@ def worst_during(
         select(DriftWindowRecord).where(
             DriftWindowRecord.device_id.in_(devices),  # type: ignore[attr-defined]
             DriftWindowRecord.model == model,
-            DriftWindowRecord.start >= since,
+            DriftWindowRecord.start + DriftWindowRecord.seconds > since,
         )
     ).all()
     by_start: dict[tuple[str, int], list[DriftWindowRecord]] = defaultdict(list)

@@ -10,7 +10,8 @@ and ``create`` will refuse it the same way.
 
 The duration is an estimate, not a promise. Per wave, in order, starting now:
 
-    wait for the last of its sites' windows to open (when ``respect_windows``)
+    shadow_seconds (when the target changes a model the devices run)
+    + wait for the last of its sites' windows to open (when ``respect_windows``)
     + ceil(devices to update / concurrency) x UPDATE_SECONDS_ESTIMATE
     + bake_seconds
 
