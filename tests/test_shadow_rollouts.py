@@ -397,3 +397,47 @@ def test_max_drift_reads_the_inputs_the_wave_saw_during_its_shadow_phase(
         assert model["drift"]["psi"] > 0.25
         assert done["state"] == "paused" and "input drift PSI" in done["reason"]
         assert "max_drift 0.25" in done["reason"]
+
+
+def test_a_rollout_shadow_takes_the_model_from_its_parent_comparison(fleet: ShadowFleet) -> None:
+    parent = "registry.test:5000/models/detector-fp32@sha256:" + "f" * 64
+    fleet.api.profile(
+        "vision",
+        {**HOURLY, "models": [{"name": "detector", "reference": OLD, "parent": parent}]},
+    )  # revision 2, released: every device compares with the parent
+    ids = fleet.enrol(1)
+    [before] = fleet.state(ids[0])["shadow"]["models"]
+    assert before["key"] == "parent" and before["model"]["reference"] == parent
+    fleet.hold(models=[{"name": "detector", "reference": NEW, "parent": parent}])
+    rid = fleet.create_shadowed(waves="100%", shadow_seconds=3600, shadow_window_seconds=60)["id"]
+    fleet.wait(rid, lambda x: x["waves"][0]["state"] == "shadowing", "the shadow phase")
+    plan = fleet.state(ids[0])["shadow"]
+    assert [(m["key"], m["model"]["reference"]) for m in plan["models"]] == [
+        (f"rollout-{rid}", NEW)
+    ]
+    assert plan["sample_rate"] == 1.0 and plan["window_seconds"] == 60
+    fleet.api.ok("POST", f"/rollouts/{rid}/abort", fleet.api.admin, json={})
+    [after] = fleet.state(ids[0])["shadow"]["models"]
+    assert after["key"] == "parent"  # back to the parent comparison
+
+
+def test_rollouts_plan_in_the_cli_shows_the_shadow_phase(
+    fleet: ShadowFleet, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fleet.enrol(2)
+    fleet.hold_new_model()
+    api = fleet.api
+    monkeypatch.setenv("EDGEFLEET_CLI_CONFIG", str(tmp_path / "absent.yaml"))
+    transport = api.client._transport
+    monkeypatch.setattr(common, "Controller", lambda cfg, _t: Controller(cfg, transport))
+    monkeypatch.setattr(console, "width", 250)
+    login = ["--url", "https://testserver", "--token", api.admin]
+    args = ["rollouts", "plan", "--profile", "vision", "--shadow", "30m", "--min-agreement", "0.95"]
+    out = CliRunner().invoke(cli_app, [*login, *args])
+    assert out.exit_code == 0, out.output
+    said = " ".join(out.output.split())
+    assert "shadow phase: each wave's devices first run detector of the target in shadow" in said
+    assert "min_agreement 0.95" in said
+    bad = CliRunner().invoke(cli_app, [*login, "rollouts", "plan", "--profile", "vision",
+                                       "--min-agreement", "0.95"])  # fmt: skip
+    assert bad.exit_code != 0 and "set shadow_seconds above 0" in " ".join(bad.output.split())
