@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--shadow-window", type=float, default=300.0, help="seconds (default 300)")
     p.add_argument(
+        "--take-over",
+        action="store_true",
+        help="replace a runner serving the socket (bind beside it, rename over it): "
+        "the supervisor starts the new runner first and stops the old one after",
+    )
+    p.add_argument(
         "--watch-stdin",
         action="store_true",
         help="exit when standard input closes: the supervisor holds the other end, "
@@ -98,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_set_at_eof, args=(stop,), daemon=True).start()
     started = time.perf_counter()
     servers: list[socketserver.BaseServer] = []
+    unix: server.UnixServer | None = None
     try:
         loaded = model.load(
             args.model, args.name or args.model.stem, args.version, args.digest, args.threads
@@ -105,21 +112,21 @@ def main(argv: list[str] | None = None) -> int:
         service = server.Service(
             loaded, _store(args.results, args.slot, args.revision), drift=_drift(args, loaded)
         )
-        servers.append(server.bind_unix(args.socket, service))
+        unix = server.bind_unix(args.socket, service, args.take_over)
+        servers.append(unix)
         if args.port is not None:
             servers.append(server.bind_tcp(args.port, service))
     except (model.ModelError, server.SetupError) as exc:
         log.error("%s", exc)
-        if servers:  # the socket is ours: leave no listener behind
-            servers[0].server_close()
-            args.socket.unlink(missing_ok=True)
+        if unix is not None:  # the socket is ours: leave no listener behind
+            unix.server_close()
+            server.release(args.socket, unix)
         return EXIT_CONFIG
     _release_free_memory()
     if service.drift is not None:
         service.drift.start()
     if args.shadow_model is not None:
-        # after the socket serves: adding a candidate costs callers no longer a gap
-        # than any restart of the runner
+        # after the socket serves: loading the candidate does not delay the takeover
         threading.Thread(target=_attach_shadow, args=(args, service), daemon=True).start()
     with server.serving(servers, args.socket):
         log.info(

@@ -20,6 +20,9 @@ from edgefleet.agent.runner import api
 from edgefleet.agent.runner.errors import RunnerError, RunnerUnavailable
 from edgefleet.errors import from_response_body
 
+_UNREAD = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+"""How a request sent on a connection the runner had already closed fails."""
+
 
 class UnixHTTPConnection(http.client.HTTPConnection):
     """``http.client`` over a Unix socket: only ``connect`` differs."""
@@ -82,17 +85,25 @@ class RunnerClient:
     def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         with self._lock:
-            conn = self._connection()
-            try:
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                data = resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self._close()
-                raise RunnerUnavailable(
-                    f"no answer from the inference runner on {self.socket_path} "
-                    f"({method} {path}): {type(exc).__name__}: {exc}"
-                ) from exc
+            for attempt in (1, 2):
+                conn = self._connection()
+                reused = conn.sock is not None
+                try:
+                    conn.request(method, path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    break
+                except (OSError, http.client.HTTPException) as exc:
+                    self._close()
+                    if attempt == 1 and reused and isinstance(exc, _UNREAD):
+                        # A kept-alive connection that a stopping runner closed as this
+                        # request left: it was never read (a runner answers every call it
+                        # read before it stops), so it goes again on a new connection.
+                        continue
+                    raise RunnerUnavailable(
+                        f"no answer from the inference runner on {self.socket_path} "
+                        f"({method} {path}): {type(exc).__name__}: {exc}"
+                    ) from exc
             if resp.will_close:
                 self._close()
         try:

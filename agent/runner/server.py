@@ -248,12 +248,54 @@ class TCPHandler(Handler):
     disable_nagle_algorithm = True  # TCP only: the option does not exist on a Unix socket
 
 
-class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+DRAIN_S = 2.0
+"""The longest a stopping runner waits for the calls in progress to be answered."""
+
+
+class Draining:
+    """The connections a server has open, so that a stopping runner can let its
+    kept-alive callers go before the process ends (see ``drain``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            self._conns.add(request)
+        super().process_request(request, client_address)  # type: ignore[misc]
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def drain(self, timeout: float = DRAIN_S) -> None:
+        """Stop reading from every open connection: an idle one ends at once (its caller
+        sees it closed and connects again, to whichever runner serves the socket now),
+        one in the middle of a call answers it first. Waits up to ``timeout`` for them."""
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._conns_lock:
+                if not self._conns:
+                    return
+            time.sleep(0.005)
+
+
+class UnixServer(Draining, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     service: Service
+    inode: int
+    """The socket file's, to leave alone a file another runner put there since."""
 
 
-class TCPServer(ThreadingHTTPServer):
+class TCPServer(Draining, ThreadingHTTPServer):
     service: Service
 
 
@@ -261,22 +303,51 @@ class SetupError(Exception):
     """A socket, port or folder the runner was told to use cannot be used; says why."""
 
 
-def bind_unix(path: Path, service: Service) -> UnixServer:
-    """Listen on ``path`` (mode 0600), replacing a socket left by a runner that died."""
+def bind_unix(path: Path, service: Service, take_over: bool = False) -> UnixServer:
+    """Listen on ``path`` (mode 0600), replacing a socket left by a runner that died.
+
+    With ``take_over`` the socket is bound beside ``path`` and renamed over it, which
+    replaces the socket of a runner still serving: new connections reach this runner
+    at once, and the supervisor stops the old one once this one answers, so callers
+    see no time without a listener."""
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise SetupError(
             f"socket path {path} is longer than {SUN_PATH_MAX} bytes; use a shorter one"
         )
-    _remove_stale(path)
+    target = path
+    if take_over:
+        path = path.with_name(f"{path.name}.{os.getpid()}")
+        if len(os.fsencode(path)) > SUN_PATH_MAX:
+            raise SetupError(
+                f"socket path {path} (taking over {target}) is longer than {SUN_PATH_MAX} "
+                "bytes; use a shorter socket folder"
+            )
+        path.unlink(missing_ok=True)
+    else:
+        _remove_stale(path)
     previous = os.umask(0o177)
     try:
         server = UnixServer(str(path), Handler)
+        if take_over:
+            os.rename(path, target)
     except OSError as exc:
-        raise SetupError(f"cannot listen on {path}: {exc.strerror or exc}") from exc
+        if take_over:
+            path.unlink(missing_ok=True)
+        raise SetupError(f"cannot listen on {target}: {exc.strerror or exc}") from exc
     finally:
         os.umask(previous)
     server.service = service
+    server.inode = target.stat().st_ino
     return server
+
+
+def release(path: Path, server: UnixServer) -> None:
+    """Remove the socket file, unless a runner that took over has it now."""
+    try:
+        if path.stat().st_ino == server.inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _remove_stale(path: Path) -> None:
@@ -309,7 +380,7 @@ def bind_tcp(port: int, service: Service) -> TCPServer:
 @contextlib.contextmanager
 def serving(servers: list[socketserver.BaseServer], socket_path: Path) -> Iterator[None]:
     """Serve in background threads for the duration of the block, then close every
-    listener and remove the socket file."""
+    listener and remove the socket file (``servers[0]``'s, unless taken over since)."""
     # serve_forever polls for shutdown every 0.5 s by default: a commit's takeover of the
     # main socket waits for that poll, so a shorter one shortens the gap callers see.
     threads = [
@@ -324,4 +395,9 @@ def serving(servers: list[socketserver.BaseServer], socket_path: Path) -> Iterat
         for s in servers:
             s.shutdown()
             s.server_close()
-        socket_path.unlink(missing_ok=True)
+        for s in servers:
+            if isinstance(s, Draining):
+                s.drain()
+        unix = servers[0]
+        assert isinstance(unix, UnixServer)
+        release(socket_path, unix)

@@ -167,19 +167,21 @@ class Runner:
         proc = self._serving
         return proc.pid if proc is not None and proc.poll() is None else None
 
-    def start(self) -> None:
+    def start(self, take_over: bool = False) -> None:
         """Start the child and return once it answers ``/health``; a no-op if started.
 
-        Raises RunnerStartError, with the child's last words, if it exits first
-        (model missing, not ONNX, wrong digest, socket in use) or does not answer
-        within ``start_timeout``. Call ``start`` and ``stop`` from one thread.
+        With ``take_over`` the child replaces a runner that serves the socket (it moves
+        its own socket over the path): stop that one after this returns. Raises
+        RunnerStartError, with the child's last words, if it exits first (model
+        missing, not ONNX, wrong digest, socket in use) or does not answer within
+        ``start_timeout``. Call ``start`` and ``stop`` from one thread.
         """
         if not self._stopping.is_set():
             return  # started: the watcher keeps a child serving
         self._stopping.clear()
         self._backoff.reset()
         try:
-            self._launch()
+            self._launch(take_over)
         except BaseException:
             self._stopping.set()
             raise
@@ -232,14 +234,15 @@ class Runner:
                 raise RunnerUnavailable(f"{exc.message}; the runner is restarting") from exc
             raise
 
-    def _launch(self) -> None:
+    def _launch(self, take_over: bool = False) -> None:
         with self._lock:
             if self._stopping.is_set():
                 raise RunnerStartError("the runner was stopped while starting")
             try:
-                with self.config.log_file.open("wb") as err:
+                # a takeover's old runner still writes its log: append after it
+                with self.config.log_file.open("ab" if take_over else "wb") as err:
                     proc = subprocess.Popen(
-                        self.config.command(),
+                        self.config.command() + (["--take-over"] if take_over else []),
                         stdin=subprocess.PIPE,
                         stdout=err,
                         stderr=err,
@@ -275,6 +278,7 @@ class Runner:
             try:
                 if self._client.health()["pid"] == proc.pid:
                     return
+                self._client.close()  # the runner it takes over: connect anew next time
             except RunnerUnavailable:
                 pass  # not listening yet
             if time.monotonic() > deadline:

@@ -103,9 +103,10 @@ class SlotApplier:
 
     def apply_shadow(self, desired: DesiredState) -> float:
         """Run the desired state's shadow plan (none: stop any): pull its candidates
-        and restart the runners whose candidate changed. A candidate that cannot be had
-        is left out and reported (``shadow_checks``); the revision is not touched.
-        Returns the longest gap a caller of a main socket saw, in seconds."""
+        and replace the runners whose candidate changed (a takeover of their socket:
+        callers keep being answered). A candidate that cannot be had is left out and
+        reported (``shadow_checks``); the revision is not touched. Returns the seconds
+        the runners' switch took (0: nothing changed)."""
         serving = self.engine.ctx.serving
         signatures = desired.model_signatures
         specs = self._shadow.prepare(
@@ -115,13 +116,13 @@ class SlotApplier:
         )
         if specs == serving.shadow:
             return 0.0
-        gap = serving.set_shadow(specs)
+        took = serving.set_shadow(specs)
         log.info(
-            "shadow plan: %s (runner restart gap %.0f ms)",
-            ", ".join(f"{n} beside {s.key}" for n, s in sorted(specs.items())) or "none",
-            gap * 1000,
+            "shadow plan: %s (runners switched in %.0f ms)",
+            ", ".join(f"{s.key} beside {n}" for n, s in sorted(specs.items())) or "none",
+            took * 1000,
         )
-        return gap
+        return took
 
     def shadow_checks(self) -> list[CheckResult]:
         """What keeps a candidate of the plan from running: not pulled or refused here,

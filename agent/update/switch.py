@@ -7,8 +7,9 @@ commit restarts the main runners on the new slot's files, a rollback only stops 
 candidates.
 
 A shadow plan (``set_shadow``) gives a main runner a candidate to compare with on its
-live inputs: the runner is restarted with it (or without it, once the plan drops it);
-runners whose candidate did not change keep running. The health checks' candidate
+live inputs: a new runner with it (or without it, once the plan drops it) takes the
+socket over from the old one, which is stopped after; runners whose candidate did not
+change keep running. The health checks' candidate
 runners never run a shadow.
 """
 
@@ -67,13 +68,17 @@ class ModelServing:
         """By active model name."""
         self._serving: tuple[Path | None, str | None] = (None, None)
 
-    def serve(self, folder: Path | None, slot: str | None = None) -> float:
+    def serve(self, folder: Path | None, slot: str | None = None, take_over: bool = False) -> float:
         """Make the main sockets serve the set in ``folder`` (None: serve nothing), slot
         ``slot``'s: results name the slot and revision they came from.
 
         Runners already serving the same file are kept; a changed model's old runner is
-        stopped, then the new one started on the same socket. Returns the longest gap a
-        caller of a main socket saw, in seconds. Raises RunnerStartError."""
+        stopped, then the new one started on the same socket, or with ``take_over`` the
+        new one is started first, takes the socket over, and the old one is stopped
+        after (callers then see no time without a listener; one that fails to start
+        leaves the old one serving). Returns the longest gap a caller of a main socket
+        saw, in seconds: the time between stopping the old runner and the new one
+        answering, 0 for a takeover. Raises RunnerStartError."""
         wanted = (
             self._configs(folder, ".sock", self.results, slot, self.shadow)
             if folder is not None
@@ -88,11 +93,16 @@ class ModelServing:
             running = self.main.get(name)
             if running is not None and running.config == config:
                 continue
+            runner = Runner(config)
+            if running is not None and take_over:
+                runner.start(take_over=True)
+                self.main[name] = runner
+                running.stop()
+                continue
             started = time.monotonic()
             if running is not None:
                 running.stop()
                 del self.main[name]
-            runner = Runner(config)
             runner.start()
             self.main[name] = runner
             gap = max(gap, time.monotonic() - started)
@@ -100,11 +110,15 @@ class ModelServing:
 
     def set_shadow(self, specs: dict[str, ShadowSpec]) -> float:
         """Run these candidates in shadow (by active model name; empty: none) from now
-        on; restarts the main runners whose candidate changed. Returns the longest gap a
-        caller saw, in seconds."""
+        on: the main runners whose candidate changed are replaced by a takeover, so
+        callers keep a listener throughout. Returns the seconds the switch took."""
         self.shadow = dict(specs)
         folder, slot = self._serving
-        return self.serve(folder, slot) if folder is not None else 0.0
+        if folder is None:
+            return 0.0
+        started = time.monotonic()
+        self.serve(folder, slot, take_over=True)
+        return time.monotonic() - started
 
     def start_candidates(self, folder: Path, slot: str | None = None) -> dict[str, Runner]:
         """Runners for the set in ``folder`` on the candidate sockets; RunnerStartError

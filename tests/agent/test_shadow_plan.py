@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 
 from edgefleet.agent.runner.client import RunnerClient
 from edgefleet.agent.update.applier import SlotApplier
+from edgefleet.errors import EdgefleetError
 from edgefleet.models import signature_store, signing
 from edgefleet.models.pack import push_model
 from edgefleet.oci.client import RegistryClient
@@ -97,6 +100,39 @@ def _answers(sockets: Path) -> np.ndarray:
         client.close()
 
 
+class _Caller:
+    """An application calling the main socket in a loop on one kept-alive connection."""
+
+    def __init__(self, sockets: Path) -> None:
+        self.client = RunnerClient(sockets / "m.sock", 5.0)
+        self.want = None
+        self.answers = self.wrong = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                got = np.array(self.client.predict({"x": X.tolist()})["outputs"]["y"])
+            except EdgefleetError as exc:
+                self.failures.append(exc.message)
+                continue
+            self.answers += 1
+            self.wrong += int(not np.allclose(got, self.want, atol=1e-5))
+
+    def __enter__(self) -> _Caller:
+        self.want = np.array(self.client.predict({"x": X.tolist()})["outputs"]["y"])
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)  # calls after the old runner stopped reach the new one
+        self._stop.set()
+        self._thread.join(10)
+        self.client.close()
+
+
 def _blobs(state: Path) -> list[str]:
     folder = state / "shadow" / "blobs" / "sha256"
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
@@ -115,8 +151,11 @@ def test_a_plan_runs_the_candidate_beside_the_active_model_without_an_update(
     try:
         applier.apply(fleet.desired(active))
         before = applier.slots()
-        gap = applier.apply_shadow(fleet.desired(active, candidate))
-        assert 0 < gap < 10
+        with _Caller(sockets) as caller:  # calls the main socket throughout the switch
+            took = applier.apply_shadow(fleet.desired(active, candidate))
+        assert 0 < took < 30
+        assert caller.answers > 0 and caller.failures == []  # callers never lost the socket
+        assert caller.wrong == 0  # every answer the active model's
         after = applier.slots()
         assert (after.active, after.slots) == (before.active, before.slots)  # no A/B update
         wait_until(lambda: _running(sockets), 20, "the candidate running")
