@@ -18,6 +18,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edgefleet import gctune
 from edgefleet.controller import openapi, results_retention, sample_rollup
 from edgefleet.controller.api import (
     claims,
@@ -144,8 +145,11 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
 
 
 def app_from_environment() -> FastAPI:
-    """Entry for uvicorn worker processes (``factory=True``): settings from env and file."""
-    return create_app(load_settings())
+    """Entry for uvicorn worker processes (``factory=True``): settings from env and file.
+    The garbage collector is tuned here, in served workers only (see ``gctune``)."""
+    app = create_app(load_settings())
+    gctune.tune()
+    return app
 
 
 async def _flush_last_seen(rt: Runtime) -> None:
