@@ -13,8 +13,9 @@ call (it sums that many MB of weights), so the candidate competes for the CPU. T
 result stores live on tmpfs (``/dev/shm``) when there is one, so their fsync per call
 does not drown the difference in the disk's noise.
 
-CPU: the two runner processes' user+system time over the same calls (``/proc``): the
-difference per call is what the candidate's run and the comparison cost.
+CPU and memory: the two runner processes' user+system time over the same calls and
+their resident memory (``/proc``): the difference per call is what the candidate's run
+and the comparison cost; the difference in memory is the candidate's.
 
 Switch: ``ModelServing.set_shadow`` with a plan (a new runner with the candidate takes
 the main socket over, the old one is stopped), and without it again: the time the switch
@@ -120,6 +121,7 @@ def _latency(work: Path, active: Path, candidate: Path, args: argparse.Namespace
             extra = (after["shadow"] - before["shadow"]) - (after["alone"] - before["alone"])
             cpu.append(extra / len(bodies) * 1000)
         health = shadowed.health()["shadow"]
+        rss = {n: _rss_mb(r.pid) for n, r in (("alone", alone), ("shadow", shadowed))}
     a, s = median([m[0] for m in medians]), median([m[1] for m in medians])
     print(
         f"answered call (1 row, {FEATURES} features, {CLASSES} classes, {args.pad_mb:g} MB "
@@ -142,6 +144,17 @@ def _latency(work: Path, active: Path, candidate: Path, args: argparse.Namespace
         f"{median(cpu):.3f} ms (per run: {', '.join(f'{c:.3f}' for c in cpu)}; the clock "
         f"ticks every {TICK_S * 1000:.0f} ms)"
     )
+    print(
+        f"runner resident memory: {rss['alone']:.1f} MB alone, {rss['shadow']:.1f} MB with "
+        f"the candidate ({rss['shadow'] - rss['alone']:.1f} MB for a {args.pad_mb:g} MB model)"
+    )
+    figure(
+        "runner memory added by a shadow candidate",
+        rss["shadow"] - rss["alone"],
+        "MB",
+        note=f"VmRSS with the candidate minus without, {args.pad_mb:g} MB of weights",
+        settings={"pad_mb": args.pad_mb},
+    )
     figure(
         "shadow candidate CPU per inference",
         median(cpu),
@@ -149,6 +162,14 @@ def _latency(work: Path, active: Path, candidate: Path, args: argparse.Namespace
         note="runner CPU with the shadow minus without, per call, sample rate 1.0",
         settings={"pad_mb": args.pad_mb},
     )
+
+
+def _rss_mb(pid: int | None) -> float:
+    assert pid is not None
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def _restart_gap(work: Path, active: Path, candidate: Path, restarts: int) -> None:
