@@ -44,13 +44,21 @@ class ShadowCandidates:
 
     def recover(self) -> dict[str, ShadowSpec]:
         """The plan that ran before the agent stopped, for the candidates still on disk."""
-        doc = read_json(self.folder / PLAN_FILE) or {}
-        specs = {}
-        for name, fields in doc.items():
-            spec = ShadowSpec(**{**fields, "model": Path(fields["model"])})
-            if spec.model.is_file():
-                specs[name] = spec
-        return specs
+        try:
+            doc = read_json(self.folder / PLAN_FILE) or {}
+            specs = {
+                name: ShadowSpec(**{**fields, "model": Path(fields["model"])})
+                for name, fields in doc.items()
+            }
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # a shadow is never worth a device that does not start
+            log.error(
+                "shadow plan %s unreadable, running none until the desired state changes: %s",
+                self.folder / PLAN_FILE,
+                exc,
+            )
+            return {}
+        return {name: spec for name, spec in specs.items() if spec.model.is_file()}
 
     def prepare(
         self,
