@@ -521,8 +521,8 @@ class ShadowWindow(Strict):
     compared: int = Field(ge=0, le=INT64_MAX)
     """Inferences both models answered, counted in rows: a call of a batch of 100 rows
     counts 100 (a call's rows are its first output's leading axis when that output has
-    two axes or more, else 1). ``skipped``, ``errors`` and ``top1_*`` count rows too;
-    the latencies are per call."""
+    two axes or more or holds one label per row, else 1). ``skipped``, ``errors`` and
+    ``top1_*`` count rows too; the latencies are per call."""
     skipped: int = Field(default=0, ge=0, le=INT64_MAX)
     """Sampled inferences the candidate did not run (its queue was full)."""
     errors: int = Field(default=0, ge=0, le=INT64_MAX)
@@ -530,13 +530,14 @@ class ShadowWindow(Strict):
     (another shape, values that are not finite)."""
     top1_total: int = Field(default=0, ge=0, le=INT64_MAX)
     """Compared inferences whose first output reads as class scores (its last axis has
-    at least two values): top-1 is counted over these only."""
+    at least two values) or as labels (integers or strings, one per row): top-1 is
+    counted over these only."""
     top1_agree: int = Field(default=0, ge=0, le=INT64_MAX)
     """Of those, the ones whose top-1 class was the same for both models."""
     abs_diff_sum: Ratio = 0.0
     """Sum over compared inferences of the mean absolute difference of their outputs
-    (every numeric output, element by element): divided by ``compared`` it is the
-    window's mean absolute difference. Each row of a call adds the call's mean."""
+    (every numeric output but labels, element by element): divided by ``compared`` it is
+    the window's mean absolute difference. Each row of a call adds the call's mean."""
     abs_diff_max: Ratio = 0.0
     """The largest absolute difference of any output value in the window."""
     active_latency: LatencySummary = Field(default_factory=LatencySummary)

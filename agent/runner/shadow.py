@@ -11,7 +11,9 @@ report. A candidate failure counts as ``errors``; nothing here reaches the answe
 
 Counts are of rows: a call answering a batch of 100 rows counts 100 compared (an
 operator's "agreement" is over predictions, not over HTTP calls). The rows of a call
-are its first output's leading axis when that output has two axes or more, else 1.
+are its first output's leading axis when that output has two axes or more or holds one
+label per row (integers or strings), else 1. Top-1 agreement reads the first output as
+class scores (argmax over its last axis, when it has two values or more) or as labels.
 Latencies are per call: the active model's time for the call and the candidate's.
 """
 
@@ -59,21 +61,31 @@ class Comparison:
     """Rows whose first output reads as class scores (0 or ``rows``)."""
     top1_agree: int
     abs_diff_mean: float
-    """Over every numeric output value of the call, element by element."""
+    """Over every numeric output value of the call but labels, element by element."""
     abs_diff_max: float
 
 
 def rows_of(outputs: list[Any]) -> int:
-    """The call's rows: its first output's leading axis when it has two axes or more."""
+    """The call's rows: its first output's leading axis when it has two axes or more or
+    holds labels (one per row), else 1."""
     first = outputs[0] if outputs else None
-    if isinstance(first, np.ndarray) and first.ndim >= 2:
+    if isinstance(first, np.ndarray) and (first.ndim >= 2 or _labels(first)):
         return int(first.shape[0])
     return 1
 
 
+def _labels(value: Any) -> bool:
+    """One class label per row (integers or strings, as scikit-learn's converters give)."""
+    return (
+        isinstance(value, np.ndarray)
+        and value.ndim == 1
+        and (np.issubdtype(value.dtype, np.integer) or value.dtype.kind in "OUS")
+    )
+
+
 def compare(active: list[Any], candidate: list[Any]) -> Comparison:
     """Top-1 agreement over the first output and absolute differences over every numeric
-    output; outputs are matched by position. Raises ComparisonError."""
+    output but labels; outputs are matched by position. Raises ComparisonError."""
     if len(active) != len(candidate):
         raise ComparisonError(
             f"the candidate gives {len(candidate)} outputs, the active model {len(active)}"
@@ -81,8 +93,8 @@ def compare(active: list[Any], candidate: list[Any]) -> Comparison:
     rows = rows_of(active)
     diffs = []
     for i, (a, c) in enumerate(zip(active, candidate, strict=True)):
-        if not (_numeric(a) and _numeric(c)):
-            continue  # a sequence of maps (ZipMap) and the like: compared through top-1 only
+        if not (_numeric(a) and _numeric(c)) or _labels(a):
+            continue  # labels, a sequence of maps (ZipMap): compared through top-1 only
         if a.shape != c.shape:
             raise ComparisonError(
                 f"output {i} has shape {list(c.shape)} from the candidate, "
@@ -95,7 +107,10 @@ def compare(active: list[Any], candidate: list[Any]) -> Comparison:
     every = np.concatenate(diffs) if diffs else np.zeros(0)
     top1_rows = top1_agree = 0
     first_a, first_c = active[0], candidate[0]
-    if _numeric(first_a) and _numeric(first_c) and first_a.ndim >= 1 and first_a.shape[-1] >= 2:
+    if _labels(first_a) and _labels(first_c) and first_a.shape == first_c.shape:
+        top1_rows = rows
+        top1_agree = int(np.count_nonzero(first_a == first_c))
+    elif _scores(first_a) and _scores(first_c) and first_a.shape[-1] >= 2:
         same = np.argmax(first_a, axis=-1) == np.argmax(first_c, axis=-1)
         if first_a.ndim >= 2:  # a row agrees where its top-1 is the same at every position
             same = same.reshape(rows, -1).all(axis=1)
@@ -108,6 +123,10 @@ def compare(active: list[Any], candidate: list[Any]) -> Comparison:
         abs_diff_mean=float(every.mean()) if every.size else 0.0,
         abs_diff_max=float(every.max()) if every.size else 0.0,
     )
+
+
+def _scores(value: Any) -> bool:
+    return _numeric(value) and not _labels(value) and value.ndim >= 1
 
 
 def _numeric(value: Any) -> bool:

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.agent.runner.model import Model, load
 from edgefleet.agent.runner.shadow import QUEUE_SIZE, Shadow, compare
@@ -191,3 +193,46 @@ def test_windows_merge_across_a_restart_and_are_delivered_once(tmp_path: Path) -
     second.delivered([again], now=900 + KEEP_DELIVERED_S + 1)
     assert second.undelivered() == 0
     assert second.for_report(16, now=10_000) == []
+
+
+def _labelled(path: Path, seed: int) -> Path:
+    """A classifier as scikit-learn's converters shape one: ``label`` (int64, one per row)
+    first, then the class scores."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((4, CLASSES)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["scores"]),
+            helper.make_node("ArgMax", ["scores"], ["label"], axis=1, keepdims=0),
+        ],
+        "labelled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", CLASSES]),
+        ],
+        initializer=[numpy_helper.from_array(weight, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_label_output_counts_its_rows_and_agrees_label_by_label(tmp_path: Path) -> None:
+    a_path, c_path = _labelled(tmp_path / "a.onnx", 1), _labelled(tmp_path / "c.onnx", 2)
+    active, candidate = load(a_path, "m", "", None, 1), load(c_path, "m", "", None, 1)
+    x = np.random.default_rng(9).normal(size=(64, 4)).astype(np.float32)
+    a_out, _ = active.run_arrays({"x": x})
+    c_out, _ = candidate.run_arrays({"x": x})
+    found = compare(list(a_out.values()), list(c_out.values()))
+
+    def weights(path: Path) -> np.ndarray:
+        return numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+
+    scores_a, scores_c = x @ weights(a_path), x @ weights(c_path)
+    diff = np.abs(scores_a.astype(np.float64) - scores_c)
+    assert (found.rows, found.top1_rows) == (64, 64)
+    assert found.top1_agree == int((scores_a.argmax(1) == scores_c.argmax(1)).sum()) < 64
+    assert found.abs_diff_mean == pytest.approx(diff.mean(), rel=1e-5)  # labels left out
+    assert found.abs_diff_max == pytest.approx(diff.max(), rel=1e-5)
