@@ -74,15 +74,17 @@ def record(rt: Runtime, device_id: str, windows: list[ShadowWindow]) -> int:
         if device is None:
             return 0
         for w in {_identity(w): w for w in windows}.values():  # the last copy in a report wins
-            found = s.scalars(
-                select(ShadowWindowRecord).where(
-                    ShadowWindowRecord.device_id == device_id,
-                    ShadowWindowRecord.key == w.key,
-                    ShadowWindowRecord.model == w.model,
-                    ShadowWindowRecord.candidate_digest == w.candidate_digest,
-                    ShadowWindowRecord.start == w.start,
-                )
-            ).first()
+            found = None
+            if _identity(w) in held:  # a new window (the usual case) costs no look-up
+                found = s.scalars(
+                    select(ShadowWindowRecord).where(
+                        ShadowWindowRecord.device_id == device_id,
+                        ShadowWindowRecord.key == w.key,
+                        ShadowWindowRecord.model == w.model,
+                        ShadowWindowRecord.candidate_digest == w.candidate_digest,
+                        ShadowWindowRecord.start == w.start,
+                    )
+                ).first()
             if found is None:
                 found = ShadowWindowRecord(
                     device_id=device_id,
