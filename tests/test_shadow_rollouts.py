@@ -94,7 +94,7 @@ class ShadowFleet(Fleet):
     def create_shadowed(self, **spec: Any) -> dict[str, Any]:
         body = {
             "waves": "50%,100%",
-            "shadow_seconds": 3,
+            "shadow_seconds": 4,
             "shadow_window_seconds": 1,
             "gates": {"min_agreement": 0.9, "max_mad": 0.05, "min_shadow_samples": 100},
             **spec,
@@ -377,15 +377,21 @@ def test_max_drift_reads_the_inputs_the_wave_saw_during_its_shadow_phase(
     ids = fleet.enrol(2)
     fleet.hold(**drift, models=[{"name": "detector", "reference": NEW}])
     known(fleet.api, reference[1])
+    # sketched beforehand (onnxruntime is slow on a busy machine): windows aligned on the
+    # minute that ends at least 30 s after the shadow phase starts
+    later = int(time.time()) + 30
+    windows = [
+        drift_window(reference, shift, later, n=300, seed=seed) | {"model": "detector"}
+        for seed in range(len(ids))
+    ]
     rid = fleet.create_shadowed(
         waves="100%",
         on_failure="pause",
+        shadow_seconds=5,
         gates={"min_agreement": 0.9, "max_drift": 0.25, "min_shadow_samples": 100},
     )["id"]
     fleet.wait(rid, lambda x: x["waves"][0]["state"] == "shadowing", "the shadow phase")
-    start = int(time.time())
-    for seed, d in enumerate(ids):
-        inputs = drift_window(reference, shift, start, n=300, seed=seed) | {"model": "detector"}
+    for d, inputs in zip(ids, windows, strict=True):
         fleet.report(d, 2, drift=[inputs])
         fleet.agree(d, rid, compared=100, agree=100)
     done = fleet.wait(rid, lambda x: x["waves"][0]["shadow"] is not None, "the shadow gates")
@@ -441,3 +447,18 @@ def test_rollouts_plan_in_the_cli_shows_the_shadow_phase(
     bad = CliRunner().invoke(cli_app, [*login, "rollouts", "plan", "--profile", "vision",
                                        "--min-agreement", "0.95"])  # fmt: skip
     assert bad.exit_code != 0 and "set shadow_seconds above 0" in " ".join(bad.output.split())
+
+
+def test_the_console_plans_a_shadow_phase(fleet: ShadowFleet) -> None:
+    fleet.enrol(2)
+    fleet.hold_new_model()
+    browser = Browser(fleet.api)
+    user_with_password(fleet.api, "vera", "viewer")
+    assert browser.login("vera").status_code == 303
+    query = "profile=vision&waves=1,100%25&shadow_minutes=10&min_agreement_percent=95"
+    page = browser.get(f"/console/rollouts/plan?{query}")
+    assert page.status_code == 200
+    line = page.text.split('id="plan-shadow"')[1].split("</p>")[0]
+    assert "detector" in line and "min_agreement 0.95," in line
+    bad = browser.get("/console/rollouts/plan?profile=vision&min_agreement_percent=95")
+    assert "set shadow_seconds above 0" in bad.text

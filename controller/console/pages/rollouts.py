@@ -51,6 +51,10 @@ FIELDS = [
     "concurrency",
     "labels",
     "sites",
+    "shadow_minutes",
+    "min_agreement_percent",
+    "max_mad",
+    "min_shadow_samples",
     "seed",
 ]
 
@@ -60,7 +64,7 @@ def _number(fields: QueryParams | FormData, name: str, scale: float = 1) -> floa
     if not text:
         return None
     try:
-        return float(text) * scale
+        return round(float(text) * scale, 9)  # 95 percent is 0.95, not 0.9500000000000001
     except ValueError as exc:
         raise BadRequest(f"{name.replace('_', ' ')}: {text!r} is not a number") from exc
 
@@ -81,11 +85,15 @@ def spec_of(fields: QueryParams | FormData) -> RolloutSpec:
         ("min_success_ratio", "min_success_percent", 0.01),
         ("max_p95_ms", "max_p95_ms", 1),
         ("max_error_rate", "max_error_percent", 0.01),
+        ("min_agreement", "min_agreement_percent", 0.01),
+        ("max_mad", "max_mad", 1),
     ):
         if (value := _number(fields, name, scale)) is not None:
             gates[key] = value
     if (failures := whole("max_failures")) is not None:
         gates["max_failures"] = failures
+    if (samples := whole("min_shadow_samples")) is not None:
+        gates["min_shadow_samples"] = samples
     body: dict[str, Any] = {
         "profile": text("profile"),
         "revision": whole("revision"),
@@ -101,6 +109,7 @@ def spec_of(fields: QueryParams | FormData) -> RolloutSpec:
     for key, name in (
         ("bake_seconds", "bake_minutes"),
         ("offline_deadline_seconds", "offline_deadline_minutes"),
+        ("shadow_seconds", "shadow_minutes"),
     ):
         if (seconds := whole(name, 60)) is not None:
             body[key] = seconds
