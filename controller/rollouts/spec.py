@@ -86,8 +86,9 @@ class RolloutSpec(Strict):
     shadow_sample_rate: float = Field(default=1.0, gt=0, le=1)
     """The share of live inferences the candidates also run during the shadow phase."""
     shadow_window_seconds: int = Field(default=60, ge=1, le=86400)
-    """The devices' agreement windows: only closed windows count, so the phase should
-    last several of them."""
+    """The devices' agreement windows. Only windows delivered by the phase's end count:
+    an agent reports a window some seconds after it closes, with its next status report,
+    so a phase should last a few windows plus the devices' report interval."""
 
     @model_validator(mode="after")
     def _shadow_consistent(self) -> RolloutSpec:
