@@ -62,6 +62,7 @@ def test_windows_reach_the_controller_once_oldest_first_across_failures_and_rest
     ended = int(time.time() - SETTLE_S) // 60 * 60 - 60  # ended, and settled
     backlog = [_window(ended - 60 * i, 10 + i) for i in range(MAX_SHADOW_WINDOWS + 4)]
     running = _window(int(time.time()) // 3600 * 3600, 5, seconds=3600)  # not ended
+    running["key"] = "parent"  # another comparison: never merged with a backlog window
     _put(state_dir, *backlog, running)
 
     agent = run_agent()
