@@ -8,12 +8,9 @@ Windows closed while the controller is down arrive once it is back."""
 from __future__ import annotations
 
 import json
-import re
-import ssl
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
@@ -46,18 +43,6 @@ def feed(device: Device, shift: float, seconds: float, seed: int) -> None:
 def by_device(fleet: Fleet) -> dict[str, dict]:
     groups = fleet.get("/drift", by="device")["groups"]
     return {g["device"]: g for g in groups}
-
-
-def console_page(fleet: Fleet, path: str) -> str:
-    ctl = fleet.controller
-    with httpx.Client(
-        base_url=ctl.url, verify=ssl.create_default_context(cafile=ctl.ca), timeout=30
-    ) as browser:
-        form = browser.get("/console/login").text
-        csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
-        login = {"username": "admin", "password": ctl.admin_password, "csrf": csrf}
-        assert browser.post("/console/login", data=login).status_code == 303
-        return browser.get(path).text
 
 
 def test_a_shifted_device_raises_drift_and_an_unshifted_one_does_not(
@@ -126,7 +111,7 @@ def test_a_shifted_device_raises_drift_and_an_unshifted_one_does_not(
     assert "1 alert" in shown.stdout
     as_json = json.loads(fleet.cli("drift", "show", "--site", OTHER_SITE, "-o", "json").stdout)
     assert [g["level"] for g in as_json["groups"]] == ["ok"]
-    page = console_page(fleet, "/console/drift")
+    page = fleet.console_page("/console/drift")
     listed = page.split('id="drift-alerts"')[1].split("</table>")[0]
     assert SITE in listed and OTHER_SITE not in listed
     assert page.count('class="card drift-site"') == 2

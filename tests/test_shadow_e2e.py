@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
-from tests.support.fleet import Device, Fleet
+from tests.support.fleet import MODEL, SITE, Device, Fleet
 from tests.support.processes import wait_for
 
 WINDOW = 2
@@ -179,3 +180,47 @@ def test_an_agreeing_candidate_is_activated_and_the_rollout_completes(
     fleet.wait_serving(target, timeout=60)
     fleet.check_answers("2")
     assert [u["outcome"] for u in fleet.updates(target)] == ["committed", "committed"]
+
+
+def test_an_int8_model_is_compared_with_its_parent_on_live_site_data(
+    fleet_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's path: ``models push --quantize int8`` prints the profile entry
+    that names the full-precision parent; devices running the INT8 model then run the
+    parent in shadow, and the agreement shows per site in the API, the CLI and the
+    console."""
+    fleet = fleet_of(2)
+    assert fleet.registry is not None
+    pushed = fleet.cli(
+        "models", "push", str(fleet.model_files["1"]), "--name", MODEL, "--version", "5",
+        "--quantize", "int8", "--registry", fleet.registry.host, "--plain-http",
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    snippet = pushed.stdout[pushed.stdout.index("models:") :]
+    models = yaml.safe_load(snippet)["models"]
+    assert models[0]["reference"].split("@")[0].endswith(":5-int8"), models
+    assert models[0]["parent"].split("@")[0].endswith(":5"), models
+    spec = fleet.spec("5", shadow={"sample_rate": 1.0, "window_seconds": WINDOW})
+    target = int(fleet.apply({**spec, "models": models})["revision"])
+    fleet.wait_serving(target, timeout=90)
+
+    def parent_figures() -> dict[str, Any] | None:
+        groups = fleet.get("/drift/agreement", by="site", key="parent")["groups"]
+        return groups[0] if groups and groups[0]["compared"] >= MIN_SAMPLES else None
+
+    with Traffic(fleet.devices) as traffic:
+        found = wait_for(parent_figures, 60, "the devices' INT8-vs-parent windows")
+    assert traffic.failures == [], traffic.failures
+    assert found["site"] == SITE and found["model"] == MODEL and found["devices"] == 2
+    # INT8 answers a little differently from the full-precision model, rarely in its class.
+    assert 0 < found["mad"] < 0.5 and 0.8 <= found["agreement"] <= 1.0, found
+    assert found["active_p95_ms"] is not None and found["candidate_p95_ms"] is not None
+
+    monkeypatch.setenv("COLUMNS", "200")
+    shown = fleet.cli("drift", "agreement", "--key", "parent")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if SITE in line)
+    assert f"{found['agreement']:.1%}" in row, shown.stdout
+    page = fleet.console_page("/console/drift")
+    table = page.split('id="parent-agreement"')[1].split("</section>")[0]
+    assert SITE in table and f"{found['agreement'] * 100:.1f}%" in table

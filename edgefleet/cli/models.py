@@ -103,7 +103,8 @@ def push(
     parent = next((r for r in rows if r["variant"] == "fp32"), None)
     for row in rows:
         if row["variant"] != "fp32" and parent is not None:
-            console.print(_parent_snippet(name, row["reference"], parent["reference"]), end="")
+            snippet = _parent_snippet(name, row["reference"], parent["reference"])
+            console.print(snippet, end="", soft_wrap=True, highlight=False, markup=False)
 
 
 def _parent_snippet(name: str, reference: str, parent: str) -> str:

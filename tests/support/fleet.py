@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -360,6 +361,19 @@ class Fleet:
             ca_file=Path(self.controller.ca),
         )
         return RegistryClient(Endpoint.parse(self.registry.host, plain_http=True), auth)
+
+    def console_page(self, path: str) -> str:
+        """The console page at ``path`` as the bootstrap admin sees it, logged in through
+        the real login form over HTTPS."""
+        ctl = self.controller
+        with httpx.Client(
+            base_url=ctl.url, verify=ssl.create_default_context(cafile=ctl.ca), timeout=30
+        ) as browser:
+            form = browser.get("/console/login").text
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form).group(1)  # type: ignore[union-attr]
+            login = {"username": "admin", "password": ctl.admin_password, "csrf": csrf}
+            assert browser.post("/console/login", data=login).status_code == 303
+            return browser.get(path).text
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """The operator CLI against the fleet's public URL (the balancer, with replicas),
