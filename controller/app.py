@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         history = asyncio.create_task(sample_rollup.run(rt))  # status history upkeep
         retention = asyncio.create_task(results_retention.run(rt))  # old results deleted
         drift_upkeep = asyncio.create_task(drift_service.run_retention(rt))  # old windows
+        gc_pauses = asyncio.create_task(_record_gc_pauses(rt, _app))
         rt.epoch.start()  # this worker's cache listener (PostgreSQL: LISTEN/NOTIFY)
         rt.gitops.start()  # the fleet repositories, brought up to date in the background
         driver.start()  # drives rollouts while this process holds the lease
@@ -76,7 +77,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             await run_in_threadpool(claim_waits.stop)
             await run_in_threadpool(rt.gitops.stop)
             await run_in_threadpool(rt.epoch.stop)
-            for background in (task, history, retention, drift_upkeep):
+            for background in (task, history, retention, drift_upkeep, gc_pauses):
                 background.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
@@ -149,7 +150,20 @@ def app_from_environment() -> FastAPI:
     The garbage collector is tuned here, in served workers only (see ``gctune``)."""
     app = create_app(load_settings())
     gctune.tune()
+    app.state.gc_pauses = gctune.Pauses()
     return app
+
+
+async def _record_gc_pauses(rt: Runtime, app: FastAPI) -> None:
+    """Served workers (``app_from_environment``) note each collection; this moves them
+    into ``/metrics`` once a second, outside the collector."""
+    pauses: gctune.Pauses | None = getattr(app.state, "gc_pauses", None)
+    if pauses is None:
+        return
+    while True:
+        await asyncio.sleep(1)
+        for generation, seconds in pauses.drain():
+            rt.metrics.gc_pause.labels(str(generation)).observe(seconds)
 
 
 async def _flush_last_seen(rt: Runtime) -> None:

@@ -249,6 +249,14 @@ class Metrics:
             ["reason"],
             registry=self._registry,
         )
+        self.gc_pause = Histogram(
+            "edgefleet_gc_pause_seconds",
+            "Garbage collections of the controller's workers, by generation: every request "
+            "of the worker waits for one",
+            ["generation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=self._registry,
+        )
         self.rollout_wave_seconds = Histogram(
             "edgefleet_rollout_wave_duration_seconds",
             "Time from a wave's start to its gates passing",

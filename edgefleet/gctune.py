@@ -10,14 +10,14 @@ asyncio process as large, stalls the same way and counts its own pauses as laten
 ``tune()`` raises the young threshold so that few objects are caught in flight, and
 freezes what exists at start-up (modules, the app, its routes), which no collection
 needs to walk again. Reference counting still frees everything acyclic at once; only
-cycles wait longer. ``pauses()`` reports each collection's length, for ``/metrics``.
+cycles wait longer. ``Pauses`` keeps each collection's length, for ``/metrics``.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections import deque
 from typing import Any
 
 YOUNG_THRESHOLD = 50_000
@@ -36,17 +36,28 @@ def tune() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
 
 
-def pauses(observe: Callable[[int, float], Any]) -> Callable[[str, dict[str, Any]], None]:
-    """Register a callback that calls ``observe(generation, seconds)`` after every
-    collection; returns it (``gc.callbacks.remove`` undoes it)."""
-    started = 0.0
+class Pauses:
+    """Each collection's generation and length, kept until ``drain``: the callback runs
+    inside the collector, where taking a metric's lock could deadlock with the thread the
+    collection interrupted, so it only appends to a bounded deque."""
 
-    def callback(phase: str, info: dict[str, Any]) -> None:
-        nonlocal started
+    def __init__(self, keep: int = 10_000) -> None:
+        self._seen: deque[tuple[int, float]] = deque(maxlen=keep)
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            started = time.perf_counter()
+            self._started = time.perf_counter()
         else:
-            observe(int(info["generation"]), time.perf_counter() - started)
+            self._seen.append((int(info["generation"]), time.perf_counter() - self._started))
 
-    gc.callbacks.append(callback)
-    return callback
+    def drain(self) -> list[tuple[int, float]]:
+        """The pauses since the last drain, oldest first."""
+        out = []
+        while self._seen:
+            out.append(self._seen.popleft())
+        return out
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._callback)

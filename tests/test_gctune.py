@@ -4,21 +4,31 @@ a child process so the test runner's own collector is left alone."""
 from __future__ import annotations
 
 import json
+import re
+import ssl
 import subprocess
 import sys
+from pathlib import Path
+
+import httpx
+
+from tests.support.processes import ControllerProcess, wait_for
+
+YOUNG_COUNT = re.compile(r'^edgefleet_gc_pause_seconds_count\{generation="0"\} (\S+)$', re.M)
 
 CHILD = r"""
 import gc, json
 from edgefleet import gctune
 
-seen = []
-gctune.pauses(lambda gen, seconds: seen.append((gen, seconds)))
+pauses = gctune.Pauses()
 before = gc.get_freeze_count()
 gctune.tune()
 frozen = gc.get_freeze_count()
 young = [[i] for i in range(gctune.YOUNG_THRESHOLD // 2)]  # lists are tracked
+seen = pauses.drain()
 after_half = len(seen)
 young += [[i] for i in range(gctune.YOUNG_THRESHOLD)]
+seen += pauses.drain()
 print(json.dumps({
     "before": before, "frozen": frozen, "threshold": gc.get_threshold(),
     "after_half": after_half, "seen": seen,
@@ -45,3 +55,26 @@ def test_start_up_objects_are_frozen_and_young_collections_are_rarer() -> None:
     later = got["seen"][got["after_half"] :]
     assert later and all(gen == 0 for gen, _ in later)
     assert all(0 <= seconds < 5 for _, seconds in got["seen"])
+
+
+def test_a_served_controller_reports_its_collections_in_metrics(tmp_path: Path) -> None:
+    """Served workers tune their collector and put each collection's length in
+    ``/metrics``: what an operator watches when latency spikes for no visible reason."""
+    ctl = ControllerProcess(tmp_path / "ctl", workers=1).start()
+    try:
+        with httpx.Client(
+            base_url=ctl.url,
+            verify=ssl.create_default_context(cafile=ctl.ca),
+            headers={"Authorization": f"Bearer {ctl.admin_token}"},
+        ) as client:
+
+            def counted() -> int:
+                for _ in range(100):  # enough allocation for a young collection or more
+                    client.get("/api/v1/devices").raise_for_status()
+                text = client.get("/metrics").text
+                found = YOUNG_COUNT.findall(text)
+                return int(float(found[0])) if found else 0
+
+            assert wait_for(counted, 60, "a young collection in /metrics") > 0
+    finally:
+        ctl.stop()
