@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, func, select, tuple_
+from sqlalchemy import ColumnElement, Connection, case, delete, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from edgefleet.controller.db import reading, writing
 from edgefleet.controller.models import DeviceSample, SampleRollup, aware
-from edgefleet.percentile import percentile
 
 if TYPE_CHECKING:
     from edgefleet.controller.runtime import Runtime
@@ -57,32 +56,55 @@ class PeriodNumbers:
     p95_max_ms: float | None
 
 
-def numbers(
-    rows: Iterable[tuple[datetime, int, bool, float | None]], fleet: bool = True
+def period_numbers(
+    conn: Connection, conditions: Sequence[ColumnElement[bool]], per_site: bool
 ) -> list[PeriodNumbers]:
-    """Samples ``(at, site_id, healthy, p95_ms)`` as each period's numbers per site, and
-    (``fleet``) for the whole fleet under site 0. The median is nearest-rank, as every
-    percentile in Edgefleet."""
-    groups: dict[tuple[int, datetime], tuple[list[int], list[float]]] = {}
-    for at, site_id, healthy, p95 in rows:
-        keys = [(site_id, aware(at))] + ([(FLEET, aware(at))] if fleet else [])
-        for key in keys:
-            counts, p95s = groups.setdefault(key, ([0, 0], []))  # type: ignore[arg-type]
-            counts[0] += 1
-            counts[1] += not healthy
-            if p95 is not None:
-                p95s.append(p95)
-    return [
-        PeriodNumbers(
-            site_id,
-            at,
-            counts[0],
-            counts[1],
-            percentile(p95s, 50) if p95s else None,
-            max(p95s) if p95s else None,
+    """The numbers of each period of the samples that meet ``conditions``, per site
+    (``per_site``) or for the whole fleet (site ``FLEET``), summed by the database: a
+    period of 20,000 devices read into Python was 20,000 rows whose objects lived long
+    enough for a collection of the worker's young objects to walk them (168 ms, every
+    request of the worker waiting). The median is nearest-rank, as every percentile in
+    Edgefleet: the value at rank ceil(n / 2)."""
+    keys = [S.c.site_id, S.c.at] if per_site else [S.c.at]
+    counted = (
+        select(
+            *keys,
+            func.count(),
+            func.sum(case((S.c.healthy, 0), else_=1)),
+            func.max(S.c.p95_ms),
         )
-        for (site_id, at), (counts, p95s) in sorted(groups.items(), key=lambda kv: kv[0][1])
-    ]
+        .where(*conditions)
+        .group_by(*keys)
+    )
+    ranked = (
+        select(
+            *keys,
+            S.c.p95_ms,
+            func.row_number().over(partition_by=keys, order_by=S.c.p95_ms).label("rank"),
+            func.count().over(partition_by=keys).label("n"),
+        )
+        .where(*conditions, S.c.p95_ms.is_not(None))
+        .subquery()
+    )
+    middle = select(*(ranked.c[k.name] for k in keys), ranked.c.p95_ms).where(
+        (ranked.c.rank * 2 - ranked.c.n).in_([0, 1])  # rank == ceil(n / 2)
+    )
+    medians = {tuple(row[:-1]): row[-1] for row in conn.execute(middle)}
+    out = []
+    for row in conn.execute(counted):
+        key, (reporting, unhealthy, top) = tuple(row[: len(keys)]), row[len(keys) :]
+        site_id, at = key if per_site else (FLEET, key[0])
+        out.append(
+            PeriodNumbers(
+                site_id,
+                aware(at),
+                reporting,
+                int(unhealthy),
+                medians.get(key),
+                top,  # type: ignore[arg-type]
+            )
+        )
+    return sorted(out, key=lambda n: (n.at, n.site_id))
 
 
 def rolled_until(engine: Engine) -> datetime | None:
@@ -106,12 +128,9 @@ def roll_up(engine: Engine, period_seconds: int, now: datetime, margin_seconds: 
         end = min(first + MAX_PERIODS * step, now - timedelta(seconds=margin_seconds) - step)
         if end < first:
             return 0
-        rows = conn.execute(
-            select(S.c.at, S.c.site_id, S.c.healthy, S.c.p95_ms).where(
-                S.c.at >= first, S.c.at <= end
-            )
-        ).all()
-    made = numbers(rows)  # type: ignore[arg-type]
+        period = [S.c.at >= first, S.c.at <= end]
+        made = period_numbers(conn, period, per_site=True)
+        made += period_numbers(conn, period, per_site=False)
     if not made:
         return 0
     with writing(engine) as conn:

@@ -7,6 +7,7 @@ rollups equal to the samples they were made of, retention."""
 from __future__ import annotations
 
 import json
+import random
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,12 +19,13 @@ from sqlalchemy import event, func, select
 from edgefleet.controller import sample_rollup
 from edgefleet.controller.console import series
 from edgefleet.controller.console.series import Buckets
-from edgefleet.controller.db import WRITE_BEHIND_CHUNK
+from edgefleet.controller.db import WRITE_BEHIND_CHUNK, reading, writing
 from edgefleet.controller.models import DeviceSample, SampleRollup, Site, aware
 from edgefleet.controller.runtime import Runtime
 from edgefleet.controller.settings import Settings, load_settings
 from edgefleet.controller.status_samples import StatusSampler, values_of
 from edgefleet.errors import BadRequest, NotFound
+from edgefleet.percentile import percentile
 from edgefleet.wire import DeviceState, StatusReport
 from tests.support.apiclient import Api, TestDevice
 from tests.support.sqlwatch import request_statements
@@ -453,3 +455,47 @@ def test_running_revisions_count_devices_in_service_by_profile_and_revision(api:
     assert silent.id  # enrolled, never reported
     counted = [(r.profile, r.revision, r.devices) for r in series.revisions(rt_of(api).engine)]
     assert counted == [("vision", 1, 2), ("audio", None, 1), ("audio", 1, 1), ("vision", 2, 1)]
+
+
+def test_period_numbers_summed_by_the_database_match_a_count_in_python(api: Api) -> None:
+    """Many devices, sites and periods, some without latency: the database's counts and
+    nearest-rank medians are those of Python's own count over the same samples."""
+    rt = rt_of(api)
+    rng = random.Random(7)
+    step = timedelta(seconds=rt.settings.status_sample_seconds)
+    rows = [
+        {
+            "device_id": f"d{n:04d}",
+            "at": T0 + period * step,
+            "site_id": rng.choice([1, 2, 3]),
+            "state": "ready",
+            "healthy": rng.random() > 0.2,
+            "p95_ms": None if rng.random() < 0.1 else round(rng.uniform(1, 100), 3),
+            "buffer_depth": 0,
+            "buffer_drops": 0,
+        }
+        for period in range(3)
+        for n in range(rng.randint(40, 61))  # odd and even counts
+    ]
+    with writing(rt.engine) as conn:
+        conn.execute(DeviceSample.__table__.insert(), rows)  # type: ignore[attr-defined]
+
+    expected = {}
+    for fleet in (False, True):
+        groups: dict[tuple[int, datetime], list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault((0 if fleet else r["site_id"], r["at"]), []).append(r)
+        for key, members in groups.items():
+            p95s = [m["p95_ms"] for m in members if m["p95_ms"] is not None]
+            expected[key] = (
+                len(members),
+                sum(not m["healthy"] for m in members),
+                percentile(p95s, 50) if p95s else None,
+                max(p95s) if p95s else None,
+            )
+    got = {}
+    with reading(rt.engine) as conn:
+        for per_site in (True, False):
+            for p in sample_rollup.period_numbers(conn, [], per_site=per_site):
+                got[(p.site_id, p.at)] = (p.reporting, p.unhealthy, p.p95_median_ms, p.p95_max_ms)
+    assert got == expected

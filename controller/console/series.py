@@ -33,7 +33,12 @@ from edgefleet.controller.models import (
     aware,
 )
 from edgefleet.controller.rollouts.members import OFFLINE_AFTER_INTERVALS
-from edgefleet.controller.sample_rollup import FLEET, PeriodNumbers, numbers, rolled_until
+from edgefleet.controller.sample_rollup import (
+    FLEET,
+    PeriodNumbers,
+    period_numbers,
+    rolled_until,
+)
 from edgefleet.controller.services.rollout_views import detail
 from edgefleet.errors import BadRequest
 from edgefleet.percentile import percentile
@@ -204,12 +209,10 @@ def status_per_bucket(
             ]
         raw_from = buckets.start if until is None else max(buckets.start, until + timedelta(0, 1))
         if raw_from < buckets.end:
-            q = select(S.c.at, S.c.site_id, S.c.healthy, S.c.p95_ms).where(
-                S.c.at >= raw_from, S.c.at < buckets.end
-            )
+            recent = [S.c.at >= raw_from, S.c.at < buckets.end]
             if site_id is not None:
-                q = q.where(S.c.site_id == site_id)
-            periods += [p for p in numbers(conn.execute(q), fleet=True) if p.site_id == scope]  # type: ignore[arg-type]
+                recent.append(S.c.site_id == site_id)
+            periods += period_numbers(conn, recent, per_site=site_id is not None)
     by_bucket: dict[int, list[PeriodNumbers]] = {}
     for p in periods:
         i = buckets.index(p.at)
