@@ -14,20 +14,20 @@ nothing more than before.
 - ``mad``: mean absolute difference, the sum of ``abs_diff_sum`` over the sum of
   ``compared`` (each window's sum is of per-inference means);
 - ``max_abs_diff``: the largest single output difference of any window;
-- ``active_p95_ms`` / ``candidate_p95_ms``: the median of the windows' p95 latencies
-  (each window weighs the same; a p95 of p95s would follow the single slowest window,
-  a mean would follow an outlier: the median tells what a device usually sees);
+- ``active_p95_ms`` / ``candidate_p95_ms``: the mean of the windows' p95 latencies
+  (each window weighs the same; a p95 of p95s would follow the single slowest window).
+  A mean rather than a median because the fleet view sums in the database, where
+  SQLite has no median: a fleet's windows of a day are millions of rows;
 - ``compared``, ``skipped``, ``errors``, ``devices``, ``windows``.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, distinct, func, select
 from sqlmodel import Session
 
 from edgefleet.controller.db import delete_in_batches, reading, session_scope
@@ -119,27 +119,60 @@ def record(rt: Runtime, device_id: str, windows: list[ShadowWindow]) -> int:
 
 def figures(windows: Iterable[Any]) -> dict[str, Any]:
     """The agreement figures of ``windows`` summed (see the module's docstring): stored
-    windows or rows with their columns."""
+    windows or rows with their columns. For a wave's windows; the fleet view sums in
+    the database (``view``) and derives the same figures (``_derived``)."""
     rows = list(windows)
-    compared = sum(w.compared for w in rows)
-    top1_total = sum(w.top1_total for w in rows)
-    top1_agree = sum(w.top1_agree for w in rows)
-    diff = sum(w.abs_diff_sum for w in rows)
     active = [w.active_p95_ms for w in rows if w.active_p95_ms is not None]
     candidate = [w.candidate_p95_ms for w in rows if w.candidate_p95_ms is not None]
+    return _derived(
+        devices=len({w.device_id for w in rows}),
+        windows=len(rows),
+        compared=sum(w.compared for w in rows),
+        skipped=sum(w.skipped for w in rows),
+        errors=sum(w.errors for w in rows),
+        top1_total=sum(w.top1_total for w in rows),
+        top1_agree=sum(w.top1_agree for w in rows),
+        diff=sum(w.abs_diff_sum for w in rows),
+        max_abs_diff=max((w.abs_diff_max for w in rows), default=None),
+        active_p95_ms=sum(active) / len(active) if active else None,
+        candidate_p95_ms=sum(candidate) / len(candidate) if candidate else None,
+    )
+
+
+_SUMMED = ("compared", "skipped", "errors", "top1_total", "top1_agree")
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _derived(
+    *,
+    devices: int,
+    windows: int,
+    compared: int,
+    skipped: int,
+    errors: int,
+    top1_total: int,
+    top1_agree: int,
+    diff: float,
+    max_abs_diff: float | None,
+    active_p95_ms: float | None,
+    candidate_p95_ms: float | None,
+) -> dict[str, Any]:
     return {
-        "devices": len({w.device_id for w in rows}),
-        "windows": len(rows),
+        "devices": devices,
+        "windows": windows,
         "compared": compared,
-        "skipped": sum(w.skipped for w in rows),
-        "errors": sum(w.errors for w in rows),
+        "skipped": skipped,
+        "errors": errors,
         "top1_total": top1_total,
         "top1_agree": top1_agree,
         "agreement": round(top1_agree / top1_total, 6) if top1_total else None,
         "mad": round(diff / compared, 9) if compared else None,
-        "max_abs_diff": max((w.abs_diff_max for w in rows), default=None),
-        "active_p95_ms": round(statistics.median(active), 3) if active else None,
-        "candidate_p95_ms": round(statistics.median(candidate), 3) if candidate else None,
+        "max_abs_diff": max_abs_diff,
+        "active_p95_ms": round(active_p95_ms, 3) if active_p95_ms is not None else None,
+        "candidate_p95_ms": round(candidate_p95_ms, 3) if candidate_p95_ms is not None else None,
     }
 
 
@@ -189,37 +222,59 @@ def view(
     if by not in BY:
         raise BadRequest(f"by must be one of {', '.join(BY)}, not {by!r}", code="bad_grouping")
     since = int(time.time() - hours * 3600)
+    t = ShadowWindowRecord.__table__  # type: ignore[attr-defined]
+    heads = {
+        "site": [Site.name.label("site")],  # type: ignore[attr-defined]
+        "device": [
+            t.c.device_id.label("device"),
+            Device.name.label("device_name"),  # type: ignore[attr-defined]
+            Site.name.label("site"),  # type: ignore[attr-defined]
+        ],
+        "profile": [Profile.name.label("profile")],  # type: ignore[attr-defined]
+        "model": [],
+    }[by] + [t.c.key, t.c.model, t.c.candidate_digest.label("candidate")]
+    sums = [
+        func.count(distinct(t.c.device_id)).label("devices"),
+        func.count().label("windows"),
+        *(func.sum(t.c[c]).label(c) for c in _SUMMED),
+        func.sum(t.c.abs_diff_sum).label("diff"),
+        func.max(t.c.abs_diff_max).label("max_abs_diff"),
+        func.avg(t.c.active_p95_ms).label("active_p95_ms"),
+        func.avg(t.c.candidate_p95_ms).label("candidate_p95_ms"),
+        func.max(t.c.start).label("last_start"),
+    ]
     query = (
-        select(ShadowWindowRecord, Site.name, Profile.name, Device.name)
-        .join(Site, Site.id == ShadowWindowRecord.site_id)  # type: ignore[arg-type]
-        .outerjoin(Profile, Profile.id == ShadowWindowRecord.profile_id)  # type: ignore[arg-type]
-        .outerjoin(Device, Device.id == ShadowWindowRecord.device_id)  # type: ignore[arg-type]
-        .where(ShadowWindowRecord.start >= since)
+        select(*heads, *sums)
+        .join(Site, Site.id == t.c.site_id)  # type: ignore[arg-type]
+        .outerjoin(Profile, Profile.id == t.c.profile_id)  # type: ignore[arg-type]
+        .outerjoin(Device, Device.id == t.c.device_id)  # type: ignore[arg-type]
+        .where(t.c.start >= since)
+        .group_by(*heads)
     )
     if key is not None:
-        query = query.where(ShadowWindowRecord.key == key)
+        query = query.where(t.c.key == key)
     if site is not None:
         query = query.where(Site.name == site)
     if model is not None:
-        query = query.where(ShadowWindowRecord.model == model)
-    with Session(rt.engine) as s:
-        rows = s.execute(query).all()
-    groups: dict[tuple[Any, ...], tuple[dict[str, Any], list[ShadowWindowRecord]]] = {}
-    for w, site_name, profile_name, device_name in rows:
-        head: dict[str, Any] = {}
-        if by == "site":
-            head = {"site": site_name}
-        elif by == "device":
-            head = {"device": w.device_id, "device_name": device_name, "site": site_name}
-        elif by == "profile":
-            head = {"profile": profile_name}
-        head |= {"key": w.key, "model": w.model, "candidate": w.candidate_digest}
-        found = groups.setdefault(tuple(map(str, head.values())), (head, []))
-        found[1].append(w)
+        query = query.where(t.c.model == model)
+    with reading(rt.engine) as conn:
+        rows = [row._mapping for row in conn.execute(query)]
+    names = [column.name for column in heads]
     out = [
-        {**head, **figures(ws), "last_start": max(w.start for w in ws)}
-        for _, (head, ws) in sorted(groups.items())
+        {name: m[name] for name in names}
+        | _derived(
+            devices=m["devices"],
+            windows=m["windows"],
+            **{c: int(m[c]) for c in _SUMMED},
+            diff=float(m["diff"]),
+            max_abs_diff=m["max_abs_diff"],
+            active_p95_ms=_float(m["active_p95_ms"]),
+            candidate_p95_ms=_float(m["candidate_p95_ms"]),
+        )
+        | {"last_start": m["last_start"]}
+        for m in rows
     ]
+    out.sort(key=lambda g: tuple(str(g[name]) for name in names))
     return {"by": by, "hours": hours, "key": key, "groups": out}
 
 
