@@ -110,7 +110,7 @@ def test_windows_are_stored_once_and_summed_by_site_device_and_model(api: Api) -
     assert shop1["agreement"] == pytest.approx((180 + 297 + 10) / 510)
     assert shop1["mad"] == pytest.approx((0.02 * 200 + 0.01 * 300) / 510)
     assert shop1["max_abs_diff"] == pytest.approx(0.06)
-    assert shop1["active_p95_ms"] == 5.0 and shop1["candidate_p95_ms"] == 10.0  # medians
+    assert shop1["active_p95_ms"] == 5.0 and shop1["candidate_p95_ms"] == 10.0  # means
     assert groups["shop-2"]["agreement"] == 0.5 and groups["shop-2"]["mad"] == 0.5
     per_device = api.ok("GET", "/drift/agreement", api.admin, params={"by": "device"})
     assert {g["device"]: g["compared"] for g in per_device["groups"]} == {

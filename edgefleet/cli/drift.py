@@ -109,7 +109,7 @@ def agreement(
 ) -> None:
     """Shadow comparisons: how often a candidate (a quantized model's full-precision
     parent, a rollout's new model) picks the active model's top-1 class, how far their
-    outputs lie apart, and the latency of each (the median of the windows' p95)."""
+    outputs lie apart, and the latency of each (the mean of the windows' p95)."""
     if by not in ("site", "device", "model", "profile"):
         raise typer.BadParameter(f"{by!r}: use site, device, model or profile", param_hint="--by")
     if not hours > 0:
