@@ -206,10 +206,11 @@ def test_an_int8_model_is_compared_with_its_parent_on_live_site_data(
 
     def parent_figures() -> dict[str, Any] | None:
         groups = fleet.get("/drift/agreement", by="site", key="parent")["groups"]
-        return groups[0] if groups and groups[0]["compared"] >= MIN_SAMPLES else None
+        ready = groups and groups[0]["compared"] >= MIN_SAMPLES and groups[0]["devices"] == 2
+        return groups[0] if ready else None
 
     with Traffic(fleet.devices) as traffic:
-        found = wait_for(parent_figures, 60, "the devices' INT8-vs-parent windows")
+        found = wait_for(parent_figures, 120, "both devices' INT8-vs-parent windows")
     assert traffic.failures == [], traffic.failures
     assert found["site"] == SITE and found["model"] == MODEL and found["devices"] == 2
     # INT8 answers a little differently from the full-precision model, rarely in its class.
