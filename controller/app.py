@@ -149,8 +149,8 @@ def app_from_environment() -> FastAPI:
     """Entry for uvicorn worker processes (``factory=True``): settings from env and file.
     The garbage collector is tuned here, in served workers only (see ``gctune``)."""
     app = create_app(load_settings())
+    app.state.gc_pauses = gctune.Pauses()  # the start-up collection is the first
     gctune.tune()
-    app.state.gc_pauses = gctune.Pauses()
     return app
 
 
