@@ -378,8 +378,9 @@ def test_max_drift_reads_the_inputs_the_wave_saw_during_its_shadow_phase(
     fleet.hold(**drift, models=[{"name": "detector", "reference": NEW}])
     known(fleet.api, reference[1])
     # sketched beforehand (onnxruntime is slow on a busy machine): windows aligned on the
-    # minute that ends at least 30 s after the shadow phase starts
-    later = int(time.time()) + 30
+    # minute that ends at least 30 s after the shadow phase starts (an unaligned start one
+    # second before a minute's end would put the sketch's rows in the next window)
+    later = (int(time.time()) + 30) // 60 * 60
     windows = [
         drift_window(reference, shift, later, n=300, seed=seed) | {"model": "detector"}
         for seed in range(len(ids))
